@@ -1,1 +1,20 @@
-pub fn x(){}
+//! What a weft node knows about the cluster: the network config
+//! (net-conf.json), subnet leases and their registries, subnet allocation,
+//! the forwarding table the data path reads, and subnet.env for the CNI
+//! plugin. No packets and no kernel state live here.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod alloc;
+pub mod config;
+mod json;
+pub mod lease;
+pub mod registry;
+pub mod subnet_env;
+pub mod table;
+
+pub use config::{Backend, NetConf};
+pub use lease::{Lease, LeaseAttrs, SubnetKey};
+pub use registry::{FileRegistry, Registry, RegistryError};
+pub use table::{ForwardingTable, Peer};

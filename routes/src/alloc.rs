@@ -1,0 +1,161 @@
+//! Subnet acquisition, in flanneld's order: reuse the lease that holds our
+//! PublicIP; else the subnet a previous run wrote to subnet.env, if free;
+//! else one picked at random among the first 100 free subnets from SubnetMin
+//! to SubnetMax. Creation is exclusive and retried on conflict.
+
+use crate::config::NetConf;
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::registry::{Registry, RegistryError};
+use ipnet::Ipv4Net;
+use rand::seq::IndexedRandom;
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+/// How many free subnets the random pick chooses among (flanneld's 100).
+const CANDIDATES: usize = 100;
+/// How many times a lost creation race is retried (flanneld's 10).
+const ATTEMPTS: usize = 10;
+
+/// Why no subnet could be acquired.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Every subnet from SubnetMin to SubnetMax is taken.
+    #[error("no free subnet left in {network} between {min} and {max}")]
+    Exhausted {
+        /// The network.
+        network: Ipv4Net,
+        /// SubnetMin.
+        min: Ipv4Addr,
+        /// SubnetMax.
+        max: Ipv4Addr,
+    },
+    /// Other nodes won every race.
+    #[error("lost {ATTEMPTS} races for a free subnet in a row")]
+    Contended,
+}
+
+/// The current lease whose PublicIP is `ip`, if any.
+pub fn lease_of(leases: &[Lease], ip: Ipv4Addr) -> Option<&Lease> {
+    leases.iter().find(|l| l.attrs.public_ip == ip)
+}
+
+/// Acquires a subnet for a node with `attrs`. `previous` is the subnet from
+/// an earlier subnet.env.
+pub fn acquire(
+    reg: &dyn Registry,
+    conf: &NetConf,
+    attrs: &LeaseAttrs,
+    previous: Option<Ipv4Net>,
+) -> Result<Lease, AllocError> {
+    let leases = reg.leases()?;
+    if let Some(own) = lease_of(&leases, attrs.public_ip) {
+        if conf.fits(&own.subnet()) {
+            tracing::info!(subnet = %own.subnet(), "reusing the lease that holds our PublicIP");
+            return Ok(reg.renew(&own.key, attrs)?);
+        }
+        tracing::warn!(subnet = %own.subnet(), "our old lease does not fit the config; deleting it");
+        reg.delete(&own.key)?;
+    }
+    if let Some(prev) = previous.filter(|p| conf.fits(p)) {
+        if !leases.iter().any(|l| l.subnet() == prev) {
+            if let Some(l) = reg.create(&SubnetKey::v4(prev), attrs)? {
+                tracing::info!(subnet = %prev, "reusing the subnet from the previous subnet.env");
+                return Ok(l);
+            }
+        }
+    }
+    let mut leases = leases;
+    for _ in 0..ATTEMPTS {
+        let taken: HashSet<Ipv4Net> = leases.iter().map(|l| l.subnet()).collect();
+        let free: Vec<Ipv4Net> = (0..conf.subnet_count())
+            .filter_map(|i| conf.nth_subnet(i))
+            .filter(|s| !taken.contains(s))
+            .take(CANDIDATES)
+            .collect();
+        let Some(pick) = free.choose(&mut rand::rng()) else {
+            return Err(AllocError::Exhausted {
+                network: conf.network,
+                min: conf.subnet_min,
+                max: conf.subnet_max,
+            });
+        };
+        if let Some(l) = reg.create(&SubnetKey::v4(*pick), attrs)? {
+            return Ok(l);
+        }
+        leases = reg.leases()?;
+    }
+    Err(AllocError::Contended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::FileRegistry;
+
+    fn setup(conf: &str) -> (tempfile::TempDir, FileRegistry, NetConf) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config"), conf).unwrap();
+        let r = FileRegistry::open(d.path()).unwrap();
+        let c = r.config().unwrap();
+        (d, r, c)
+    }
+
+    fn ip(n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(192, 0, 2, n)
+    }
+
+    #[test]
+    fn reuses_own_lease_then_previous_then_random() {
+        let (_d, r, c) = setup(r#"{"Network":"10.244.0.0/16"}"#);
+        let a = acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None).unwrap();
+        assert!(c.fits(&a.subnet()));
+        let again = acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None).unwrap();
+        assert_eq!(again.subnet(), a.subnet());
+        let prev: Ipv4Net = "10.244.200.0/24".parse().unwrap();
+        let b = acquire(&r, &c, &LeaseAttrs::udp(ip(2)), Some(prev)).unwrap();
+        assert_eq!(b.subnet(), prev);
+        // A taken previous subnet is not stolen.
+        let c3 = acquire(&r, &c, &LeaseAttrs::udp(ip(3)), Some(prev)).unwrap();
+        assert_ne!(c3.subnet(), prev);
+        assert_eq!(r.leases().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn own_lease_that_no_longer_fits_is_replaced() {
+        let (d, r, c) = setup(r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#);
+        std::fs::write(d.path().join("subnets/10.244.9.0-24"), r#"{"PublicIP":"192.0.2.1"}"#).unwrap();
+        let l = acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None).unwrap();
+        assert_eq!(l.subnet().prefix_len(), 25);
+        assert_eq!(r.leases().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn exhaustion_is_an_error() {
+        let (_d, r, c) = setup(r#"{"Network":"10.5.0.0/24","SubnetLen":26}"#);
+        for n in 1..=3 {
+            acquire(&r, &c, &LeaseAttrs::udp(ip(n)), None).unwrap();
+        }
+        let e = acquire(&r, &c, &LeaseAttrs::udp(ip(9)), None).unwrap_err();
+        assert!(e.to_string().contains("no free subnet"), "{e}");
+    }
+
+    #[test]
+    fn parallel_nodes_get_distinct_subnets() {
+        let (_d, r, c) = setup(r#"{"Network":"10.5.0.0/24","SubnetLen":27}"#);
+        let r = std::sync::Arc::new(r);
+        let subnets: Vec<Ipv4Net> = (1..=7)
+            .map(|n| {
+                let (r, c) = (r.clone(), c.clone());
+                std::thread::spawn(move || acquire(&*r, &c, &LeaseAttrs::udp(ip(n)), None).unwrap().subnet())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let distinct: HashSet<_> = subnets.iter().collect();
+        assert_eq!(distinct.len(), 7, "{subnets:?}");
+    }
+}

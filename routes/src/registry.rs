@@ -1,0 +1,342 @@
+//! Where leases live. `Registry` is what the control plane needs of any
+//! store; `FileRegistry` is the embedded default, a directory laid out like
+//! flannel's etcd keys:
+//!
+//! ```text
+//! DIR/config                  net-conf.json
+//! DIR/subnets/10.244.1.0-24   one lease, in flannel's JSON
+//! ```
+//!
+//! A lease file expires 24 h after its modification time; its owner renews
+//! it by rewriting it. A file written by hand has a fresh mtime and is valid.
+//! Creation is exclusive (a hard link of a complete temp file, which fails
+//! if the name exists), so two nodes starting together never share a subnet
+//! and no reader ever sees a half-written lease.
+
+use crate::config::{ConfigError, NetConf};
+use crate::lease::{Lease, LeaseAttrs, LeaseError, SubnetKey};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// How long a lease lives without renewal (flannel's etcd TTL).
+pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A registry failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry could not be read or written.
+    #[error("registry I/O on {path}: {source}")]
+    Io {
+        /// What was being accessed.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The stored config is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A stored lease is invalid.
+    #[error("lease {key}: {source}")]
+    Lease {
+        /// The key.
+        key: String,
+        /// Why.
+        source: LeaseError,
+    },
+}
+
+/// What the control plane needs of a lease store.
+pub trait Registry: Send + Sync {
+    /// The network config.
+    fn config(&self) -> Result<NetConf, RegistryError>;
+    /// Every current (unexpired) lease. Malformed entries are skipped with a
+    /// warning: one bad lease must not hide the others.
+    fn leases(&self) -> Result<Vec<Lease>, RegistryError>;
+    /// Creates a lease if the subnet is free (absent or expired). `None`
+    /// means someone else holds it.
+    fn create(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Option<Lease>, RegistryError>;
+    /// Rewrites a lease we own, restarting its TTL.
+    fn renew(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError>;
+    /// Removes a lease; absent is fine.
+    fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError>;
+}
+
+/// The file registry.
+#[derive(Debug)]
+pub struct FileRegistry {
+    dir: PathBuf,
+    /// Parsed leases by file name, with the (mtime, length) they were read
+    /// at, so a poll only re-reads files that changed.
+    cache: Mutex<HashMap<String, (SystemTime, u64, Option<LeaseAttrs>)>>,
+}
+
+impl FileRegistry {
+    /// A registry rooted at `dir`; creates `dir/subnets` if needed.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<FileRegistry, RegistryError> {
+        let dir = dir.into();
+        let subnets = dir.join("subnets");
+        std::fs::create_dir_all(&subnets).map_err(io(&subnets))?;
+        Ok(FileRegistry {
+            dir,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The registry's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn subnets(&self) -> PathBuf {
+        self.dir.join("subnets")
+    }
+
+    fn path_of(&self, key: &SubnetKey) -> PathBuf {
+        self.subnets().join(key.to_string())
+    }
+
+    fn write_tmp(&self, attrs: &LeaseAttrs) -> Result<PathBuf, RegistryError> {
+        let tmp = self.subnets().join(format!(
+            ".tmp-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(attrs.to_json().as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        Ok(tmp)
+    }
+
+    fn lease_at(&self, key: SubnetKey, attrs: LeaseAttrs) -> Result<Lease, RegistryError> {
+        let path = self.path_of(&key);
+        let mtime = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(io(&path))?;
+        Ok(Lease {
+            key,
+            attrs,
+            expiration: Some(mtime + LEASE_TTL),
+        })
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
+    move |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Registry for FileRegistry {
+    fn config(&self) -> Result<NetConf, RegistryError> {
+        let path = self.dir.join("config");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        Ok(NetConf::parse(&text)?)
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, RegistryError> {
+        let dir = self.subnets();
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(key) = name.parse::<SubnetKey>() else {
+                tracing::warn!(file = name, "ignoring a file in the registry that is not a subnet key");
+                continue;
+            };
+            // A file removed between read_dir and stat is simply gone.
+            let Ok(meta) = entry.metadata() else { continue };
+            let Ok(mtime) = meta.modified() else { continue };
+            let expiration = mtime + LEASE_TTL;
+            if expiration <= now {
+                continue;
+            }
+            seen.push(name.to_string());
+            let attrs = match cache.get(name) {
+                Some((t, len, attrs)) if *t == mtime && *len == meta.len() => attrs.clone(),
+                _ => {
+                    let parsed = std::fs::read(entry.path())
+                        .map_err(|e| LeaseError::Json(e.to_string()))
+                        .and_then(|b| LeaseAttrs::from_json(&b));
+                    let attrs = match parsed {
+                        Ok(a) => Some(a),
+                        Err(e) => {
+                            tracing::warn!(lease = name, error = %e, "ignoring a malformed lease");
+                            None
+                        }
+                    };
+                    cache.insert(name.to_string(), (mtime, meta.len(), attrs.clone()));
+                    attrs
+                }
+            };
+            if let Some(attrs) = attrs {
+                out.push(Lease {
+                    key,
+                    attrs,
+                    expiration: Some(expiration),
+                });
+            }
+        }
+        cache.retain(|k, _| seen.iter().any(|s| s == k));
+        out.sort_by_key(|l| l.key);
+        Ok(out)
+    }
+
+    fn create(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Option<Lease>, RegistryError> {
+        let path = self.path_of(key);
+        let tmp = self.write_tmp(attrs)?;
+        let result = (|| {
+            for _ in 0..2 {
+                match std::fs::hard_link(&tmp, &path) {
+                    Ok(()) => return Ok(true),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        // Free again if the holder let it expire.
+                        let expired = std::fs::metadata(&path)
+                            .and_then(|m| m.modified())
+                            .map(|t| t + LEASE_TTL <= SystemTime::now())
+                            .unwrap_or(false);
+                        if !expired {
+                            return Ok(false);
+                        }
+                        match std::fs::remove_file(&path) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == ErrorKind::NotFound => {}
+                            Err(e) => return Err(io(&path)(e)),
+                        }
+                    }
+                    Err(e) => return Err(io(&path)(e)),
+                }
+            }
+            Ok(false)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        if result? {
+            Ok(Some(self.lease_at(*key, attrs.clone())?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn renew(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError> {
+        let path = self.path_of(key);
+        let tmp = self.write_tmp(attrs)?;
+        std::fs::rename(&tmp, &path)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+            .map_err(io(&path))?;
+        self.lease_at(*key, attrs.clone())
+    }
+
+    fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError> {
+        let path = self.path_of(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn reg() -> (tempfile::TempDir, FileRegistry) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("config"), r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        let r = FileRegistry::open(d.path()).unwrap();
+        (d, r)
+    }
+
+    fn key(s: &str) -> SubnetKey {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn create_is_exclusive_and_leases_lists_it() {
+        let (_d, r) = reg();
+        let a = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 1));
+        let b = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 2));
+        assert!(r.create(&key("10.244.1.0-24"), &a).unwrap().is_some());
+        assert!(r.create(&key("10.244.1.0-24"), &b).unwrap().is_none());
+        let ls = r.leases().unwrap();
+        assert_eq!(ls.len(), 1);
+        assert_eq!(ls[0].attrs, a);
+        // No temp files remain.
+        assert_eq!(std::fs::read_dir(r.dir().join("subnets")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn hand_written_leases_count_and_bad_ones_are_skipped() {
+        let (d, r) = reg();
+        let s = d.path().join("subnets");
+        std::fs::write(
+            s.join("10.244.7.0-24"),
+            r#"{"PublicIP":"192.0.2.7","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#,
+        )
+        .unwrap();
+        std::fs::write(s.join("10.244.8.0-24"), "not json").unwrap();
+        std::fs::write(s.join("README"), "x").unwrap();
+        let ls = r.leases().unwrap();
+        assert_eq!(ls.len(), 1);
+        assert!(ls[0].attrs.vxlan_data().is_some());
+        // A fix of the bad lease is picked up on the next poll.
+        std::fs::write(s.join("10.244.8.0-24"), r#"{"PublicIP":"192.0.2.8"}"#).unwrap();
+        assert_eq!(r.leases().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn expired_leases_are_invisible_and_free() {
+        let (d, r) = reg();
+        let p = d.path().join("subnets/10.244.3.0-24");
+        std::fs::write(&p, r#"{"PublicIP":"192.0.2.3"}"#).unwrap();
+        let old = SystemTime::now() - LEASE_TTL - Duration::from_secs(5);
+        std::fs::File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+        assert!(r.leases().unwrap().is_empty());
+        let mine = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 9));
+        assert!(r.create(&key("10.244.3.0-24"), &mine).unwrap().is_some());
+        assert_eq!(r.leases().unwrap()[0].attrs, mine);
+    }
+
+    #[test]
+    fn renew_and_delete() {
+        let (_d, r) = reg();
+        let k = key("10.244.4.0-24");
+        let a = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 4));
+        let l = r.create(&k, &a).unwrap().unwrap();
+        let l2 = r.renew(&k, &a).unwrap();
+        assert!(l2.expiration >= l.expiration);
+        r.delete(&k).unwrap();
+        r.delete(&k).unwrap();
+        assert!(r.leases().unwrap().is_empty());
+    }
+
+    #[test]
+    fn concurrent_creates_never_share_a_subnet() {
+        let (_d, r) = reg();
+        let r = std::sync::Arc::new(r);
+        let winners: usize = (0..8)
+            .map(|i| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let a = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, i));
+                    r.create(&key("10.244.5.0-24"), &a).unwrap().is_some() as usize
+                })
+            })
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(winners, 1);
+    }
+}

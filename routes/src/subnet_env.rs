@@ -1,0 +1,99 @@
+//! `/run/flannel/subnet.env`: what the flannel CNI plugin and
+//! mk-docker-opts.sh read. Written atomically (temp file + rename) so a
+//! reader never sees half a file.
+
+use ipnet::Ipv4Net;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// The values subnet.env carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetEnv {
+    /// The whole overlay network.
+    pub network: Ipv4Net,
+    /// This node's subnet.
+    pub subnet: Ipv4Net,
+    /// The MTU pods should use.
+    pub mtu: u32,
+    /// Whether flannel masquerades (weft never does).
+    pub ipmasq: bool,
+}
+
+impl SubnetEnv {
+    /// The file's text, in flannel's key order. FLANNEL_SUBNET is the pod
+    /// bridge gateway: the subnet's `.1` with the subnet's prefix.
+    pub fn render(&self) -> String {
+        let gw = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
+        format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.network,
+            gw,
+            self.subnet.prefix_len(),
+            self.mtu,
+            self.ipmasq
+        )
+    }
+
+    /// Writes the file atomically, creating its directory if needed.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        write_atomic(path, self.render().as_bytes())
+    }
+}
+
+/// The subnet a previous run wrote into `path`, if any: FLANNEL_SUBNET's
+/// network (flanneld reuses it when it is still free).
+pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .and_then(|v| v.trim().parse::<Ipv4Net>().ok())
+        .map(|n| n.trunc())
+}
+
+/// Writes `data` to `path` through a temp file in the same directory and a
+/// rename, so readers see either the old or the new file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_flannels_format_and_reads_it_back() {
+        let env = SubnetEnv {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            mtu: 1450,
+            ipmasq: false,
+        };
+        assert_eq!(
+            env.render(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/flannel/subnet.env");
+        env.write(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
+        assert_eq!(previous_subnet(&path), Some(env.subnet));
+        assert_eq!(previous_subnet(&dir.path().join("absent")), None);
+        // No temp file is left behind.
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+}

@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn malformed_input_is_dropped() {
-        assert_eq!(decapsulate(&mut inner()[..19].to_vec()), Err(DropReason::Ipv4Malformed));
+        assert_eq!(
+            decapsulate(&mut inner()[..19].to_vec()),
+            Err(DropReason::Ipv4Malformed)
+        );
         let mut bad = inner();
         bad[11] ^= 0xff;
         assert_eq!(decapsulate(&mut bad), Err(DropReason::Ipv4Checksum));

@@ -1,1 +1,94 @@
-fn main(){}
+//! The `weft` command line.
+
+use clap::{Parser, Subcommand};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use weft::device::DeviceKind;
+
+/// weft: a userspace data plane for flannel overlay networks. It speaks
+/// flannel's udp and VXLAN encapsulations, wire-compatible with flannel
+/// nodes and the Linux kernel's VXLAN, on kernels without the vxlan module.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Join the overlay: acquire a subnet lease, create the device and
+    /// routes, forward traffic, and clean up on SIGTERM/SIGINT.
+    Run(RunArgs),
+    /// Build two nodes in network namespaces on this host, measure ping and
+    /// throughput through the tunnel for each backend, print a table, and
+    /// remove everything (needs root).
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// File registry directory: DIR/config holds net-conf.json,
+    /// DIR/subnets/<ip>-<len> one lease each, in flannel's JSON.
+    #[arg(long, value_name = "DIR")]
+    registry_dir: PathBuf,
+    /// The address peers send to (the lease's PublicIP). Default: the
+    /// underlay interface's first IPv4 address.
+    #[arg(long, value_name = "IP")]
+    public_ip: Option<Ipv4Addr>,
+    /// Underlay interface. Default: the interface of the default route.
+    #[arg(long, value_name = "NAME")]
+    iface: Option<String>,
+    /// Where to write subnet.env for the CNI plugin.
+    #[arg(long, value_name = "PATH", default_value = "/run/flannel/subnet.env")]
+    subnet_file: PathBuf,
+    /// Device kind for the vxlan backend: tap (an Ethernet flannel.1 with
+    /// neighbor entries, like the kernel's) or tun (L3; weft writes the inner
+    /// Ethernet header). The udp backend always uses a TUN.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Tun)]
+    device: DeviceKind,
+    /// Serve Prometheus metrics at /metrics (and /healthz, /readyz) here,
+    /// e.g. 127.0.0.1:9153.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Worker threads, one device queue and socket each.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Seconds of throughput measurement per backend.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => weft::daemon::run(weft::daemon::RunOptions {
+            registry_dir: a.registry_dir,
+            public_ip: a.public_ip,
+            iface: a.iface,
+            subnet_file: a.subnet_file,
+            device: a.device,
+            metrics_addr: a.metrics_addr,
+            threads: a.threads,
+        }),
+        Command::Demo(a) => weft::demo::run(a.seconds),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

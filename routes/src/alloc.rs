@@ -126,7 +126,11 @@ mod tests {
     #[test]
     fn own_lease_that_no_longer_fits_is_replaced() {
         let (d, r, c) = setup(r#"{"Network":"10.244.0.0/16","SubnetLen":25}"#);
-        std::fs::write(d.path().join("subnets/10.244.9.0-24"), r#"{"PublicIP":"192.0.2.1"}"#).unwrap();
+        std::fs::write(
+            d.path().join("subnets/10.244.9.0-24"),
+            r#"{"PublicIP":"192.0.2.1"}"#,
+        )
+        .unwrap();
         let l = acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None).unwrap();
         assert_eq!(l.subnet().prefix_len(), 25);
         assert_eq!(r.leases().unwrap().len(), 1);
@@ -149,7 +153,11 @@ mod tests {
         let subnets: Vec<Ipv4Net> = (1..=7)
             .map(|n| {
                 let (r, c) = (r.clone(), c.clone());
-                std::thread::spawn(move || acquire(&*r, &c, &LeaseAttrs::udp(ip(n)), None).unwrap().subnet())
+                std::thread::spawn(move || {
+                    acquire(&*r, &c, &LeaseAttrs::udp(ip(n)), None)
+                        .unwrap()
+                        .subnet()
+                })
             })
             .collect::<Vec<_>>()
             .into_iter()

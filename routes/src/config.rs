@@ -80,7 +80,8 @@ pub struct NetConf {
 impl NetConf {
     /// Parses net-conf.json text with flannel's defaults and checks.
     pub fn parse(text: &str) -> Result<NetConf, ConfigError> {
-        let v: Value = serde_json::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let obj = v
             .as_object()
             .ok_or_else(|| ConfigError::Syntax("top level is not an object".into()))?;
@@ -89,11 +90,10 @@ impl NetConf {
                 "EnableIPv4=false (IPv6-only overlays) is not supported yet".into(),
             ));
         }
-        let network: Ipv4Net = parse_str(obj, "Network")?
-            .ok_or(ConfigError::Value {
-                key: "Network",
-                why: "missing".into(),
-            })?;
+        let network: Ipv4Net = parse_str(obj, "Network")?.ok_or(ConfigError::Value {
+            key: "Network",
+            why: "missing".into(),
+        })?;
         let network = network.trunc();
         let subnet_len = match json::get(obj, "SubnetLen") {
             None | Some(Value::Null) => {
@@ -139,7 +139,12 @@ impl NetConf {
             )));
         }
         let (backend, backend_defaulted) = match json::get(obj, "Backend") {
-            None | Some(Value::Null) => (Backend::Udp { port: weft_encap::udp::DEFAULT_PORT }, true),
+            None | Some(Value::Null) => (
+                Backend::Udp {
+                    port: weft_encap::udp::DEFAULT_PORT,
+                },
+                true,
+            ),
             Some(Value::Object(b)) => (parse_backend(b)?, false),
             Some(_) => {
                 return Err(ConfigError::Value {
@@ -170,7 +175,11 @@ impl NetConf {
             return None;
         }
         let step = 1u32 << (32 - self.subnet_len);
-        Ipv4Net::new(Ipv4Addr::from(u32::from(self.subnet_min) + i * step), self.subnet_len).ok()
+        Ipv4Net::new(
+            Ipv4Addr::from(u32::from(self.subnet_min) + i * step),
+            self.subnet_len,
+        )
+        .ok()
     }
 
     /// True when `subnet` is one this config could hand out: inside Network,
@@ -289,7 +298,8 @@ mod tests {
 
     #[test]
     fn flannel_defaults() {
-        let c = NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let c =
+            NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert_eq!(c.subnet_len, 24);
         assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
         assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
@@ -341,8 +351,9 @@ mod tests {
 
     #[test]
     fn vxlan_port_zero_is_the_kernel_default() {
-        let c = NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":0}}"#)
-            .unwrap();
+        let c =
+            NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":0}}"#)
+                .unwrap();
         assert!(matches!(c.backend, Backend::Vxlan { port: 8472, .. }));
     }
 
@@ -353,15 +364,42 @@ mod tests {
             ("{", "not a JSON object"),
             (r#"{}"#, "Network"),
             (r#"{"Network":"10.244.0.0/33"}"#, "Network"),
-            (r#"{"Network":"10.244.0.0/16","SubnetLen":30}"#, "longer than /28"),
-            (r#"{"Network":"10.244.0.0/16","SubnetLen":16}"#, "must be longer"),
-            (r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#, "outside"),
-            (r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.0.7"}"#, "boundary"),
-            (r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.2.0"}"#, "above"),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#, "unsupported"),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#, "24 bits"),
-            (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","GBP":true}}"#, "GBP"),
-            (r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#, "IPv6-only"),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetLen":30}"#,
+                "longer than /28",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetLen":16}"#,
+                "must be longer",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#,
+                "outside",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.0.7"}"#,
+                "boundary",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.2.0"}"#,
+                "above",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#,
+                "unsupported",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+                "24 bits",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","GBP":true}}"#,
+                "GBP",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
+                "IPv6-only",
+            ),
         ] {
             let e = NetConf::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");

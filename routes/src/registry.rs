@@ -151,7 +151,10 @@ impl Registry for FileRegistry {
                 continue;
             }
             let Ok(key) = name.parse::<SubnetKey>() else {
-                tracing::warn!(file = name, "ignoring a file in the registry that is not a subnet key");
+                tracing::warn!(
+                    file = name,
+                    "ignoring a file in the registry that is not a subnet key"
+                );
                 continue;
             };
             // A file removed between read_dir and stat is simply gone.
@@ -275,7 +278,10 @@ mod tests {
         assert_eq!(ls.len(), 1);
         assert_eq!(ls[0].attrs, a);
         // No temp files remain.
-        assert_eq!(std::fs::read_dir(r.dir().join("subnets")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(r.dir().join("subnets")).unwrap().count(),
+            1
+        );
     }
 
     #[test]
@@ -303,7 +309,12 @@ mod tests {
         let p = d.path().join("subnets/10.244.3.0-24");
         std::fs::write(&p, r#"{"PublicIP":"192.0.2.3"}"#).unwrap();
         let old = SystemTime::now() - LEASE_TTL - Duration::from_secs(5);
-        std::fs::File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         assert!(r.leases().unwrap().is_empty());
         let mine = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 9));
         assert!(r.create(&key("10.244.3.0-24"), &mine).unwrap().is_some());

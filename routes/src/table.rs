@@ -106,7 +106,10 @@ mod tests {
             peer("10.244.2.0/24", [192, 0, 2, 2], 2),
             peer("10.244.2.128/25", [192, 0, 2, 3], 3),
         ]);
-        let hit = |a: [u8; 4]| t.lookup(Ipv4Addr::from(a)).map(|p| p.endpoint.ip().octets()[3]);
+        let hit = |a: [u8; 4]| {
+            t.lookup(Ipv4Addr::from(a))
+                .map(|p| p.endpoint.ip().octets()[3])
+        };
         assert_eq!(hit([10, 244, 2, 200]), Some(3));
         assert_eq!(hit([10, 244, 2, 5]), Some(2));
         assert_eq!(hit([10, 244, 9, 5]), Some(1));
@@ -118,6 +121,8 @@ mod tests {
         let t = ForwardingTable::new(vec![peer("10.244.2.0/24", [192, 0, 2, 2], 2)]);
         assert!(t.lookup_mac(MacAddr([2, 0, 0, 0, 0, 2])).is_some());
         assert!(t.lookup_mac(MacAddr::BROADCAST).is_none());
-        assert!(ForwardingTable::default().lookup(Ipv4Addr::LOCALHOST).is_none());
+        assert!(ForwardingTable::default()
+            .lookup(Ipv4Addr::LOCALHOST)
+            .is_none());
     }
 }

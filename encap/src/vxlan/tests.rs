@@ -49,7 +49,11 @@ fn encapsulation_reproduces_the_kernels_bytes() {
         mac: MacAddr(MAC_A),
     };
     let out = a
-        .encapsulate_ip(&mut buf, crate::HEADROOM..crate::HEADROOM + ip.len(), MacAddr(MAC_B))
+        .encapsulate_ip(
+            &mut buf,
+            crate::HEADROOM..crate::HEADROOM + ip.len(),
+            MacAddr(MAC_B),
+        )
         .unwrap();
     assert_eq!(&buf[out], &KERNEL_REQUEST[..]);
 
@@ -90,27 +94,94 @@ fn drops_every_malformed_case_with_its_reason() {
         b.decapsulate(&v)
     };
     let cases: Vec<(&str, Result<Inner, DropReason>, DropReason)> = vec![
-        ("short header", b.decapsulate(&KERNEL_REQUEST[..7]), DropReason::ShortHeader),
+        (
+            "short header",
+            b.decapsulate(&KERNEL_REQUEST[..7]),
+            DropReason::ShortHeader,
+        ),
         ("empty", b.decapsulate(&[]), DropReason::ShortHeader),
-        ("I flag clear", with(&|v| v[0] = 0x00), DropReason::FlagsInvalid),
+        (
+            "I flag clear",
+            with(&|v| v[0] = 0x00),
+            DropReason::FlagsInvalid,
+        ),
         ("G bit", with(&|v| v[0] = 0x88), DropReason::ReservedBits),
-        ("reserved flag bit", with(&|v| v[0] = 0x0c), DropReason::ReservedBits),
-        ("reserved byte 1", with(&|v| v[1] = 0x01), DropReason::ReservedBits),
-        ("reserved byte 3", with(&|v| v[3] = 0x80), DropReason::ReservedBits),
-        ("reserved byte 7", with(&|v| v[7] = 0x01), DropReason::ReservedBits),
+        (
+            "reserved flag bit",
+            with(&|v| v[0] = 0x0c),
+            DropReason::ReservedBits,
+        ),
+        (
+            "reserved byte 1",
+            with(&|v| v[1] = 0x01),
+            DropReason::ReservedBits,
+        ),
+        (
+            "reserved byte 3",
+            with(&|v| v[3] = 0x80),
+            DropReason::ReservedBits,
+        ),
+        (
+            "reserved byte 7",
+            with(&|v| v[7] = 0x01),
+            DropReason::ReservedBits,
+        ),
         ("other VNI", with(&|v| v[6] = 2), DropReason::VniMismatch),
-        ("inner < 14", b.decapsulate(&KERNEL_REQUEST[..8 + 13]), DropReason::InnerTruncated),
-        ("src is us", with(&|v| v[14..20].copy_from_slice(&MAC_B)), DropReason::LoopedFrame),
+        (
+            "inner < 14",
+            b.decapsulate(&KERNEL_REQUEST[..8 + 13]),
+            DropReason::InnerTruncated,
+        ),
+        (
+            "src is us",
+            with(&|v| v[14..20].copy_from_slice(&MAC_B)),
+            DropReason::LoopedFrame,
+        ),
         ("dst not us", with(&|v| v[8] ^= 0x02), DropReason::OtherHost),
-        ("dst broadcast", with(&|v| v[8..14].fill(0xff)), DropReason::OtherHost),
-        ("VLAN tag", with(&|v| v[20..22].copy_from_slice(&[0x81, 0x00])), DropReason::EtherType),
-        ("ARP", with(&|v| v[20..22].copy_from_slice(&[0x08, 0x06])), DropReason::EtherType),
-        ("IPv4 version 5", with(&|v| v[22] = 0x55), DropReason::Ipv4Malformed),
+        (
+            "dst broadcast",
+            with(&|v| v[8..14].fill(0xff)),
+            DropReason::OtherHost,
+        ),
+        (
+            "VLAN tag",
+            with(&|v| v[20..22].copy_from_slice(&[0x81, 0x00])),
+            DropReason::EtherType,
+        ),
+        (
+            "ARP",
+            with(&|v| v[20..22].copy_from_slice(&[0x08, 0x06])),
+            DropReason::EtherType,
+        ),
+        (
+            "IPv4 version 5",
+            with(&|v| v[22] = 0x55),
+            DropReason::Ipv4Malformed,
+        ),
         ("IHL 4", with(&|v| v[22] = 0x44), DropReason::Ipv4Malformed),
-        ("total > frame", with(&|v| v[25] = 0x2d), DropReason::Ipv4Malformed),
-        ("truncated IPv4", b.decapsulate(&KERNEL_REQUEST[..22 + 19]), DropReason::Ipv4Malformed),
-        ("bad checksum", with(&|v| v[33] ^= 0x01), DropReason::Ipv4Checksum),
-        ("IPv6 truncated", with(&|v| { v[20..22].copy_from_slice(&[0x86, 0xdd]); v[22] = 0x60 }), DropReason::Ipv6Malformed),
+        (
+            "total > frame",
+            with(&|v| v[25] = 0x2d),
+            DropReason::Ipv4Malformed,
+        ),
+        (
+            "truncated IPv4",
+            b.decapsulate(&KERNEL_REQUEST[..22 + 19]),
+            DropReason::Ipv4Malformed,
+        ),
+        (
+            "bad checksum",
+            with(&|v| v[33] ^= 0x01),
+            DropReason::Ipv4Checksum,
+        ),
+        (
+            "IPv6 truncated",
+            with(&|v| {
+                v[20..22].copy_from_slice(&[0x86, 0xdd]);
+                v[22] = 0x60
+            }),
+            DropReason::Ipv6Malformed,
+        ),
     ];
     for (name, got, want) in cases {
         assert_eq!(got, Err(want), "{name}");
@@ -130,8 +201,17 @@ fn no_headroom_is_an_error_not_a_panic() {
     let mut buf = KERNEL_REQUEST[22..].to_vec();
     let n = buf.len();
     let b = node_b();
-    assert_eq!(b.encapsulate_ip(&mut buf, 0..n, MacAddr(MAC_A)), Err(DropReason::ShortHeader));
-    assert_eq!(b.encapsulate_frame(&mut buf, 0..n), Err(DropReason::ShortHeader));
+    assert_eq!(
+        b.encapsulate_ip(&mut buf, 0..n, MacAddr(MAC_A)),
+        Err(DropReason::ShortHeader)
+    );
+    assert_eq!(
+        b.encapsulate_frame(&mut buf, 0..n),
+        Err(DropReason::ShortHeader)
+    );
     buf[0] = 0x15;
-    assert_eq!(b.encapsulate_ip(&mut buf, 0..n, MacAddr(MAC_A)), Err(DropReason::EtherType));
+    assert_eq!(
+        b.encapsulate_ip(&mut buf, 0..n, MacAddr(MAC_A)),
+        Err(DropReason::EtherType)
+    );
 }

@@ -1,0 +1,337 @@
+//! `weft run`: acquire a lease, build the device, start the workers, keep
+//! peers in sync with the registry, and undo it all on SIGTERM/SIGINT.
+
+use crate::control::{self, Peers, Programming};
+use crate::device::{self, DeviceKind};
+use crate::metrics::{Metrics, WorkerStats};
+use crate::netlink::Netlink;
+use crate::udp_io;
+use crate::worker::{Mode, Worker};
+use anyhow::{bail, Context};
+use arc_swap::ArcSwap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::signal::unix::{signal, SignalKind};
+use weft_encap::{udp, vxlan};
+use weft_routes::{
+    alloc, subnet_env, Backend, FileRegistry, ForwardingTable, LeaseAttrs, Registry,
+};
+
+/// How often the registry is polled: changes take effect within this.
+const POLL: Duration = Duration::from_millis(500);
+/// Renew our lease this long before it expires (flanneld's default margin).
+const RENEW_MARGIN: Duration = Duration::from_secs(3600);
+/// VXLAN send sockets per worker (outer source ports picked by flow hash).
+const VXLAN_TX_SOCKETS: usize = 4;
+
+/// Options of `weft run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The file registry's directory.
+    pub registry_dir: PathBuf,
+    /// Our PublicIP; default the underlay interface's address.
+    pub public_ip: Option<Ipv4Addr>,
+    /// Underlay interface; default the default route's.
+    pub iface: Option<String>,
+    /// Where subnet.env goes.
+    pub subnet_file: PathBuf,
+    /// TUN or TAP for vxlan.
+    pub device: DeviceKind,
+    /// Where to serve metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Worker threads (device queues).
+    pub threads: usize,
+}
+
+/// Runs the daemon until a signal; Ok means a clean shutdown.
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control-plane runtime")?;
+    rt.block_on(run_async(opts))
+}
+
+struct Plan {
+    device_name: String,
+    kind: DeviceKind,
+    mtu: u32,
+    port: u16,
+    attrs: LeaseAttrs,
+    vtep: Option<vxlan::Endpoint>,
+}
+
+fn plan(
+    backend: &Backend,
+    opts: &RunOptions,
+    underlay_mtu: u32,
+    public_ip: Ipv4Addr,
+    reg: &dyn Registry,
+) -> anyhow::Result<Plan> {
+    match *backend {
+        Backend::Udp { port } => {
+            if opts.device == DeviceKind::Tap {
+                tracing::info!(
+                    "the udp backend always uses a TUN device (flannel0); ignoring --device tap"
+                );
+            }
+            Ok(Plan {
+                device_name: "flannel0".into(),
+                kind: DeviceKind::Tun,
+                mtu: underlay_mtu.saturating_sub(udp::IPV4_OVERHEAD as u32),
+                port,
+                attrs: LeaseAttrs::udp(public_ip),
+                vtep: None,
+            })
+        }
+        Backend::Vxlan {
+            vni,
+            port,
+            direct_routing,
+            mtu,
+        } => {
+            if direct_routing {
+                tracing::warn!(
+                    "DirectRouting is not implemented yet; every peer is reached over VXLAN"
+                );
+            }
+            let leases = reg.leases().context("cannot list leases")?;
+            let mac = control::vtep_mac_for(&leases, public_ip, vni);
+            let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
+            Ok(Plan {
+                device_name: format!("flannel.{vni}"),
+                kind: opts.device,
+                mtu: mtu.unwrap_or(underlay_mtu.saturating_sub(vxlan::IPV4_OVERHEAD as u32)),
+                port,
+                attrs: LeaseAttrs::vxlan(public_ip, data),
+                vtep: Some(vxlan::Endpoint { vni, mac }),
+            })
+        }
+        Backend::HostGw => bail!("the host-gw backend is not implemented yet"),
+    }
+}
+
+async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
+    let nl = Netlink::open()?;
+    let underlay = nl.underlay(opts.iface.as_deref()).await?;
+    let public_ip = opts.public_ip.unwrap_or(underlay.addr);
+    let reg = FileRegistry::open(&opts.registry_dir)?;
+    let conf = reg
+        .config()
+        .with_context(|| format!("cannot read {}/config", opts.registry_dir.display()))?;
+    if conf.backend_defaulted {
+        tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
+    }
+    let plan = plan(&conf.backend, &opts, underlay.mtu, public_ip, &reg)?;
+    let previous = subnet_env::previous_subnet(&opts.subnet_file);
+    let mut lease = alloc::acquire(&reg, &conf, &plan.attrs, previous)?;
+    let subnet = lease.subnet();
+    tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");
+
+    let threads = opts.threads.max(1);
+    let queues = device::create(&plan.device_name, plan.kind, threads)?;
+    let (index, _) = nl
+        .link(&plan.device_name)
+        .await?
+        .with_context(|| format!("device {} vanished after creation", plan.device_name))?;
+    let guard = LinkGuard {
+        nl: nl.clone(),
+        index,
+    };
+    let tap_mac = match plan.kind {
+        DeviceKind::Tap => plan.vtep.map(|v| v.mac),
+        DeviceKind::Tun => None,
+    };
+    nl.configure_link(index, plan.mtu, tap_mac).await?;
+    let local = control::tunnel_addr(subnet);
+    nl.add_address(index, local, 32).await?;
+    let programming = Programming::for_backend(&conf.backend, plan.kind);
+    if programming == Programming::NetworkRoute {
+        nl.replace_route(conf.network, index, None, false).await?;
+    }
+
+    let table = Arc::new(ArcSwap::from_pointee(ForwardingTable::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stats = Vec::new();
+    let mut handles = Vec::new();
+    for (id, queue) in queues.into_iter().enumerate() {
+        let socket = udp_io::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, plan.port), true)
+            .with_context(|| format!("cannot bind UDP port {}", plan.port))?;
+        let tx_sockets = if plan.vtep.is_some() {
+            (0..VXLAN_TX_SOCKETS)
+                .map(|_| bind_tx(public_ip))
+                .collect::<std::io::Result<Vec<_>>>()
+                .context("cannot open VXLAN send sockets")?
+        } else {
+            Vec::new()
+        };
+        let mode = match (plan.vtep, plan.kind) {
+            (None, _) => Mode::Udp,
+            (Some(ep), DeviceKind::Tun) => Mode::VxlanTun(ep),
+            (Some(ep), DeviceKind::Tap) => Mode::VxlanTap(ep),
+        };
+        let s = Arc::new(WorkerStats::default());
+        stats.push(s.clone());
+        let w = Worker {
+            id,
+            mode,
+            local,
+            mtu: plan.mtu as usize,
+            queue,
+            socket,
+            tx_sockets,
+            table: table.clone(),
+            stats: s,
+            stop: stop.clone(),
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("weft-worker-{id}"))
+                .spawn(move || w.run())
+                .context("cannot spawn a worker thread")?,
+        );
+    }
+    let metrics = Arc::new(Metrics {
+        workers: stats,
+        ..Default::default()
+    });
+    if let Some(addr) = opts.metrics_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tokio::spawn(crate::metrics::serve(l, metrics.clone()));
+    }
+    let mut peers = Peers::new(
+        nl.clone(),
+        index,
+        programming,
+        conf.backend.clone(),
+        plan.port,
+        lease.key,
+        table,
+        metrics.clone(),
+    );
+    peers.sync(&reg.leases()?).await;
+    let env = subnet_env::SubnetEnv {
+        network: conf.network,
+        subnet,
+        mtu: plan.mtu,
+        ipmasq: false,
+    };
+    env.write(&opts.subnet_file)
+        .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
+    set_expiry(&metrics, lease.expiration);
+    metrics.ready.store(true, Ordering::Relaxed);
+    tracing::info!(device = %plan.device_name, mtu = plan.mtu, threads, subnet_file = %opts.subnet_file.display(), "ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(POLL);
+    let mut registry_log = tokio::time::Instant::now() - Duration::from_secs(60);
+    let outcome: anyhow::Result<()> = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Some(i) = handles.iter().position(|h| h.is_finished()) {
+            let r = handles.remove(i).join();
+            break Err(anyhow::anyhow!("worker {i} stopped: {r:?}"));
+        }
+        let leases = match reg.leases() {
+            Ok(l) => l,
+            Err(e) => {
+                // Keep forwarding with the peers we know.
+                if registry_log.elapsed() > Duration::from_secs(30) {
+                    tracing::warn!(error = %e, "registry unavailable; forwarding to the last known peers");
+                    registry_log = tokio::time::Instant::now();
+                }
+                continue;
+            }
+        };
+        match leases.iter().find(|l| l.key == lease.key) {
+            Some(l) if l.attrs.public_ip == public_ip => {
+                lease.expiration = l.expiration;
+            }
+            Some(l) => {
+                break Err(anyhow::anyhow!(
+                    "our lease {} now names PublicIP {}: another node took our subnet",
+                    lease.key,
+                    l.attrs.public_ip
+                ))
+            }
+            None => match reg.create(&lease.key, &plan.attrs) {
+                Ok(Some(l)) => {
+                    tracing::warn!(subnet = %subnet, "our lease was removed; took it again");
+                    lease = l;
+                }
+                Ok(None) => {
+                    break Err(anyhow::anyhow!(
+                        "our lease {} was revoked and the subnet is taken",
+                        lease.key
+                    ))
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot re-create our lease"),
+            },
+        }
+        let renew_due = lease
+            .expiration
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .is_none_or(|left| left < RENEW_MARGIN);
+        if renew_due {
+            match reg.renew(&lease.key, &plan.attrs) {
+                Ok(l) => {
+                    tracing::info!(subnet = %subnet, "lease renewed");
+                    lease = l;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot renew our lease; retrying"),
+            }
+        }
+        set_expiry(&metrics, lease.expiration);
+        peers.sync(&leases).await;
+    };
+
+    tracing::info!("shutting down");
+    metrics.ready.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    peers.clear().await;
+    if programming == Programming::NetworkRoute {
+        let _ = nl.delete_route(conf.network, index).await;
+    }
+    guard.remove().await;
+    outcome
+}
+
+fn set_expiry(m: &Metrics, t: Option<SystemTime>) {
+    let secs = t
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    m.lease_expiry.store(secs, Ordering::Relaxed);
+}
+
+/// A send socket on an ephemeral port, sourced from our PublicIP when it is
+/// a local address (it is not behind NAT).
+fn bind_tx(public_ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
+    udp_io::bind(SocketAddrV4::new(public_ip, 0), false)
+        .or_else(|_| udp_io::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), false))
+}
+
+/// Deletes the device on every exit path that gets this far.
+struct LinkGuard {
+    nl: Netlink,
+    index: u32,
+}
+
+impl LinkGuard {
+    async fn remove(self) {
+        if let Err(e) = self.nl.delete_link(self.index).await {
+            tracing::warn!(error = %e, "cannot delete the device");
+        }
+    }
+}

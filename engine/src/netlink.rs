@@ -1,0 +1,293 @@
+//! Kernel network state through rtnetlink: links, addresses, routes and
+//! neighbor entries. weft never shells out to `ip`.
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
+use weft_encap::MacAddr;
+
+/// A netlink failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The netlink socket could not be opened.
+    #[error("cannot open a netlink socket: {0}")]
+    Open(#[source] std::io::Error),
+    /// A request failed.
+    #[error("netlink: cannot {what}: {source}")]
+    Request {
+        /// What was asked.
+        what: String,
+        /// The kernel's answer.
+        source: rtnetlink::Error,
+    },
+    /// A link that should exist does not.
+    #[error("no network interface named {0}")]
+    NoLink(String),
+    /// No default route to derive the underlay interface from.
+    #[error("no IPv4 default route: pass --iface")]
+    NoDefaultRoute,
+    /// The interface has no IPv4 address.
+    #[error("interface {0} has no IPv4 address: pass --public-ip")]
+    NoAddress(String),
+}
+
+fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+/// True for "no such entry" answers, which a delete treats as done.
+fn is_absent(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.map(|c| -c.get()) .is_some_and(|c| c == libc::ENOENT || c == libc::ESRCH || c == libc::ENODEV))
+}
+
+/// The underlay interface weft sends through.
+#[derive(Debug, Clone)]
+pub struct Underlay {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Its first IPv4 address.
+    pub addr: Ipv4Addr,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// A handle on the kernel's routing netlink, valid inside a tokio runtime.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a connection and drives it on the current tokio runtime.
+    pub fn open() -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Open)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Index and MTU of the link called `name`, if it exists.
+    pub async fn link(&self, name: &str) -> Result<Option<(u32, u32)>, NetlinkError> {
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match s.try_next().await {
+            Ok(Some(m)) => {
+                let mtu = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        LinkAttribute::Mtu(m) => Some(*m),
+                        _ => None,
+                    })
+                    .unwrap_or(1500);
+                Ok(Some((m.header.index, mtu)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(req(format!("look up link {name}"))(e)),
+        }
+    }
+
+    async fn link_name(&self, index: u32) -> Result<String, NetlinkError> {
+        let mut s = self.handle.link().get().match_index(index).execute();
+        let m = s
+            .try_next()
+            .await
+            .map_err(req(format!("look up link #{index}")))?
+            .ok_or_else(|| NetlinkError::NoLink(format!("#{index}")))?;
+        Ok(m.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .unwrap_or_default())
+    }
+
+    /// Finds the underlay: `iface` or the default route's interface, and its
+    /// first IPv4 address.
+    pub async fn underlay(&self, iface: Option<&str>) -> Result<Underlay, NetlinkError> {
+        let name = match iface {
+            Some(n) => n.to_string(),
+            None => {
+                let mut routes = self
+                    .handle
+                    .route()
+                    .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                    .execute();
+                let mut oif = None;
+                while let Some(r) = routes.try_next().await.map_err(req("list routes"))? {
+                    if r.header.destination_prefix_length == 0 && r.header.table == 254 {
+                        oif = r.attributes.iter().find_map(|a| match a {
+                            RouteAttribute::Oif(i) => Some(*i),
+                            _ => None,
+                        });
+                        if oif.is_some() {
+                            break;
+                        }
+                    }
+                }
+                self.link_name(oif.ok_or(NetlinkError::NoDefaultRoute)?)
+                    .await?
+            }
+        };
+        let (index, mtu) = self
+            .link(&name)
+            .await?
+            .ok_or_else(|| NetlinkError::NoLink(name.clone()))?;
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut addr = None;
+        while let Some(a) = addrs.try_next().await.map_err(req("list addresses"))? {
+            addr = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(IpAddr::V4(v))
+                | AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                _ => None,
+            });
+            if addr.is_some() {
+                break;
+            }
+        }
+        let addr = addr.ok_or_else(|| NetlinkError::NoAddress(name.clone()))?;
+        Ok(Underlay {
+            name,
+            index,
+            addr,
+            mtu,
+        })
+    }
+
+    /// Sets MTU, optionally the MAC, and brings the link up.
+    pub async fn configure_link(
+        &self,
+        index: u32,
+        mtu: u32,
+        mac: Option<MacAddr>,
+    ) -> Result<(), NetlinkError> {
+        let mut b = LinkUnspec::new_with_index(index).mtu(mtu);
+        if let Some(m) = mac {
+            b = b.address(m.octets().to_vec());
+        }
+        self.handle
+            .link()
+            .set(b.build())
+            .execute()
+            .await
+            .map_err(req(format!("set MTU/MAC of link #{index}")))?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(req(format!("bring link #{index} up")))
+    }
+
+    /// Adds `addr/len` to a link (an existing identical address is fine).
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        len: u8,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(addr), len)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add address {addr}/{len}")))
+    }
+
+    /// Deletes a link; absent is fine.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Err(e) if !is_absent(&e) => Err(req(format!("delete link #{index}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn route_msg(dst: Ipv4Net, index: u32, via: Option<Ipv4Addr>, onlink: bool) -> RouteMessage {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .output_interface(index);
+        if let Some(gw) = via {
+            b = b.gateway(gw);
+        } else {
+            b = b.scope(rtnetlink::packet_route::route::RouteScope::Link);
+        }
+        if onlink {
+            b = b.onlink();
+        }
+        b.build()
+    }
+
+    /// Installs (or replaces) `dst [via gw] dev index [onlink]`.
+    pub async fn replace_route(
+        &self,
+        dst: Ipv4Net,
+        index: u32,
+        via: Option<Ipv4Addr>,
+        onlink: bool,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(Self::route_msg(dst, index, via, onlink))
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("install route {dst}")))
+    }
+
+    /// Removes the route to `dst` on link `index`; absent is fine.
+    pub async fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
+        let msg = Self::route_msg(dst, index, None, false);
+        match self.handle.route().del(msg).execute().await {
+            Err(e) if !is_absent(&e) => Err(req(format!("delete route {dst}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Installs (or replaces) a permanent neighbor `ip lladdr mac`.
+    pub async fn replace_neighbor(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac.octets())
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("install neighbor {ip} lladdr {mac}")))
+    }
+
+    /// Removes the neighbor entry for `ip`; absent is fine.
+    pub async fn delete_neighbor(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut add = self.handle.neighbours().add(index, IpAddr::V4(ip));
+        let msg = add.message_mut().clone();
+        match self.handle.neighbours().del(msg).execute().await {
+            Err(e) if !is_absent(&e) => Err(req(format!("delete neighbor {ip}"))(e)),
+            _ => Ok(()),
+        }
+    }
+}

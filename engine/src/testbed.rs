@@ -1,0 +1,452 @@
+//! Test hosts on one machine: network namespaces joined by a bridge, each
+//! able to run a weft node against a shared file registry. `weft demo` and
+//! the integration tests both build on this.
+//!
+//! Every namespace gets a unique name and is deleted on drop, and every
+//! process started here is killed on drop, so a failing test cleans up too.
+//! Topology plumbing uses `ip` (it is the harness, standing in for the
+//! operator); weft itself only ever talks netlink.
+
+use ipnet::Ipv4Net;
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A unique, short name for a namespace or file of this process.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "wt{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn check(out: Output, what: &str) -> io::Result<Output> {
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(io::Error::other(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Runs a command and fails with its stderr if it exits non-zero.
+pub fn sh(program: &str, args: &[&str]) -> io::Result<Output> {
+    let out = Command::new(program).args(args).output()?;
+    check(out, &format!("{program} {}", args.join(" ")))
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with a unique name from `tag`, loopback up.
+    pub fn create(tag: &str) -> io::Result<Netns> {
+        let name = unique(tag);
+        sh("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> ARGS…`.
+    pub fn ip(&self, args: &[&str]) -> io::Result<Output> {
+        let mut a = vec!["-n", &self.name];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Runs `program ARGS…` inside the namespace; fails on non-zero exit.
+    pub fn exec(&self, program: &str, args: &[&str]) -> io::Result<Output> {
+        let out = self.command(program).args(args).output()?;
+        check(
+            out,
+            &format!("{program} {} in {}", args.join(" "), self.name),
+        )
+    }
+
+    /// Runs `f` on a thread that has entered the namespace: sockets it opens
+    /// live there. The caller's thread is untouched.
+    pub fn enter<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = File::open(&path)?;
+        std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd only changes the calling
+            // thread's network namespace; `file` outlives the call.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| io::Error::other("namespace thread panicked"))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// One host of a `Cluster`.
+pub struct Node {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its underlay address on `eth0`.
+    pub underlay: Ipv4Addr,
+    /// Its weft process, if running.
+    pub daemon: Option<Child>,
+    /// Where its subnet.env goes.
+    pub subnet_file: PathBuf,
+    /// weft's log.
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// This node's subnet, from the subnet.env weft wrote.
+    pub fn subnet(&self) -> Option<Ipv4Net> {
+        weft_routes::subnet_env::previous_subnet(&self.subnet_file)
+    }
+
+    /// The subnet's `.1`: the pod gateway address `add_pod_bridge` puts up.
+    pub fn pod_ip(&self) -> Option<Ipv4Addr> {
+        self.subnet()
+            .map(|s| Ipv4Addr::from(u32::from(s.network()) + 1))
+    }
+
+    /// What weft logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for weft to exit.
+    pub fn stop(&mut self) -> io::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.daemon.take() else {
+            return Err(io::Error::other("not running"));
+        };
+        sh("kill", &["-TERM", &child.id().to_string()])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(io::Error::other("weft did not exit within 10 s of SIGTERM"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills weft with SIGKILL (no cleanup), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Puts a `cni0` bridge with `<subnet>.1/<len>` up, standing in for the
+    /// pods the CNI plugin would attach.
+    pub fn add_pod_bridge(&self) -> io::Result<Ipv4Addr> {
+        let subnet = self
+            .subnet()
+            .ok_or_else(|| io::Error::other("no subnet.env yet"))?;
+        let ip = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        self.ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
+        self.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{ip}/{}", subnet.prefix_len()),
+            "dev",
+            "cni0",
+        ])?;
+        self.ns.ip(&["link", "set", "cni0", "up"])?;
+        Ok(ip)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Hosts on one bridge (in a hub namespace) sharing one file registry.
+pub struct Cluster {
+    /// The nodes, in creation order.
+    pub nodes: Vec<Node>,
+    /// The hub namespace holding the bridge.
+    pub hub: Netns,
+    /// The shared registry directory.
+    pub registry: PathBuf,
+    /// Scratch space for logs and subnet.env files, removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n` hosts at 192.168.<net>.1…n/24 on a bridge, a registry holding
+    /// `net_conf`, and an MTU of 1500 on every link.
+    pub fn new(tag: &str, n: usize, net_conf: &str) -> io::Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("weft-testbed").tempdir()?;
+        let registry = dir.path().join("registry");
+        std::fs::create_dir_all(registry.join("subnets"))?;
+        std::fs::write(registry.join("config"), net_conf)?;
+        let hub = Netns::create(&format!("{tag}h"))?;
+        hub.ip(&["link", "add", "br0", "type", "bridge"])?;
+        hub.ip(&["link", "set", "br0", "up"])?;
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            hub,
+            registry,
+            dir,
+        };
+        for _ in 0..n {
+            c.add_node(tag)?;
+        }
+        Ok(c)
+    }
+
+    /// Adds one more host to the bridge.
+    pub fn add_node(&mut self, tag: &str) -> io::Result<usize> {
+        let i = self.nodes.len();
+        let ns = Netns::create(&format!("{tag}{i}"))?;
+        let port = format!("p{i}");
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &self.hub.name,
+            ],
+        )?;
+        self.hub
+            .ip(&["link", "set", &port, "master", "br0", "up"])?;
+        let underlay = Ipv4Addr::new(192, 168, 100, i as u8 + 1);
+        ns.ip(&["addr", "add", &format!("{underlay}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        // A default route, so weft's interface autodetection has one to find.
+        // Its gateway does not exist: pod traffic must never bypass the
+        // tunnel by being ARPed for directly on the underlay.
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.100.254",
+            "dev",
+            "eth0",
+        ])?;
+        let subnet_file = self.dir.path().join(format!("node{i}/subnet.env"));
+        let log = self.dir.path().join(format!("node{i}.log"));
+        self.nodes.push(Node {
+            ns,
+            underlay,
+            daemon: None,
+            subnet_file,
+            log,
+        });
+        Ok(i)
+    }
+
+    /// Starts weft on node `i` and waits (up to 15 s) until it is ready
+    /// (subnet.env written).
+    pub fn start(&mut self, i: usize, weft: &Path, extra: &[&str]) -> io::Result<()> {
+        let node = &mut self.nodes[i];
+        let _ = std::fs::remove_file(&node.subnet_file);
+        let log = File::create(&node.log)?;
+        let child = node
+            .ns
+            .command(weft)
+            .arg("run")
+            .arg("--registry-dir")
+            .arg(&self.registry)
+            .arg("--subnet-file")
+            .arg(&node.subnet_file)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        node.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if node.subnet_file.exists() {
+                return Ok(());
+            }
+            if let Some(c) = node.daemon.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    node.daemon = None;
+                    return Err(io::Error::other(format!(
+                        "weft on node {i} exited with {status}:\n{}",
+                        node.log_text()
+                    )));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(io::Error::other(format!(
+            "weft on node {i} not ready within 15 s:\n{}",
+            node.log_text()
+        )))
+    }
+
+    /// The lease file of node `i`'s subnet.
+    pub fn lease_path(&self, i: usize) -> Option<PathBuf> {
+        let s = self.nodes[i].subnet()?;
+        Some(
+            self.registry
+                .join("subnets")
+                .join(format!("{}-{}", s.network(), s.prefix_len())),
+        )
+    }
+
+    /// Waits up to `timeout` for `cond`; true if it held.
+    pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if cond() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// Sends `len` bytes of a deterministic pattern over TCP from namespace
+/// `from` to `to_ip:port` in namespace `to`, and returns (bytes, hash) as
+/// seen by the sender and by the receiver. Also returns the elapsed time.
+pub fn tcp_transfer(
+    from: &Netns,
+    to: &Netns,
+    to_ip: Ipv4Addr,
+    port: u16,
+    len: usize,
+) -> io::Result<TransferResult> {
+    use std::io::{Read, Write};
+    let listener = to.enter(move || std::net::TcpListener::bind((to_ip, port)))??;
+    let server = std::thread::spawn(move || -> io::Result<(u64, u64)> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut h = Fnv::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.write(&buf[..n]);
+            total += n as u64;
+        }
+        Ok((total, h.0))
+    });
+    let start = Instant::now();
+    let sent = from.enter(move || -> io::Result<(u64, u64)> {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&(to_ip, port).into(), Duration::from_secs(5))?;
+        s.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let mut h = Fnv::default();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut left = len;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        while left > 0 {
+            for b in chunk.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n])?;
+            h.write(&chunk[..n]);
+            left -= n;
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        Ok((len as u64, h.0))
+    })??;
+    let received = server
+        .join()
+        .map_err(|_| io::Error::other("receiver panicked"))??;
+    Ok(TransferResult {
+        sent,
+        received,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// What `tcp_transfer` saw.
+#[derive(Debug)]
+pub struct TransferResult {
+    /// (bytes, FNV-1a hash) written by the sender.
+    pub sent: (u64, u64),
+    /// (bytes, FNV-1a hash) read by the receiver.
+    pub received: (u64, u64),
+    /// Wall time from connect to the receiver's EOF.
+    pub elapsed: Duration,
+}
+
+impl TransferResult {
+    /// Goodput in Gbit/s.
+    pub fn gbits(&self) -> f64 {
+        self.received.0 as f64 * 8.0 / self.elapsed.as_secs_f64() / 1e9
+    }
+}
+
+/// FNV-1a, 64-bit: a stable hash for comparing transferred bytes.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}

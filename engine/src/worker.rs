@@ -1,0 +1,436 @@
+//! The data-path worker: one thread that owns one device queue, its sockets
+//! and its buffers, and moves packets in batches both ways.
+//!
+//! Per wakeup it alternates one batch from the device (encapsulate, then one
+//! `sendmmsg`) and one batch from the socket (one `recvmmsg`, decapsulate,
+//! write to the device) until both are drained, so neither direction can
+//! starve the other. The forwarding table is an immutable snapshot loaded
+//! once per batch; nothing on this path locks or allocates.
+
+use crate::bufs::PacketBufs;
+use crate::device::Queue;
+use crate::metrics::{BatchStats, WorkerStats};
+use crate::udp_io::{OutMsg, Receiver, Sender};
+use arc_swap::ArcSwap;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_encap::ethernet::{self, Frame};
+use weft_encap::icmp::{self, ErrorKind};
+use weft_encap::ipv4::Packet;
+use weft_encap::{flow, udp, vxlan, DropReason, HEADROOM};
+use weft_routes::ForwardingTable;
+
+/// Packets per batch in each direction.
+pub const BATCH: usize = 64;
+
+const DEVICE: Token = Token(0);
+const SOCKET: Token = Token(1);
+
+/// What the worker does with packets.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// flannel's udp backend on a TUN device.
+    Udp,
+    /// VXLAN on an L3 TUN device: weft writes the inner Ethernet header.
+    VxlanTun(vxlan::Endpoint),
+    /// VXLAN on an Ethernet TAP device: frames carry their own header.
+    VxlanTap(vxlan::Endpoint),
+}
+
+/// Everything a worker owns.
+pub struct Worker {
+    /// Worker number, for logs.
+    pub id: usize,
+    /// The mode.
+    pub mode: Mode,
+    /// Our tunnel address (`<subnet>.0`): the source of ICMP errors.
+    pub local: Ipv4Addr,
+    /// Device MTU; larger received packets are dropped as oversize.
+    pub mtu: usize,
+    /// Our device queue.
+    pub queue: Queue,
+    /// The socket bound to the backend port: receives, and sends for udp.
+    pub socket: UdpSocket,
+    /// VXLAN send sockets on ephemeral ports, picked by flow hash so each
+    /// inner flow keeps one outer source port and flows spread across ports.
+    pub tx_sockets: Vec<UdpSocket>,
+    /// The forwarding table snapshot.
+    pub table: Arc<ArcSwap<ForwardingTable>>,
+    /// Our counters.
+    pub stats: Arc<WorkerStats>,
+    /// Set to stop the loop.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// A log line at most once per second per kind, with a count of the rest.
+struct RateLimited {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    const fn new() -> Self {
+        RateLimited {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+struct State {
+    txbufs: PacketBufs,
+    rxbufs: PacketBufs,
+    out: Vec<OutMsg>,
+    /// Socket index of each entry of `out` (VXLAN only).
+    out_sock: Vec<u8>,
+    grouped: Vec<OutMsg>,
+    receiver: Receiver,
+    sender: Sender,
+    scratch: [u8; icmp::MAX_ERROR_LEN],
+    batch: BatchStats,
+    send_log: RateLimited,
+    device_log: RateLimited,
+}
+
+impl Worker {
+    /// Runs until `stop` is set. Errors only if the poller cannot be set up.
+    pub fn run(self) -> io::Result<()> {
+        let mut poll = Poll::new()?;
+        let dev_fd = self.queue.as_raw_fd();
+        let sock_fd = self.socket.as_raw_fd();
+        poll.registry()
+            .register(&mut SourceFd(&dev_fd), DEVICE, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&sock_fd), SOCKET, Interest::READABLE)?;
+        // Room for the largest datagram the underlay carries, plus a frame
+        // header; larger datagrams are detected with MSG_TRUNC and dropped.
+        let payload = self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN;
+        let mut st = State {
+            txbufs: PacketBufs::new(BATCH, payload),
+            rxbufs: PacketBufs::new(BATCH, payload),
+            out: Vec::with_capacity(BATCH),
+            out_sock: Vec::with_capacity(BATCH),
+            grouped: Vec::with_capacity(BATCH),
+            receiver: Receiver::new(BATCH),
+            sender: Sender::new(BATCH),
+            scratch: [0; icmp::MAX_ERROR_LEN],
+            batch: BatchStats::default(),
+            send_log: RateLimited::new(),
+            device_log: RateLimited::new(),
+        };
+        let mut events = Events::with_capacity(16);
+        // Edge-triggered: a side stays "ready" until a read finds it empty.
+        let (mut dev_ready, mut sock_ready) = (true, true);
+        while !self.stop.load(Ordering::Relaxed) {
+            if !dev_ready && !sock_ready {
+                match poll.poll(&mut events, Some(Duration::from_millis(200))) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+                for ev in events.iter() {
+                    match ev.token() {
+                        DEVICE => dev_ready = true,
+                        _ => sock_ready = true,
+                    }
+                }
+                continue;
+            }
+            if dev_ready {
+                dev_ready = self.from_device(&mut st);
+            }
+            if sock_ready {
+                sock_ready = self.from_socket(&mut st);
+            }
+            st.batch.flush(&self.stats);
+        }
+        Ok(())
+    }
+
+    /// Reads a batch from the device, encapsulates and sends it. Returns
+    /// true when the batch was full (more may be waiting).
+    fn from_device(&self, st: &mut State) -> bool {
+        let table = self.table.load();
+        st.out.clear();
+        st.out_sock.clear();
+        let mut n = 0;
+        let mut more = false;
+        while n < BATCH {
+            let slot = st.txbufs.slot_mut(n);
+            let len = match self.queue.recv(&mut slot[HEADROOM..]) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.device_error(st, "read", &e);
+                    break;
+                }
+            };
+            let pkt = HEADROOM..HEADROOM + len;
+            match self.encapsulate(st, &table, n, pkt) {
+                Ok((msg, sock)) => {
+                    st.out.push(msg);
+                    st.out_sock.push(sock);
+                }
+                Err(r) => st.batch.drop(r),
+            }
+            n += 1;
+            more = n == BATCH;
+        }
+        self.send_batch(st);
+        more
+    }
+
+    /// Turns the packet at `slot[pkt]` into a datagram, or says why not.
+    fn encapsulate(
+        &self,
+        st: &mut State,
+        table: &ForwardingTable,
+        slot: usize,
+        pkt: std::ops::Range<usize>,
+    ) -> Result<(OutMsg, u8), DropReason> {
+        let msg = |range: std::ops::Range<usize>, dst: SocketAddrV4| OutMsg {
+            slot: slot as u32,
+            start: range.start as u32,
+            len: range.len() as u32,
+            dst,
+        };
+        match self.mode {
+            Mode::Udp => {
+                let buf = &mut st.txbufs.slot_mut(slot)[pkt.clone()];
+                let dst = Packet::new_checked(&buf[..])
+                    .map_err(|_| DropReason::Ipv4Malformed)?
+                    .dst();
+                let Some(peer) = table.lookup(dst) else {
+                    self.icmp_to_device(st, ErrorKind::NetUnreachable, slot, pkt);
+                    return Err(DropReason::NoRoute);
+                };
+                let endpoint = peer.endpoint;
+                match udp::prepare_send(buf) {
+                    Ok(len) => Ok((msg(pkt.start..pkt.start + len, endpoint), 0)),
+                    Err(DropReason::TtlExpired) => {
+                        self.icmp_to_device(st, ErrorKind::TtlExceeded, slot, pkt);
+                        Err(DropReason::TtlExpired)
+                    }
+                    Err(r) => Err(r),
+                }
+            }
+            Mode::VxlanTun(ep) => {
+                let buf = st.txbufs.slot_mut(slot);
+                let ip = &buf[pkt.clone()];
+                if ip.first().map(|b| b >> 4) != Some(4) {
+                    // No IPv6 overlay yet: nothing can route it.
+                    return Err(DropReason::NoRoute);
+                }
+                let dst = Packet::new_checked(ip)
+                    .map_err(|_| DropReason::Ipv4Malformed)?
+                    .dst();
+                let Some(peer) = table.lookup(dst) else {
+                    self.icmp_to_device(st, ErrorKind::NetUnreachable, slot, pkt);
+                    return Err(DropReason::NoRoute);
+                };
+                let mac = peer.vtep_mac.ok_or(DropReason::NoRoute)?;
+                let sock = self.pick_socket(&buf[pkt.clone()]);
+                let endpoint = peer.endpoint;
+                let range = ep.encapsulate_ip(buf, pkt, mac)?;
+                Ok((msg(range, endpoint), sock))
+            }
+            Mode::VxlanTap(ep) => {
+                let buf = st.txbufs.slot_mut(slot);
+                let frame = Frame::new_checked(&buf[pkt.clone()])
+                    .map_err(|_| DropReason::InnerTruncated)?;
+                let peer = table
+                    .lookup_mac(frame.dst())
+                    .ok_or(DropReason::UnknownMac)?;
+                let endpoint = peer.endpoint;
+                let sock = self.pick_socket(&buf[pkt.start + ethernet::HEADER_LEN..pkt.end]);
+                let range = ep.encapsulate_frame(buf, pkt)?;
+                Ok((msg(range, endpoint), sock))
+            }
+        }
+    }
+
+    fn pick_socket(&self, inner_ip: &[u8]) -> u8 {
+        match self.tx_sockets.len() {
+            0 | 1 => 0,
+            n => (flow::hash(inner_ip) as usize % n) as u8,
+        }
+    }
+
+    /// Sends `st.out`, grouped by send socket.
+    fn send_batch(&self, st: &mut State) {
+        if st.out.is_empty() {
+            return;
+        }
+        if self.tx_sockets.len() <= 1 {
+            let sock = self.tx_sockets.first().unwrap_or(&self.socket);
+            let o = st.sender.send(sock, &st.txbufs, &st.out);
+            self.account_send(st, o);
+            return;
+        }
+        for (i, sock) in self.tx_sockets.iter().enumerate() {
+            st.grouped.clear();
+            st.grouped.extend(
+                st.out
+                    .iter()
+                    .zip(&st.out_sock)
+                    .filter(|(_, &s)| usize::from(s) == i)
+                    .map(|(m, _)| *m),
+            );
+            if !st.grouped.is_empty() {
+                let o = st.sender.send(sock, &st.txbufs, &st.grouped);
+                self.account_send(st, o);
+            }
+        }
+    }
+
+    fn account_send(&self, st: &mut State, o: crate::udp_io::SendOutcome) {
+        st.batch.tx(o.sent, o.bytes);
+        if o.failed > 0 {
+            st.batch.drops[DropReason::SendError.index()] += o.failed as u64;
+            if let Some(suppressed) = st.send_log.allow() {
+                let err = o.last_error.map(io::Error::from_raw_os_error);
+                tracing::warn!(worker = self.id, dropped = o.failed, suppressed, error = ?err, "UDP send failed");
+            }
+        }
+    }
+
+    /// Receives a batch from the socket, decapsulates it and writes it to
+    /// the device. Returns true when the batch was full.
+    fn from_socket(&self, st: &mut State) -> bool {
+        let n = match st.receiver.recv(&self.socket, &mut st.rxbufs, 0) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(e) => {
+                // ECONNREFUSED and friends are per-datagram reports queued on
+                // the socket; reading them clears them. Count, keep going.
+                st.batch.drop(DropReason::SendError);
+                if let Some(suppressed) = st.send_log.allow() {
+                    tracing::warn!(worker = self.id, suppressed, error = %e, "UDP receive error");
+                }
+                return true;
+            }
+        };
+        for i in 0..n {
+            let meta = st.receiver.meta[i];
+            if meta.truncated {
+                st.batch.drop(DropReason::Oversize);
+                continue;
+            }
+            let slot = st.rxbufs.slot_mut(i);
+            let datagram = &mut slot[..meta.len];
+            let inner = match self.mode {
+                Mode::Udp => {
+                    if meta.len > self.mtu {
+                        st.batch.drop(DropReason::Oversize);
+                        continue;
+                    }
+                    match udp::decapsulate(datagram) {
+                        Ok(len) => 0..len,
+                        Err(DropReason::TtlExpired) => {
+                            self.icmp_to_peer(st, i, meta.len, meta.src);
+                            st.batch.drop(DropReason::TtlExpired);
+                            continue;
+                        }
+                        Err(r) => {
+                            st.batch.drop(r);
+                            continue;
+                        }
+                    }
+                }
+                Mode::VxlanTun(ep) => match ep.decapsulate(datagram) {
+                    Ok(inner) => inner.ip,
+                    Err(r) => {
+                        st.batch.drop(r);
+                        continue;
+                    }
+                },
+                Mode::VxlanTap(ep) => match ep.decapsulate(datagram) {
+                    Ok(inner) => inner.frame,
+                    Err(r) => {
+                        st.batch.drop(r);
+                        continue;
+                    }
+                },
+            };
+            let len = inner.len();
+            match self.queue.send(&st.rxbufs.slot(i)[inner]) {
+                Ok(_) => st.batch.rx(len),
+                Err(e) => self.device_error(st, "write", &e),
+            }
+        }
+        n == BATCH
+    }
+
+    /// Writes an ICMP error about the packet in `txbufs[slot][pkt]` back
+    /// into the device, from our tunnel address.
+    fn icmp_to_device(
+        &self,
+        st: &mut State,
+        kind: ErrorKind,
+        slot: usize,
+        pkt: std::ops::Range<usize>,
+    ) {
+        let Ok(off) = Packet::new_checked(&st.txbufs.slot(slot)[pkt]) else {
+            return;
+        };
+        let Some(len) = icmp::emit_error(kind, &off, self.local, &mut st.scratch) else {
+            return;
+        };
+        let reply = &st.scratch[..len];
+        let r = match self.mode {
+            Mode::VxlanTap(_) => return, // a TAP needs a frame; it never lacks a route
+            _ => self.queue.send(reply),
+        };
+        if let Err(e) = r {
+            self.device_error(st, "write ICMP", &e);
+        }
+    }
+
+    /// Answers a received packet whose TTL ran out with ICMP time exceeded,
+    /// sent back to the peer it came from (udp backend).
+    fn icmp_to_peer(&self, st: &mut State, slot: usize, len: usize, to: SocketAddrV4) {
+        let Ok(off) = Packet::new_checked(&st.rxbufs.slot(slot)[..len]) else {
+            return;
+        };
+        if let Some(n) = icmp::emit_error(ErrorKind::TtlExceeded, &off, self.local, &mut st.scratch)
+        {
+            if self.socket.send_to(&st.scratch[..n], to).is_err() {
+                st.batch.drop(DropReason::SendError);
+            }
+        }
+    }
+
+    fn device_error(&self, st: &mut State, what: &str, e: &io::Error) {
+        st.batch.drop(DropReason::DeviceError);
+        if let Some(suppressed) = st.device_log.allow() {
+            tracing::warn!(worker = self.id, suppressed, error = %e, "device {what} failed");
+        }
+        // EIO (link down) and EBADFD (device gone) repeat at once: back off
+        // instead of spinning; the hardening issue adds recreation.
+        if matches!(e.raw_os_error(), Some(libc::EIO | libc::EBADFD)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -254,9 +254,13 @@ impl Netlink {
             .map_err(req(format!("install route {dst}")))
     }
 
-    /// Removes the route to `dst` on link `index`; absent is fine.
+    /// Removes the route to `dst` on link `index`, whatever its gateway and
+    /// scope; absent is fine.
     pub async fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
-        let msg = Self::route_msg(dst, index, None, false);
+        let mut msg = Self::route_msg(dst, index, None, false);
+        // RT_SCOPE_NOWHERE matches any scope, as `ip route del` sends it; a
+        // `via … onlink` route is scope universe, a device route scope link.
+        msg.header.scope = rtnetlink::packet_route::route::RouteScope::NoWhere;
         match self.handle.route().del(msg).execute().await {
             Err(e) if !is_absent(&e) => Err(req(format!("delete route {dst}"))(e)),
             _ => Ok(()),

@@ -193,6 +193,125 @@ impl Node {
     }
 }
 
+/// The VtepMAC the kernel-VXLAN stand-in of a test uses.
+pub const KERNEL_VTEP_MAC: &str = "0e:6b:65:72:6e:01";
+
+impl Node {
+    /// Makes this node a flanneld-style kernel VXLAN node on `subnet`, as
+    /// flanneld's vxlan backend would: `flannel.1` (VNI 1, dstport 8472,
+    /// nolearning, local = underlay), MTU 1450, `<subnet>.0/32`, its lease in
+    /// the registry, and subnet.env. Returns the lease file's path.
+    pub fn become_kernel_vxlan(&self, registry: &Path, subnet: Ipv4Net) -> io::Result<PathBuf> {
+        let local = self.underlay.to_string();
+        // On a wire the inner checksums are always complete: the NIC or
+        // the kernel finishes them. Across a veth the kernel's VXLAN hands
+        // over CHECKSUM_PARTIAL skbs with the inner L4 checksum unfinished,
+        // which only another kernel endpoint would accept. Turning TX
+        // checksum offload off on this veth makes it behave like a wire.
+        self.ns.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+        self.ns.ip(&[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &local,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])?;
+        self.ns.ip(&[
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            KERNEL_VTEP_MAC,
+            "mtu",
+            "1450",
+            "up",
+        ])?;
+        self.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/32", subnet.network()),
+            "dev",
+            "flannel.1",
+        ])?;
+        let lease =
+            registry
+                .join("subnets")
+                .join(format!("{}-{}", subnet.network(), subnet.prefix_len()));
+        std::fs::write(
+            &lease,
+            format!(
+                r#"{{"PublicIP":"{local}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP_MAC}"}}}}"#
+            ),
+        )?;
+        weft_routes::subnet_env::SubnetEnv {
+            network: "10.244.0.0/16".parse().expect("literal"),
+            subnet,
+            mtu: 1450,
+            ipmasq: false,
+        }
+        .write(&self.subnet_file)?;
+        Ok(lease)
+    }
+
+    /// On a kernel VXLAN node, programs a remote lease exactly as flanneld
+    /// does: neighbor, then FDB, then the onlink route.
+    pub fn kernel_add_peer(
+        &self,
+        subnet: Ipv4Net,
+        public_ip: Ipv4Addr,
+        mac: &str,
+    ) -> io::Result<()> {
+        let gw = subnet.network().to_string();
+        self.ns.ip(&[
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            mac,
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ])?;
+        sh(
+            "bridge",
+            &[
+                "-n",
+                &self.ns.name,
+                "fdb",
+                "replace",
+                mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                &public_ip.to_string(),
+                "self",
+                "permanent",
+            ],
+        )?;
+        self.ns.ip(&[
+            "route",
+            "replace",
+            &subnet.to_string(),
+            "via",
+            &gw,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ])?;
+        Ok(())
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();

@@ -179,6 +179,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             id,
             mode,
             local,
+            gateway: conf.network.network(),
             mtu: plan.mtu as usize,
             queue,
             socket,
@@ -313,6 +314,16 @@ fn set_expiry(m: &Metrics, t: Option<SystemTime>) {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
     m.lease_expiry.store(secs, Ordering::Relaxed);
+}
+
+/// Turns IPv6 off on our device: weft carries no IPv6 overlay yet, and
+/// without this the kernel sends router solicitations and MLD reports into
+/// it. Best effort: a kernel without IPv6 has nothing to turn off.
+fn disable_ipv6(device: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::debug!(path, error = %e, "cannot disable IPv6 on the device");
+    }
 }
 
 /// A send socket on an ephemeral port, sourced from our PublicIP when it is

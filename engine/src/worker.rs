@@ -49,8 +49,13 @@ pub struct Worker {
     pub id: usize,
     /// The mode.
     pub mode: Mode,
-    /// Our tunnel address (`<subnet>.0`): the source of ICMP errors.
+    /// Our tunnel address (`<subnet>.0`): the source of ICMP errors sent to
+    /// peers.
     pub local: Ipv4Addr,
+    /// The source of ICMP errors written into our own device: the Network's
+    /// first address, which no node holds. An error from a local address
+    /// (as flannel's proxy sends it) is dropped by the kernel as a martian.
+    pub gateway: Ipv4Addr,
     /// Device MTU; larger received packets are dropped as oversize.
     pub mtu: usize,
     /// Our device queue.
@@ -218,6 +223,10 @@ impl Worker {
         match self.mode {
             Mode::Udp => {
                 let buf = &mut st.txbufs.slot_mut(slot)[pkt.clone()];
+                if buf.first().map(|b| b >> 4) != Some(4) {
+                    // The udp backend carries IPv4 only: nothing routes this.
+                    return Err(DropReason::NoRoute);
+                }
                 let dst = Packet::new_checked(&buf[..])
                     .map_err(|_| DropReason::Ipv4Malformed)?
                     .dst();
@@ -395,7 +404,7 @@ impl Worker {
         let Ok(off) = Packet::new_checked(&st.txbufs.slot(slot)[pkt]) else {
             return;
         };
-        let Some(len) = icmp::emit_error(kind, &off, self.local, &mut st.scratch) else {
+        let Some(len) = icmp::emit_error(kind, &off, self.gateway, &mut st.scratch) else {
             return;
         };
         let reply = &st.scratch[..len];

@@ -26,6 +26,21 @@ fn two_nodes(tag: &str, backend: &str, device: &str) {
         c.nodes[1].log_text()
     );
     assert!(ping(&c.nodes[1].ns, c.nodes[0].pod_ip().unwrap(), 3));
+    if backend == "udp" {
+        // A destination in the Network that no peer holds: flannel0 owns
+        // the whole Network route, so weft answers net unreachable itself.
+        let out = c.nodes[0]
+            .ns
+            .command("ping")
+            .args(["-c", "1", "-W", "2", "10.244.250.9"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("From 10.244.0.0") && text.contains("Destination Net Unreachable"),
+            "no ICMP net unreachable from the overlay gateway: {text}"
+        );
+    }
     transfer(&c, 0, 1, 20, 5001);
     transfer(&c, 1, 0, 20, 5002);
     let m = metrics(&c.nodes[0].ns, 9153);

@@ -141,6 +141,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         nl: nl.clone(),
         index,
     };
+    disable_ipv6(&plan.device_name);
     let tap_mac = match plan.kind {
         DeviceKind::Tap => plan.vtep.map(|v| v.mac),
         DeviceKind::Tun => None,

@@ -203,12 +203,6 @@ impl Node {
     /// the registry, and subnet.env. Returns the lease file's path.
     pub fn become_kernel_vxlan(&self, registry: &Path, subnet: Ipv4Net) -> io::Result<PathBuf> {
         let local = self.underlay.to_string();
-        // On a wire the inner checksums are always complete: the NIC or
-        // the kernel finishes them. Across a veth the kernel's VXLAN hands
-        // over CHECKSUM_PARTIAL skbs with the inner L4 checksum unfinished,
-        // which only another kernel endpoint would accept. Turning TX
-        // checksum offload off on this veth makes it behave like a wire.
-        self.ns.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
         self.ns.ip(&[
             "link",
             "add",
@@ -260,6 +254,19 @@ impl Node {
         }
         .write(&self.subnet_file)?;
         Ok(lease)
+    }
+
+    /// Makes this node's underlay veth finish checksums like a wire does.
+    ///
+    /// On a wire inner checksums are always complete: the NIC or the kernel
+    /// finishes them. Across a veth the kernel's VXLAN hands over
+    /// CHECKSUM_PARTIAL skbs with the inner L4 checksum unfinished, which
+    /// only another kernel endpoint accepts. A kernel VXLAN node talking to
+    /// weft over veth needs this (ethtool -K eth0 tx off).
+    pub fn emulate_wire_checksums(&self) -> io::Result<()> {
+        self.ns
+            .exec("ethtool", &["-K", "eth0", "tx", "off"])
+            .map(|_| ())
     }
 
     /// On a kernel VXLAN node, programs a remote lease exactly as flanneld
@@ -568,4 +575,94 @@ impl Fnv {
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
+}
+
+/// Sends a TCP stream from `from` to `to_ip:port` (listening in `to`) for
+/// `duration` and returns the receiver's goodput in Gbit/s.
+pub fn tcp_stream(
+    from: &Netns,
+    to: &Netns,
+    to_ip: Ipv4Addr,
+    port: u16,
+    duration: Duration,
+) -> io::Result<f64> {
+    use std::io::{Read, Write};
+    let listener = to.enter(move || std::net::TcpListener::bind((to_ip, port)))??;
+    let server = std::thread::spawn(move || -> io::Result<(u64, Duration)> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let start = Instant::now();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf)? {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+        Ok((total, start.elapsed()))
+    });
+    from.enter(move || -> io::Result<()> {
+        let mut s =
+            std::net::TcpStream::connect_timeout(&(to_ip, port).into(), Duration::from_secs(5))?;
+        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let chunk = vec![0x5au8; 256 * 1024];
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            s.write_all(&chunk)?;
+        }
+        s.shutdown(std::net::Shutdown::Write)
+    })??;
+    let (bytes, elapsed) = server
+        .join()
+        .map_err(|_| io::Error::other("receiver panicked"))??;
+    Ok(bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9)
+}
+
+/// ICMP echo round-trip times from `ns` to `ip`: `count` probes, `interval`
+/// apart, over a raw socket (no ping binary needed). Lost probes are left
+/// out; an error means no socket.
+pub fn ping_rtts(
+    ns: &Netns,
+    ip: Ipv4Addr,
+    count: u16,
+    interval: Duration,
+) -> io::Result<Vec<Duration>> {
+    ns.enter(move || -> io::Result<Vec<Duration>> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
+        s.connect(&std::net::SocketAddr::from((ip, 0)).into())?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let id = (std::process::id() & 0xffff) as u16;
+        let mut rtts = Vec::new();
+        for seq in 0..count {
+            let mut req = [0u8; 64];
+            req[0] = 8;
+            req[4..6].copy_from_slice(&id.to_be_bytes());
+            req[6..8].copy_from_slice(&seq.to_be_bytes());
+            let c = weft_encap::checksum::checksum(&req);
+            req[2..4].copy_from_slice(&c.to_be_bytes());
+            let sent = Instant::now();
+            s.send(&req)?;
+            let deadline = sent + Duration::from_millis(500);
+            let mut buf = [0u8; 256];
+            while Instant::now() < deadline {
+                let Ok(n) = std::io::Read::read(&mut &s, &mut buf) else {
+                    break;
+                };
+                let b = &buf[..n];
+                let hl = usize::from(b.first().copied().unwrap_or(0) & 0x0f) * 4;
+                let Some(icmp) = b.get(hl..hl + 8) else {
+                    continue;
+                };
+                if icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() && icmp[6..8] == seq.to_be_bytes()
+                {
+                    rtts.push(sent.elapsed());
+                    break;
+                }
+            }
+            std::thread::sleep(interval);
+        }
+        Ok(rtts)
+    })?
 }

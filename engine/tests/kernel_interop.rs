@@ -14,6 +14,7 @@ fn against_kernel(tag: &str, device: &str) {
     c.nodes[1]
         .become_kernel_vxlan(&c.registry, ksub)
         .expect("kernel vxlan node");
+    c.nodes[1].emulate_wire_checksums().expect("ethtool");
     c.nodes[1].add_pod_bridge().expect("kernel pod bridge");
     c.start(
         0,

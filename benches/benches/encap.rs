@@ -1,1 +1,94 @@
-fn main() {}
+//! Per-packet cost of weft's wire formats: VXLAN encapsulation (TUN and TAP
+//! paths) and decapsulation, flannel-udp forwarding, and the forwarding
+//! table lookup. Run: `cargo bench -p weft-benches`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use weft_benches::ipv4_packet;
+use weft_encap::vxlan::{Endpoint, ENCAP_LEN};
+use weft_encap::{udp, MacAddr, Vni, HEADROOM};
+use weft_routes::{ForwardingTable, Peer};
+
+const SIZES: [usize; 4] = [64, 512, 1400, 9000];
+
+fn endpoint(last: u8) -> Endpoint {
+    Endpoint {
+        vni: Vni::DEFAULT,
+        mac: MacAddr([0x0e, 0, 0, 0, 0, last]),
+    }
+}
+
+fn vxlan(c: &mut Criterion) {
+    let (a, b) = (endpoint(1), endpoint(2));
+    let mut g = c.benchmark_group("vxlan");
+    for size in SIZES {
+        g.throughput(Throughput::Elements(1));
+        let pkt = ipv4_packet(size);
+        let mut buf = vec![0u8; HEADROOM + size];
+        buf[HEADROOM..].copy_from_slice(&pkt);
+        g.bench_with_input(BenchmarkId::new("encapsulate_ip", size), &size, |bn, _| {
+            bn.iter(|| {
+                a.encapsulate_ip(black_box(&mut buf), HEADROOM..HEADROOM + size, b.mac)
+                    .unwrap()
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("encapsulate_frame", size), &size, |bn, _| {
+            bn.iter(|| {
+                a.encapsulate_frame(black_box(&mut buf), HEADROOM - 14..HEADROOM + size)
+                    .unwrap()
+            })
+        });
+        let datagram = buf[HEADROOM - ENCAP_LEN..].to_vec();
+        g.bench_with_input(BenchmarkId::new("decapsulate", size), &size, |bn, _| {
+            bn.iter(|| b.decapsulate(black_box(&datagram)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn flannel_udp(c: &mut Criterion) {
+    let mut g = c.benchmark_group("udp");
+    for size in SIZES {
+        g.throughput(Throughput::Elements(1));
+        let pkt = ipv4_packet(size);
+        g.bench_with_input(BenchmarkId::new("decapsulate", size), &size, |bn, _| {
+            bn.iter_batched_ref(
+                || pkt.clone(),
+                |p| udp::decapsulate(black_box(p)).unwrap(),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("table");
+    for peers in [10usize, 1_000, 10_000] {
+        let table = ForwardingTable::new(
+            (0..peers as u32)
+                .map(|i| Peer {
+                    subnet: ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap(),
+                    endpoint: SocketAddrV4::new(Ipv4Addr::from(0xc000_0200 + i), 8472),
+                    vtep_mac: Some(MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8])),
+                })
+                .collect(),
+        );
+        let dsts: Vec<Ipv4Addr> = (0..1024u32)
+            .map(|i| Ipv4Addr::from(0x0a00_0000 + ((i * 7919 % peers as u32) << 8) + 5))
+            .collect();
+        g.throughput(Throughput::Elements(dsts.len() as u64));
+        g.bench_with_input(BenchmarkId::new("lookup_ip", peers), &peers, |bn, _| {
+            bn.iter(|| {
+                for d in &dsts {
+                    black_box(table.lookup(*d));
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, vxlan, flannel_udp, lookup);
+criterion_main!(benches);

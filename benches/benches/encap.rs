@@ -33,12 +33,16 @@ fn vxlan(c: &mut Criterion) {
                     .unwrap()
             })
         });
-        g.bench_with_input(BenchmarkId::new("encapsulate_frame", size), &size, |bn, _| {
-            bn.iter(|| {
-                a.encapsulate_frame(black_box(&mut buf), HEADROOM - 14..HEADROOM + size)
-                    .unwrap()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("encapsulate_frame", size),
+            &size,
+            |bn, _| {
+                bn.iter(|| {
+                    a.encapsulate_frame(black_box(&mut buf), HEADROOM - 14..HEADROOM + size)
+                        .unwrap()
+                })
+            },
+        );
         let datagram = buf[HEADROOM - ENCAP_LEN..].to_vec();
         g.bench_with_input(BenchmarkId::new("decapsulate", size), &size, |bn, _| {
             bn.iter(|| b.decapsulate(black_box(&datagram)).unwrap())
@@ -69,7 +73,8 @@ fn lookup(c: &mut Criterion) {
         let table = ForwardingTable::new(
             (0..peers as u32)
                 .map(|i| Peer {
-                    subnet: ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24).unwrap(),
+                    subnet: ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + (i << 8)), 24)
+                        .unwrap(),
                     endpoint: SocketAddrV4::new(Ipv4Addr::from(0xc000_0200 + i), 8472),
                     vtep_mac: Some(MacAddr([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8])),
                 })

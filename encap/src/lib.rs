@@ -17,6 +17,8 @@ pub mod checksum;
 pub mod drop;
 pub mod ethernet;
 pub mod flow;
+#[doc(hidden)]
+pub mod harness;
 pub mod icmp;
 pub mod ipv4;
 pub mod udp;

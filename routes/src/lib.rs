@@ -8,6 +8,8 @@
 
 pub mod alloc;
 pub mod config;
+#[doc(hidden)]
+pub mod harness;
 mod json;
 pub mod lease;
 pub mod registry;

@@ -1,0 +1,83 @@
+//! Fuzz harnesses for the parsers of untrusted registry data, shared by the
+//! cargo-fuzz targets and a corpus-replay unit test.
+
+use crate::config::NetConf;
+use crate::lease::{LeaseAttrs, SubnetKey};
+
+/// Lease JSON: never panics; what parses re-serializes to JSON that parses
+/// to the same attributes.
+pub fn lease_json(data: &[u8]) {
+    let Ok(a) = LeaseAttrs::from_json(data) else {
+        return;
+    };
+    let again = LeaseAttrs::from_json(a.to_json().as_bytes()).expect("our own JSON parses");
+    assert_eq!(again, a);
+    let _ = a.vxlan_data();
+}
+
+/// net-conf.json: never panics; an accepted config is self-consistent.
+pub fn net_conf(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(c) = NetConf::parse(text) else { return };
+    assert!(c.subnet_len > c.network.prefix_len() && c.subnet_len <= 28);
+    assert!(u32::from(c.subnet_min) <= u32::from(c.subnet_max));
+    let first = c.nth_subnet(0).expect("at least one subnet");
+    assert!(c.fits(&first));
+    let last = c.nth_subnet(c.subnet_count() - 1).expect("the last subnet");
+    assert!(c.fits(&last) && last.network() == c.subnet_max);
+}
+
+/// Subnet keys: never panics; what parses prints back to a key that parses
+/// to the same value.
+pub fn subnet_key(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(k) = text.parse::<SubnetKey>() else {
+        return;
+    };
+    assert_eq!(
+        k.to_string()
+            .parse::<SubnetKey>()
+            .expect("printed key parses"),
+        k
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    fn replay(target: &str, f: fn(&[u8])) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        let mut n = 0;
+        for dir in [
+            root.join("corpus").join(target),
+            root.join("regressions").join(target),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                f(&std::fs::read(e.path()).unwrap());
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no corpus for {target}");
+    }
+
+    #[test]
+    fn lease_corpus() {
+        replay("lease_json", super::lease_json);
+    }
+
+    #[test]
+    fn net_conf_corpus() {
+        replay("net_conf", super::net_conf);
+    }
+
+    #[test]
+    fn subnet_key_corpus() {
+        replay("subnet_key", super::subnet_key);
+    }
+}

@@ -45,10 +45,11 @@ pub fn sh(program: &str, args: &[&str]) -> io::Result<Output> {
     check(out, &format!("{program} {}", args.join(" ")))
 }
 
-/// A network namespace, deleted on drop.
+/// A network namespace, deleted on drop by the handle that created it.
 pub struct Netns {
     /// Its name under /run/netns.
     pub name: String,
+    owned: bool,
 }
 
 impl Netns {
@@ -56,9 +57,18 @@ impl Netns {
     pub fn create(tag: &str) -> io::Result<Netns> {
         let name = unique(tag);
         sh("ip", &["netns", "add", &name])?;
-        let ns = Netns { name };
+        let ns = Netns { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A second handle on the same namespace, for another thread; it does
+    /// not delete the namespace when dropped.
+    pub fn handle(&self) -> Netns {
+        Netns {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     /// `ip -n <ns> ARGS…`.
@@ -108,6 +118,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stderr(Stdio::null())
@@ -264,9 +277,7 @@ impl Node {
     /// only another kernel endpoint accepts. A kernel VXLAN node talking to
     /// weft over veth needs this (ethtool -K eth0 tx off).
     pub fn emulate_wire_checksums(&self) -> io::Result<()> {
-        self.ns
-            .exec("ethtool", &["-K", "eth0", "tx", "off"])
-            .map(|_| ())
+        self.ns.enter(|| set_tx_checksum("eth0", false))?
     }
 
     /// On a kernel VXLAN node, programs a remote lease exactly as flanneld
@@ -619,22 +630,31 @@ pub fn tcp_stream(
     Ok(bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9)
 }
 
-/// ICMP echo round-trip times from `ns` to `ip`: `count` probes, `interval`
-/// apart, over a raw socket (no ping binary needed). Lost probes are left
-/// out; an error means no socket.
-pub fn ping_rtts(
+/// What came back for one ICMP echo request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpReply {
+    /// An echo reply, after this long.
+    Echo(Duration),
+    /// An ICMP error about our request: (from, type, code).
+    Error(Ipv4Addr, u8, u8),
+}
+
+/// Sends ICMP echo requests from `ns` to `ip` over a raw socket (no ping
+/// binary needed): `count` probes, `interval` apart, each waiting up to
+/// 500 ms. Returns one entry per probe that got an answer.
+pub fn ping_probe(
     ns: &Netns,
     ip: Ipv4Addr,
     count: u16,
     interval: Duration,
-) -> io::Result<Vec<Duration>> {
-    ns.enter(move || -> io::Result<Vec<Duration>> {
+) -> io::Result<Vec<IcmpReply>> {
+    ns.enter(move || -> io::Result<Vec<IcmpReply>> {
         use socket2::{Domain, Protocol, Socket, Type};
         let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?;
-        s.connect(&std::net::SocketAddr::from((ip, 0)).into())?;
-        s.set_read_timeout(Some(Duration::from_millis(500)))?;
-        let id = (std::process::id() & 0xffff) as u16;
-        let mut rtts = Vec::new();
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let dst: socket2::SockAddr = std::net::SocketAddr::from((ip, 0)).into();
+        let id = (COUNTER.fetch_add(1, Ordering::Relaxed) as u16) ^ (std::process::id() as u16);
+        let mut out = Vec::new();
         for seq in 0..count {
             let mut req = [0u8; 64];
             req[0] = 8;
@@ -643,26 +663,94 @@ pub fn ping_rtts(
             let c = weft_encap::checksum::checksum(&req);
             req[2..4].copy_from_slice(&c.to_be_bytes());
             let sent = Instant::now();
-            s.send(&req)?;
+            s.send_to(&req, &dst)?;
             let deadline = sent + Duration::from_millis(500);
-            let mut buf = [0u8; 256];
+            let mut buf = [0u8; 512];
             while Instant::now() < deadline {
                 let Ok(n) = std::io::Read::read(&mut &s, &mut buf) else {
-                    break;
-                };
-                let b = &buf[..n];
-                let hl = usize::from(b.first().copied().unwrap_or(0) & 0x0f) * 4;
-                let Some(icmp) = b.get(hl..hl + 8) else {
                     continue;
                 };
-                if icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() && icmp[6..8] == seq.to_be_bytes()
-                {
-                    rtts.push(sent.elapsed());
+                if let Some(r) = match_reply(&buf[..n], id, seq, sent) {
+                    out.push(r);
                     break;
                 }
             }
             std::thread::sleep(interval);
         }
-        Ok(rtts)
+        Ok(out)
     })?
+}
+
+/// Matches a raw ICMP datagram (IP header included) against our request.
+fn match_reply(b: &[u8], id: u16, seq: u16, sent: Instant) -> Option<IcmpReply> {
+    let hl = usize::from(b.first()? & 0x0f) * 4;
+    let from = Ipv4Addr::new(*b.get(12)?, b[13], b[14], b[15]);
+    let icmp = b.get(hl..hl + 8)?;
+    let ours = |h: &[u8]| {
+        h.get(4..6) == Some(&id.to_be_bytes()[..]) && h.get(6..8) == Some(&seq.to_be_bytes()[..])
+    };
+    match icmp[0] {
+        0 if ours(icmp) => Some(IcmpReply::Echo(sent.elapsed())),
+        3 | 11 => {
+            // The error quotes our request's IP header and first 8 bytes.
+            let quoted = b.get(hl + 8..)?;
+            let qhl = usize::from(quoted.first()? & 0x0f) * 4;
+            let q = quoted.get(qhl..qhl + 8)?;
+            (q[0] == 8 && ours(q)).then_some(IcmpReply::Error(from, icmp[0], icmp[1]))
+        }
+        _ => None,
+    }
+}
+
+/// Echo round-trip times from `ns` to `ip` (lost probes left out).
+pub fn ping_rtts(
+    ns: &Netns,
+    ip: Ipv4Addr,
+    count: u16,
+    interval: Duration,
+) -> io::Result<Vec<Duration>> {
+    Ok(ping_probe(ns, ip, count, interval)?
+        .into_iter()
+        .filter_map(|r| match r {
+            IcmpReply::Echo(d) => Some(d),
+            IcmpReply::Error(..) => None,
+        })
+        .collect())
+}
+
+/// Turns TX checksum offload on a link of the calling thread's namespace on
+/// or off: `ethtool -K <dev> tx on|off` without the ethtool binary.
+fn set_tx_checksum(dev: &str, on: bool) -> io::Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct Ifreq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    let mut req = Ifreq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    let n = dev.len().min(libc::IFNAMSIZ - 1);
+    req.name[..n].copy_from_slice(&dev.as_bytes()[..n]);
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    // SAFETY: SIOCETHTOOL reads an ifreq whose data field points at a live
+    // ethtool_value; both outlive the call, and the fd is a valid socket.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req as *mut Ifreq) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

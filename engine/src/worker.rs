@@ -162,10 +162,10 @@ impl Worker {
                 continue;
             }
             if dev_ready {
-                dev_ready = self.from_device(&mut st);
+                dev_ready = self.device_to_peers(&mut st);
             }
             if sock_ready {
-                sock_ready = self.from_socket(&mut st);
+                sock_ready = self.peers_to_device(&mut st);
             }
             st.batch.flush(&self.stats);
         }
@@ -174,7 +174,7 @@ impl Worker {
 
     /// Reads a batch from the device, encapsulates and sends it. Returns
     /// true when the batch was full (more may be waiting).
-    fn from_device(&self, st: &mut State) -> bool {
+    fn device_to_peers(&self, st: &mut State) -> bool {
         let table = self.table.load();
         st.out.clear();
         st.out_sock.clear();
@@ -326,7 +326,7 @@ impl Worker {
 
     /// Receives a batch from the socket, decapsulates it and writes it to
     /// the device. Returns true when the batch was full.
-    fn from_socket(&self, st: &mut State) -> bool {
+    fn peers_to_device(&self, st: &mut State) -> bool {
         let n = match st.receiver.recv(&self.socket, &mut st.rxbufs, 0) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,

@@ -19,21 +19,11 @@ pub fn net_conf(backend: &str) -> String {
     }
 }
 
-/// `ping -c N` from `ns` to `ip`; true if every reply came.
-pub fn ping(ns: &Netns, ip: std::net::Ipv4Addr, count: u32) -> bool {
-    ns.command("ping")
-        .args([
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.05",
-            "-W",
-            "2",
-            "-q",
-            &ip.to_string(),
-        ])
-        .output()
-        .map(|o| o.status.success())
+/// `count` ICMP echoes from `ns` to `ip`, 50 ms apart; true if every one
+/// was answered.
+pub fn ping(ns: &Netns, ip: std::net::Ipv4Addr, count: u16) -> bool {
+    weft::testbed::ping_rtts(ns, ip, count, Duration::from_millis(50))
+        .map(|r| r.len() == usize::from(count))
         .unwrap_or(false)
 }
 

@@ -6,31 +6,19 @@ use common::*;
 use std::time::Duration;
 use weft::testbed::Cluster;
 
-/// Starts a background ping of `count` packets at 20 ms intervals.
+/// Pings `ip` from `ns` `count` times at 20 ms intervals on a thread;
+/// joining it gives the number of echo replies.
 fn ping_in_background(
     ns: &weft::testbed::Netns,
     ip: std::net::Ipv4Addr,
-    count: u32,
-) -> std::process::Child {
-    ns.command("ping")
-        .args([
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.02",
-            "-W",
-            "1",
-            "-q",
-            &ip.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("ping")
-}
-
-fn received(child: std::process::Child) -> String {
-    let out = child.wait_with_output().expect("ping output");
-    String::from_utf8_lossy(&out.stdout).to_string()
+    count: u16,
+) -> std::thread::JoinHandle<usize> {
+    let ns = ns.handle();
+    std::thread::spawn(move || {
+        weft::testbed::ping_rtts(&ns, ip, count, Duration::from_millis(20))
+            .map(|r| r.len())
+            .unwrap_or(0)
+    })
 }
 
 #[test]
@@ -88,11 +76,8 @@ fn late_join_and_hand_removed_leases() {
     );
     let m = metrics(&c.nodes[0].ns, 9153);
     assert_eq!(metric(&m, "weft_peers"), Some(1), "{m}");
-    let out = received(flow);
-    assert!(
-        out.contains("150 received"),
-        "traffic 0->1 was disturbed: {out}"
-    );
+    let replies = flow.join().unwrap();
+    assert_eq!(replies, 150, "traffic 0->1 was disturbed");
 
     // Node 1's lease is removed by hand while it runs: it takes it back.
     let lease1 = c.lease_path(1).unwrap();

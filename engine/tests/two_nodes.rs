@@ -29,16 +29,21 @@ fn two_nodes(tag: &str, backend: &str, device: &str) {
     if backend == "udp" {
         // A destination in the Network that no peer holds: flannel0 owns
         // the whole Network route, so weft answers net unreachable itself.
-        let out = c.nodes[0]
-            .ns
-            .command("ping")
-            .args(["-c", "1", "-W", "2", "10.244.250.9"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            text.contains("From 10.244.0.0") && text.contains("Destination Net Unreachable"),
-            "no ICMP net unreachable from the overlay gateway: {text}"
+        let r = weft::testbed::ping_probe(
+            &c.nodes[0].ns,
+            "10.244.250.9".parse().unwrap(),
+            1,
+            std::time::Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            vec![weft::testbed::IcmpReply::Error(
+                "10.244.0.0".parse().unwrap(),
+                3,
+                0
+            )],
+            "expected ICMP net unreachable from the overlay gateway"
         );
     }
     transfer(&c, 0, 1, 20, 5001);

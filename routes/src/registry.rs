@@ -70,8 +70,12 @@ pub struct FileRegistry {
     dir: PathBuf,
     /// Parsed leases by file name, with the (mtime, length) they were read
     /// at, so a poll only re-reads files that changed.
-    cache: Mutex<HashMap<String, (SystemTime, u64, Option<LeaseAttrs>)>>,
+    cache: Mutex<HashMap<String, CachedLease>>,
 }
+
+/// A lease file as last read: its mtime and length, and what it held
+/// (`None` if it did not parse).
+type CachedLease = (SystemTime, u64, Option<LeaseAttrs>);
 
 impl FileRegistry {
     /// A registry rooted at `dir`; creates `dir/subnets` if needed.

@@ -45,7 +45,7 @@ impl ForwardingTable {
             }
         }
         let mut by_prefix: Vec<(u8, FxHashMap<u32, u32>)> = by_len.into_iter().collect();
-        by_prefix.sort_by(|a, b| b.0.cmp(&a.0));
+        by_prefix.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         let by_prefix = by_prefix
             .into_iter()
             .map(|(len, m)| (prefix_mask(len), m))

@@ -1,6 +1,7 @@
 //! Fuzz harnesses: one function per target, each asserting properties, not
 //! just "no crash". The cargo-fuzz targets in `fuzz/` call these, and so
-//! does a unit test over the committed corpus, so targets cannot rot.
+//! does a unit test over the committed seeds (`fuzz/seeds/`) and every
+//! input that ever failed (`fuzz/regressions/`), so targets cannot rot.
 
 use crate::ipv4::Packet;
 use crate::vxlan::{Endpoint, Vni, HEADER_LEN};
@@ -52,7 +53,7 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
         let mut n = 0;
         for dir in [
-            root.join("corpus").join(target),
+            root.join("seeds").join(target),
             root.join("regressions").join(target),
         ] {
             let Ok(entries) = std::fs::read_dir(&dir) else {

@@ -52,7 +52,7 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
         let mut n = 0;
         for dir in [
-            root.join("corpus").join(target),
+            root.join("seeds").join(target),
             root.join("regressions").join(target),
         ] {
             let Ok(entries) = std::fs::read_dir(&dir) else {

@@ -58,7 +58,11 @@ impl std::str::FromStr for SubnetKey {
                 let (ip, len) = t.rsplit_once('-').ok_or_else(bad)?;
                 let ip: Ipv6Addr = ip.parse().map_err(|_| bad())?;
                 let len: u8 = len.parse().map_err(|_| bad())?;
-                Some(Ipv6Net::new(ip, len).map_err(|_| bad())?)
+                let net = Ipv6Net::new(ip, len).map_err(|_| bad())?;
+                if net.trunc() != net {
+                    return Err(bad());
+                }
+                Some(net)
             }
         };
         Ok(SubnetKey { v4, v6 })
@@ -286,6 +290,7 @@ mod tests {
             "10.244.1.1-24",
             "x-24",
             "10.244.1.0-24&zz-64",
+            "10.244.1.0-24&fd00:1402:4:1::-28",
             ".tmp-1",
         ] {
             assert!(bad.parse::<SubnetKey>().is_err(), "{bad}");

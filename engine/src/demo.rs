@@ -68,6 +68,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         };
         match (&row.gbits, &row.note) {
             (Some(g), _) => println!("{g:.2} Gbit/s"),
+            (None, _) if interrupted.load(Ordering::Relaxed) => println!("interrupted"),
             (None, n) => println!("failed: {n}"),
         }
         rows.push(row);

@@ -46,25 +46,33 @@ pub fn udp_decap(data: &[u8]) {
     assert_eq!(after.ttl() + 1, before.ttl());
 }
 
+/// Runs `f` over every file in `fuzz/seeds/<target>` and
+/// `fuzz/regressions/<target>` under `fuzz_dir`; returns how many. Unit
+/// tests call this so the committed inputs are replayed by `cargo test`.
+pub fn replay(fuzz_dir: &std::path::Path, target: &str, f: fn(&[u8])) -> usize {
+    let mut n = 0;
+    for dir in [
+        fuzz_dir.join("seeds").join(target),
+        fuzz_dir.join("regressions").join(target),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let data = std::fs::read(e.path())
+                .unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+            f(&data);
+            n += 1;
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
-    /// Replays every committed corpus and regression file of a target.
-    pub fn replay(target: &str, f: fn(&[u8])) {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let mut n = 0;
-        for dir in [
-            root.join("seeds").join(target),
-            root.join("regressions").join(target),
-        ] {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                f(&std::fs::read(e.path()).unwrap());
-                n += 1;
-            }
-        }
-        assert!(n > 0, "no corpus for {target}");
+    fn replay(target: &str, f: fn(&[u8])) {
+        let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        assert!(super::replay(&fuzz, target, f) > 0, "no seeds for {target}");
     }
 
     #[test]

@@ -77,32 +77,67 @@ pub struct RecvMeta {
     pub truncated: bool,
 }
 
-/// Reusable `recvmmsg` state for one socket and one buffer set.
-pub struct Receiver {
+/// The arrays `recvmmsg`/`sendmmsg` take: one header, one iovec and one
+/// address per datagram, allocated once and reused every batch.
+struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_in>,
+}
+
+// SAFETY: the raw pointers inside the mmsghdr/iovec arrays are rebuilt before
+// every call and never dereferenced outside it, so moving the arrays to
+// another thread is sound.
+unsafe impl Send for Mmsg {}
+
+impl Mmsg {
+    fn new(n: usize) -> Mmsg {
+        // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for
+        // which all-zero bytes are a valid value.
+        unsafe {
+            Mmsg {
+                hdrs: vec![zeroed(); n],
+                iovs: vec![zeroed(); n],
+                addrs: vec![zeroed(); n],
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.hdrs.len()
+    }
+
+    /// Points entry `i` at `len` bytes from `base` and at its own address
+    /// slot. The pointers stay valid while `self` and the buffer do.
+    fn set(&mut self, i: usize, base: *mut libc::c_void, len: usize) {
+        self.iovs[i] = libc::iovec {
+            iov_base: base,
+            iov_len: len,
+        };
+        let h = &mut self.hdrs[i].msg_hdr;
+        h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
+        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_iov = &mut self.iovs[i];
+        h.msg_iovlen = 1;
+        h.msg_control = std::ptr::null_mut();
+        h.msg_controllen = 0;
+        h.msg_flags = 0;
+    }
+}
+
+/// Reusable `recvmmsg` state for one socket and one buffer set.
+pub struct Receiver {
+    msgs: Mmsg,
     /// Per-datagram results of the last `recv`.
     pub meta: Vec<RecvMeta>,
 }
 
-// SAFETY: the raw pointers inside the mmsghdr/iovec arrays are rebuilt before
-// every call and never dereferenced outside it, so moving the struct to
-// another thread is sound.
-unsafe impl Send for Receiver {}
-
 impl Receiver {
     /// State for batches of up to `n` datagrams.
     pub fn new(n: usize) -> Receiver {
-        // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for
-        // which all-zero bytes are a valid value.
-        unsafe {
-            Receiver {
-                hdrs: vec![zeroed(); n],
-                iovs: vec![zeroed(); n],
-                addrs: vec![zeroed(); n],
-                meta: Vec::with_capacity(n),
-            }
+        Receiver {
+            msgs: Mmsg::new(n),
+            meta: Vec::with_capacity(n),
         }
     }
 
@@ -114,29 +149,18 @@ impl Receiver {
         bufs: &mut PacketBufs,
         offset: usize,
     ) -> io::Result<usize> {
-        let n = bufs.count().min(self.hdrs.len());
+        let n = bufs.count().min(self.msgs.len());
         let cap = bufs.slot_len() - offset;
         for i in 0..n {
-            let slot = bufs.slot_mut(i);
-            self.iovs[i] = libc::iovec {
-                iov_base: slot[offset..].as_mut_ptr().cast(),
-                iov_len: cap,
-            };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
+            let base = bufs.slot_mut(i)[offset..].as_mut_ptr().cast();
+            self.msgs.set(i, base, cap);
         }
         // SAFETY: hdrs[..n] point at iovecs and sockaddrs owned by self and
         // at slots of `bufs`, all alive and exclusively borrowed for the call.
         let r = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
+                self.msgs.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -147,9 +171,7 @@ impl Receiver {
         }
         let r = r as usize;
         self.meta.clear();
-        for i in 0..r {
-            let h = &self.hdrs[i];
-            let a = &self.addrs[i];
+        for (h, a) in self.msgs.hdrs[..r].iter().zip(&self.msgs.addrs) {
             self.meta.push(RecvMeta {
                 len: h.msg_len as usize,
                 src: SocketAddrV4::new(
@@ -191,41 +213,27 @@ pub struct SendOutcome {
 
 /// Reusable `sendmmsg` state.
 pub struct Sender {
-    hdrs: Vec<libc::mmsghdr>,
-    iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_in>,
+    msgs: Mmsg,
 }
-
-// SAFETY: as for Receiver: pointers are rebuilt per call and not kept.
-unsafe impl Send for Sender {}
 
 impl Sender {
     /// State for batches of up to `n` datagrams.
     pub fn new(n: usize) -> Sender {
-        // SAFETY: plain C structs; all-zero is valid.
-        unsafe {
-            Sender {
-                hdrs: vec![zeroed(); n],
-                iovs: vec![zeroed(); n],
-                addrs: vec![zeroed(); n],
-            }
-        }
+        Sender { msgs: Mmsg::new(n) }
     }
 
     /// Sends `msgs` (at most `n` of them) from `sock`. An error on one
     /// datagram drops that datagram and the rest go on; a send timeout
     /// (buffer full for `SEND_TIMEOUT`) drops what is left.
     pub fn send(&mut self, sock: &UdpSocket, bufs: &PacketBufs, msgs: &[OutMsg]) -> SendOutcome {
-        let n = msgs.len().min(self.hdrs.len());
+        let n = msgs.len().min(self.msgs.len());
         for (i, m) in msgs[..n].iter().enumerate() {
             let slot = bufs.slot(m.slot as usize);
             let payload = &slot[m.start as usize..(m.start + m.len) as usize];
-            self.iovs[i] = libc::iovec {
-                // sendmmsg only reads through this pointer.
-                iov_base: payload.as_ptr() as *mut libc::c_void,
-                iov_len: payload.len(),
-            };
-            self.addrs[i] = libc::sockaddr_in {
+            // sendmmsg only reads through this pointer.
+            self.msgs
+                .set(i, payload.as_ptr() as *mut libc::c_void, payload.len());
+            self.msgs.addrs[i] = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: m.dst.port().to_be(),
                 sin_addr: libc::in_addr {
@@ -233,14 +241,6 @@ impl Sender {
                 },
                 sin_zero: [0; 8],
             };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
         }
         let mut out = SendOutcome::default();
         let mut i = 0;
@@ -250,7 +250,7 @@ impl Sender {
             let r = unsafe {
                 libc::sendmmsg(
                     sock.as_raw_fd(),
-                    self.hdrs[i..].as_mut_ptr(),
+                    self.msgs.hdrs[i..].as_mut_ptr(),
                     (n - i) as libc::c_uint,
                     0,
                 )

@@ -49,21 +49,11 @@ pub fn subnet_key(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     fn replay(target: &str, f: fn(&[u8])) {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        let mut n = 0;
-        for dir in [
-            root.join("seeds").join(target),
-            root.join("regressions").join(target),
-        ] {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                f(&std::fs::read(e.path()).unwrap());
-                n += 1;
-            }
-        }
-        assert!(n > 0, "no corpus for {target}");
+        let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        assert!(
+            weft_encap::harness::replay(&fuzz, target, f) > 0,
+            "no seeds for {target}"
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@ use weft_routes::{
 
 /// How often the registry is polled: changes take effect within this.
 const POLL: Duration = Duration::from_millis(500);
-/// Renew our lease this long before it expires (flanneld's default margin).
-const RENEW_MARGIN: Duration = Duration::from_secs(3600);
+/// How long after a failed renewal the next try comes (flanneld's minute).
+const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// VXLAN send sockets per worker (outer source ports picked by flow hash).
 const VXLAN_TX_SOCKETS: usize = 4;
 
@@ -31,7 +31,9 @@ const VXLAN_TX_SOCKETS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// The file registry's directory.
-    pub registry_dir: PathBuf,
+    pub registry_dir: Option<PathBuf>,
+    /// Renew our lease this long before it expires.
+    pub renew_margin: Duration,
     /// Our PublicIP; default the underlay interface's address.
     pub public_ip: Option<Ipv4Addr>,
     /// Underlay interface; default the default route's.
@@ -64,7 +66,7 @@ struct Plan {
     vtep: Option<vxlan::Endpoint>,
 }
 
-fn plan(
+async fn plan(
     backend: &Backend,
     opts: &RunOptions,
     underlay_mtu: u32,
@@ -98,7 +100,7 @@ fn plan(
                     "DirectRouting is not implemented yet; every peer is reached over VXLAN"
                 );
             }
-            let leases = reg.leases().context("cannot list leases")?;
+            let leases = reg.leases().await.context("cannot list leases")?;
             let mac = control::vtep_mac_for(&leases, public_ip, vni);
             let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
             Ok(Plan {
@@ -118,16 +120,18 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let nl = Netlink::open()?;
     let underlay = nl.underlay(opts.iface.as_deref()).await?;
     let public_ip = opts.public_ip.unwrap_or(underlay.addr);
-    let reg = FileRegistry::open(&opts.registry_dir)?;
+    let reg = open_registry(&opts).await?;
+    let reg: &dyn Registry = reg.as_ref();
     let conf = reg
         .config()
-        .with_context(|| format!("cannot read {}/config", opts.registry_dir.display()))?;
+        .await
+        .context("cannot read the network config")?;
     if conf.backend_defaulted {
         tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
     }
-    let plan = plan(&conf.backend, &opts, underlay.mtu, public_ip, &reg)?;
+    let plan = plan(&conf.backend, &opts, underlay.mtu, public_ip, reg).await?;
     let previous = subnet_env::previous_subnet(&opts.subnet_file);
-    let mut lease = alloc::acquire(&reg, &conf, &plan.attrs, previous)?;
+    let mut lease = alloc::acquire(reg, &conf, &plan.attrs, previous).await?;
     let subnet = lease.subnet();
     tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");
 
@@ -216,7 +220,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         table,
         metrics.clone(),
     );
-    peers.sync(&reg.leases()?).await;
+    peers.sync(&reg.leases().await?).await;
     let env = subnet_env::SubnetEnv {
         network: conf.network,
         subnet,
@@ -233,6 +237,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(POLL);
     let mut registry_log = tokio::time::Instant::now() - Duration::from_secs(60);
+    let mut last_renew_try: Option<tokio::time::Instant> = None;
     let outcome: anyhow::Result<()> = loop {
         tokio::select! {
             _ = term.recv() => break Ok(()),
@@ -243,7 +248,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             let r = handles.remove(i).join();
             break Err(anyhow::anyhow!("worker {i} stopped: {r:?}"));
         }
-        let leases = match reg.leases() {
+        let leases = match reg.leases().await {
             Ok(l) => l,
             Err(e) => {
                 // Keep forwarding with the peers we know.
@@ -265,7 +270,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
                     l.attrs.public_ip
                 ))
             }
-            None => match reg.create(&lease.key, &plan.attrs) {
+            None => match reg.create(&lease.key, &plan.attrs).await {
                 Ok(Some(l)) => {
                     tracing::warn!(subnet = %subnet, "our lease was removed; took it again");
                     lease = l;
@@ -279,17 +284,23 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
                 Err(e) => tracing::warn!(error = %e, "cannot re-create our lease"),
             },
         }
-        let renew_due = lease
-            .expiration
-            .and_then(|t| t.duration_since(SystemTime::now()).ok())
-            .is_none_or(|left| left < RENEW_MARGIN);
-        if renew_due {
-            match reg.renew(&lease.key, &plan.attrs) {
+        // A reservation (no expiry) is never renewed. A failed renewal is
+        // retried once a minute, as flanneld does.
+        let renew_due = lease.expiration.is_some_and(|t| {
+            t.duration_since(SystemTime::now())
+                .map_or(true, |left| left < opts.renew_margin)
+        });
+        if renew_due && last_renew_try.is_none_or(|t| t.elapsed() >= RENEW_RETRY) {
+            last_renew_try = Some(tokio::time::Instant::now());
+            match reg.renew(&lease.key, &plan.attrs).await {
                 Ok(l) => {
                     tracing::info!(subnet = %subnet, "lease renewed");
                     lease = l;
+                    last_renew_try = None;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot renew our lease; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew our lease; retrying in a minute")
+                }
             }
         }
         set_expiry(&metrics, lease.expiration);
@@ -308,6 +319,18 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     }
     guard.remove().await;
     outcome
+}
+
+/// Opens the registry the options name.
+async fn open_registry(opts: &RunOptions) -> anyhow::Result<Box<dyn Registry>> {
+    match &opts.registry_dir {
+        Some(dir) => {
+            Ok(Box::new(FileRegistry::open(dir).with_context(|| {
+                format!("cannot open registry {}", dir.display())
+            })?))
+        }
+        None => bail!("no registry: pass --registry-dir"),
+    }
 }
 
 fn set_expiry(m: &Metrics, t: Option<SystemTime>) {

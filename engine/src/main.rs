@@ -32,6 +32,10 @@ struct RunArgs {
     /// DIR/subnets/<ip>-<len> one lease each, in flannel's JSON.
     #[arg(long, value_name = "DIR")]
     registry_dir: PathBuf,
+    /// Renew our subnet lease this many minutes before it expires (flanneld's
+    /// --subnet-lease-renew-margin).
+    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    subnet_lease_renew_margin: u64,
     /// The address peers send to (the lease's PublicIP). Default: the
     /// underlay interface's first IPv4 address.
     #[arg(long, value_name = "IP")]
@@ -74,7 +78,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => weft::daemon::run(weft::daemon::RunOptions {
-            registry_dir: a.registry_dir,
+            registry_dir: Some(a.registry_dir),
+            renew_margin: std::time::Duration::from_secs(a.subnet_lease_renew_margin * 60),
             public_ip: a.public_ip,
             iface: a.iface,
             subnet_file: a.subnet_file,

@@ -44,24 +44,24 @@ pub fn lease_of(leases: &[Lease], ip: Ipv4Addr) -> Option<&Lease> {
 
 /// Acquires a subnet for a node with `attrs`. `previous` is the subnet from
 /// an earlier subnet.env.
-pub fn acquire(
+pub async fn acquire(
     reg: &dyn Registry,
     conf: &NetConf,
     attrs: &LeaseAttrs,
     previous: Option<Ipv4Net>,
 ) -> Result<Lease, AllocError> {
-    let leases = reg.leases()?;
+    let leases = reg.leases().await?;
     if let Some(own) = lease_of(&leases, attrs.public_ip) {
         if conf.fits(&own.subnet()) {
             tracing::info!(subnet = %own.subnet(), "reusing the lease that holds our PublicIP");
-            return Ok(reg.renew(&own.key, attrs)?);
+            return Ok(reg.renew(&own.key, attrs).await?);
         }
         tracing::warn!(subnet = %own.subnet(), "our old lease does not fit the config; deleting it");
-        reg.delete(&own.key)?;
+        reg.delete(&own.key).await?;
     }
     if let Some(prev) = previous.filter(|p| conf.fits(p)) {
         if !leases.iter().any(|l| l.subnet() == prev) {
-            if let Some(l) = reg.create(&SubnetKey::v4(prev), attrs)? {
+            if let Some(l) = reg.create(&SubnetKey::v4(prev), attrs).await? {
                 tracing::info!(subnet = %prev, "reusing the subnet from the previous subnet.env");
                 return Ok(l);
             }
@@ -82,10 +82,10 @@ pub fn acquire(
                 max: conf.subnet_max,
             });
         };
-        if let Some(l) = reg.create(&SubnetKey::v4(*pick), attrs)? {
+        if let Some(l) = reg.create(&SubnetKey::v4(*pick), attrs).await? {
             return Ok(l);
         }
-        leases = reg.leases()?;
+        leases = reg.leases().await?;
     }
     Err(AllocError::Contended)
 }
@@ -94,12 +94,13 @@ pub fn acquire(
 mod tests {
     use super::*;
     use crate::registry::FileRegistry;
+    use futures::executor::block_on;
 
     fn setup(conf: &str) -> (tempfile::TempDir, FileRegistry, NetConf) {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("config"), conf).unwrap();
         let r = FileRegistry::open(d.path()).unwrap();
-        let c = r.config().unwrap();
+        let c = block_on(r.config()).unwrap();
         (d, r, c)
     }
 
@@ -110,17 +111,17 @@ mod tests {
     #[test]
     fn reuses_own_lease_then_previous_then_random() {
         let (_d, r, c) = setup(r#"{"Network":"10.244.0.0/16"}"#);
-        let a = acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None).unwrap();
+        let a = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
         assert!(c.fits(&a.subnet()));
-        let again = acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None).unwrap();
+        let again = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
         assert_eq!(again.subnet(), a.subnet());
         let prev: Ipv4Net = "10.244.200.0/24".parse().unwrap();
-        let b = acquire(&r, &c, &LeaseAttrs::udp(ip(2)), Some(prev)).unwrap();
+        let b = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(2)), Some(prev))).unwrap();
         assert_eq!(b.subnet(), prev);
         // A taken previous subnet is not stolen.
-        let c3 = acquire(&r, &c, &LeaseAttrs::udp(ip(3)), Some(prev)).unwrap();
+        let c3 = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(3)), Some(prev))).unwrap();
         assert_ne!(c3.subnet(), prev);
-        assert_eq!(r.leases().unwrap().len(), 3);
+        assert_eq!(block_on(r.leases()).unwrap().len(), 3);
     }
 
     #[test]
@@ -131,18 +132,18 @@ mod tests {
             r#"{"PublicIP":"192.0.2.1"}"#,
         )
         .unwrap();
-        let l = acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None).unwrap();
+        let l = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
         assert_eq!(l.subnet().prefix_len(), 25);
-        assert_eq!(r.leases().unwrap().len(), 1);
+        assert_eq!(block_on(r.leases()).unwrap().len(), 1);
     }
 
     #[test]
     fn exhaustion_is_an_error() {
         let (_d, r, c) = setup(r#"{"Network":"10.5.0.0/24","SubnetLen":26}"#);
         for n in 1..=3 {
-            acquire(&r, &c, &LeaseAttrs::udp(ip(n)), None).unwrap();
+            block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(n)), None)).unwrap();
         }
-        let e = acquire(&r, &c, &LeaseAttrs::udp(ip(9)), None).unwrap_err();
+        let e = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(9)), None)).unwrap_err();
         assert!(e.to_string().contains("no free subnet"), "{e}");
     }
 
@@ -154,7 +155,7 @@ mod tests {
             .map(|n| {
                 let (r, c) = (r.clone(), c.clone());
                 std::thread::spawn(move || {
-                    acquire(&*r, &c, &LeaseAttrs::udp(ip(n)), None)
+                    block_on(acquire(&*r, &c, &LeaseAttrs::udp(ip(n)), None))
                         .unwrap()
                         .subnet()
                 })

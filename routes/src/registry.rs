@@ -38,6 +38,18 @@ pub enum RegistryError {
     /// The stored config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// etcd refused or could not be reached.
+    #[cfg(feature = "etcd")]
+    #[error("etcd: {what}: {source}")]
+    Etcd {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        source: etcd_client::Error,
+    },
+    /// The registry holds no usable config.
+    #[error("no network config at {0}")]
+    NoConfig(String),
     /// A stored lease is invalid.
     #[error("lease {key}: {source}")]
     Lease {
@@ -49,19 +61,25 @@ pub enum RegistryError {
 }
 
 /// What the control plane needs of a lease store.
+#[async_trait::async_trait]
 pub trait Registry: Send + Sync {
     /// The network config.
-    fn config(&self) -> Result<NetConf, RegistryError>;
+    async fn config(&self) -> Result<NetConf, RegistryError>;
     /// Every current (unexpired) lease. Malformed entries are skipped with a
-    /// warning: one bad lease must not hide the others.
-    fn leases(&self) -> Result<Vec<Lease>, RegistryError>;
+    /// warning: one bad lease must not hide the others. A registry that
+    /// cannot be reached may answer with the last leases it knew.
+    async fn leases(&self) -> Result<Vec<Lease>, RegistryError>;
     /// Creates a lease if the subnet is free (absent or expired). `None`
     /// means someone else holds it.
-    fn create(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Option<Lease>, RegistryError>;
+    async fn create(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<Lease>, RegistryError>;
     /// Rewrites a lease we own, restarting its TTL.
-    fn renew(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError>;
+    async fn renew(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError>;
     /// Removes a lease; absent is fine.
-    fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError>;
+    async fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError>;
 }
 
 /// The file registry.
@@ -134,14 +152,41 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
     }
 }
 
+#[async_trait::async_trait]
 impl Registry for FileRegistry {
-    fn config(&self) -> Result<NetConf, RegistryError> {
+    async fn config(&self) -> Result<NetConf, RegistryError> {
+        self.read_config()
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, RegistryError> {
+        self.list()
+    }
+
+    async fn create(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<Lease>, RegistryError> {
+        self.create_exclusive(key, attrs)
+    }
+
+    async fn renew(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError> {
+        self.rewrite(key, attrs)
+    }
+
+    async fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError> {
+        self.remove(key)
+    }
+}
+
+impl FileRegistry {
+    fn read_config(&self) -> Result<NetConf, RegistryError> {
         let path = self.dir.join("config");
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
         Ok(NetConf::parse(&text)?)
     }
 
-    fn leases(&self) -> Result<Vec<Lease>, RegistryError> {
+    fn list(&self) -> Result<Vec<Lease>, RegistryError> {
         let dir = self.subnets();
         let now = SystemTime::now();
         let mut out = Vec::new();
@@ -199,7 +244,11 @@ impl Registry for FileRegistry {
         Ok(out)
     }
 
-    fn create(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Option<Lease>, RegistryError> {
+    fn create_exclusive(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<Lease>, RegistryError> {
         let path = self.path_of(key);
         let tmp = self.write_tmp(attrs)?;
         let result = (|| {
@@ -234,7 +283,7 @@ impl Registry for FileRegistry {
         }
     }
 
-    fn renew(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError> {
+    fn rewrite(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError> {
         let path = self.path_of(key);
         let tmp = self.write_tmp(attrs)?;
         std::fs::rename(&tmp, &path)
@@ -245,7 +294,7 @@ impl Registry for FileRegistry {
         self.lease_at(*key, attrs.clone())
     }
 
-    fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError> {
+    fn remove(&self, key: &SubnetKey) -> Result<(), RegistryError> {
         let path = self.path_of(key);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -258,6 +307,7 @@ impl Registry for FileRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::executor::block_on;
     use std::net::Ipv4Addr;
 
     fn reg() -> (tempfile::TempDir, FileRegistry) {
@@ -276,9 +326,13 @@ mod tests {
         let (_d, r) = reg();
         let a = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 1));
         let b = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 2));
-        assert!(r.create(&key("10.244.1.0-24"), &a).unwrap().is_some());
-        assert!(r.create(&key("10.244.1.0-24"), &b).unwrap().is_none());
-        let ls = r.leases().unwrap();
+        assert!(block_on(r.create(&key("10.244.1.0-24"), &a))
+            .unwrap()
+            .is_some());
+        assert!(block_on(r.create(&key("10.244.1.0-24"), &b))
+            .unwrap()
+            .is_none());
+        let ls = block_on(r.leases()).unwrap();
         assert_eq!(ls.len(), 1);
         assert_eq!(ls[0].attrs, a);
         // No temp files remain.
@@ -299,12 +353,12 @@ mod tests {
         .unwrap();
         std::fs::write(s.join("10.244.8.0-24"), "not json").unwrap();
         std::fs::write(s.join("README"), "x").unwrap();
-        let ls = r.leases().unwrap();
+        let ls = block_on(r.leases()).unwrap();
         assert_eq!(ls.len(), 1);
         assert!(ls[0].attrs.vxlan_data().is_some());
         // A fix of the bad lease is picked up on the next poll.
         std::fs::write(s.join("10.244.8.0-24"), r#"{"PublicIP":"192.0.2.8"}"#).unwrap();
-        assert_eq!(r.leases().unwrap().len(), 2);
+        assert_eq!(block_on(r.leases()).unwrap().len(), 2);
     }
 
     #[test]
@@ -319,10 +373,12 @@ mod tests {
             .unwrap()
             .set_modified(old)
             .unwrap();
-        assert!(r.leases().unwrap().is_empty());
+        assert!(block_on(r.leases()).unwrap().is_empty());
         let mine = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 9));
-        assert!(r.create(&key("10.244.3.0-24"), &mine).unwrap().is_some());
-        assert_eq!(r.leases().unwrap()[0].attrs, mine);
+        assert!(block_on(r.create(&key("10.244.3.0-24"), &mine))
+            .unwrap()
+            .is_some());
+        assert_eq!(block_on(r.leases()).unwrap()[0].attrs, mine);
     }
 
     #[test]
@@ -330,12 +386,12 @@ mod tests {
         let (_d, r) = reg();
         let k = key("10.244.4.0-24");
         let a = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 4));
-        let l = r.create(&k, &a).unwrap().unwrap();
-        let l2 = r.renew(&k, &a).unwrap();
+        let l = block_on(r.create(&k, &a)).unwrap().unwrap();
+        let l2 = block_on(r.renew(&k, &a)).unwrap();
         assert!(l2.expiration >= l.expiration);
-        r.delete(&k).unwrap();
-        r.delete(&k).unwrap();
-        assert!(r.leases().unwrap().is_empty());
+        block_on(r.delete(&k)).unwrap();
+        block_on(r.delete(&k)).unwrap();
+        assert!(block_on(r.leases()).unwrap().is_empty());
     }
 
     #[test]
@@ -347,7 +403,9 @@ mod tests {
                 let r = r.clone();
                 std::thread::spawn(move || {
                     let a = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, i));
-                    r.create(&key("10.244.5.0-24"), &a).unwrap().is_some() as usize
+                    block_on(r.create(&key("10.244.5.0-24"), &a))
+                        .unwrap()
+                        .is_some() as usize
                 })
             })
             .map(|h| h.join().unwrap())

@@ -32,6 +32,8 @@ const VXLAN_TX_SOCKETS: usize = 4;
 pub struct RunOptions {
     /// The file registry's directory.
     pub registry_dir: Option<PathBuf>,
+    /// etcd, when the leases live there instead.
+    pub etcd: Option<weft_routes::EtcdConfig>,
     /// Renew our lease this long before it expires.
     pub renew_margin: Duration,
     /// Our PublicIP; default the underlay interface's address.
@@ -321,16 +323,41 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     outcome
 }
 
-/// Opens the registry the options name.
+/// Opens the registry the options name. etcd is retried with backoff
+/// (1 to 30 s) until it answers, as flanneld does at startup.
 async fn open_registry(opts: &RunOptions) -> anyhow::Result<Box<dyn Registry>> {
-    match &opts.registry_dir {
-        Some(dir) => {
+    match (&opts.registry_dir, &opts.etcd) {
+        (Some(dir), _) => {
             Ok(Box::new(FileRegistry::open(dir).with_context(|| {
                 format!("cannot open registry {}", dir.display())
             })?))
         }
-        None => bail!("no registry: pass --registry-dir"),
+        (None, Some(cfg)) => connect_etcd(cfg).await,
+        (None, None) => bail!("no registry: pass --registry-dir or --etcd-endpoints"),
     }
+}
+
+#[cfg(feature = "etcd")]
+async fn connect_etcd(cfg: &weft_routes::EtcdConfig) -> anyhow::Result<Box<dyn Registry>> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match weft_routes::etcd::EtcdRegistry::connect(cfg).await {
+            Ok(r) => return Ok(Box::new(r)),
+            Err(weft_routes::RegistryError::Io { path, source }) => {
+                bail!("cannot read {}: {source}", path.display())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "etcd unreachable");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(_: &weft_routes::EtcdConfig) -> anyhow::Result<Box<dyn Registry>> {
+    bail!("this weft was built without etcd support: rebuild with `cargo build --features etcd` (needs protoc)")
 }
 
 fn set_expiry(m: &Metrics, t: Option<SystemTime>) {

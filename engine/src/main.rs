@@ -17,9 +17,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Join the overlay: acquire a subnet lease, create the device and
-    /// routes, forward traffic, and clean up on SIGTERM/SIGINT.
-    Run(RunArgs),
+    /// Join the overlay: acquire a subnet lease (from a file registry or
+    /// etcd), create the device and routes, forward traffic, and clean up
+    /// on SIGTERM/SIGINT.
+    Run(Box<RunArgs>),
     /// Build two nodes in network namespaces on this host, measure ping and
     /// throughput through the tunnel for each backend, print a table, and
     /// remove everything (needs root).
@@ -30,8 +31,35 @@ enum Command {
 struct RunArgs {
     /// File registry directory: DIR/config holds net-conf.json,
     /// DIR/subnets/<ip>-<len> one lease each, in flannel's JSON.
-    #[arg(long, value_name = "DIR")]
-    registry_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "etcd_endpoints",
+        conflicts_with = "etcd_endpoints"
+    )]
+    registry_dir: Option<PathBuf>,
+    /// etcd client URLs, comma-separated (flanneld's flag): leases live in
+    /// etcd under --etcd-prefix, shared with flanneld nodes.
+    #[arg(long, value_name = "URL[,URL…]", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// etcd key prefix.
+    #[arg(long, value_name = "PREFIX", default_value = "/coreos.com/network")]
+    etcd_prefix: String,
+    /// CA certificate (PEM) that signed etcd's certificate.
+    #[arg(long, value_name = "FILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, value_name = "FILE", requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// Username for etcd authentication.
+    #[arg(long, value_name = "USER", requires = "etcd_password")]
+    etcd_username: Option<String>,
+    /// Password for etcd authentication.
+    #[arg(long, value_name = "PASSWORD", requires = "etcd_username")]
+    etcd_password: Option<String>,
     /// Renew our subnet lease this many minutes before it expires (flanneld's
     /// --subnet-lease-renew-margin).
     #[arg(long, value_name = "MINUTES", default_value_t = 60)]
@@ -78,7 +106,16 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => weft::daemon::run(weft::daemon::RunOptions {
-            registry_dir: Some(a.registry_dir),
+            etcd: (!a.etcd_endpoints.is_empty()).then_some(weft_routes::EtcdConfig {
+                endpoints: a.etcd_endpoints,
+                prefix: a.etcd_prefix,
+                ca_file: a.etcd_cafile,
+                cert_file: a.etcd_certfile,
+                key_file: a.etcd_keyfile,
+                username: a.etcd_username,
+                password: a.etcd_password,
+            }),
+            registry_dir: a.registry_dir,
             renew_margin: std::time::Duration::from_secs(a.subnet_lease_renew_margin * 60),
             public_ip: a.public_ip,
             iface: a.iface,

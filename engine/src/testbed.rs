@@ -346,6 +346,27 @@ pub struct Cluster {
     pub registry: PathBuf,
     /// Scratch space for logs and subnet.env files, removed on drop.
     pub dir: tempfile::TempDir,
+    /// net-conf.json, as given to `new`.
+    pub net_conf: String,
+    /// The etcd server, once `start_etcd` ran: nodes then use it instead
+    /// of the file registry.
+    pub etcd: Option<Child>,
+}
+
+/// Where the test etcd listens: the hub's own address on the bridge.
+pub const ETCD_URL: &str = "http://192.168.100.250:2379";
+/// The test etcd's address inside the hub namespace, for `etcdctl`.
+const ETCD_LOCAL: &str = "http://127.0.0.1:2379";
+/// flannel's key prefix, which the test etcd uses.
+pub const ETCD_PREFIX: &str = "/coreos.com/network";
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut e) = self.etcd.take() {
+            let _ = e.kill();
+            let _ = e.wait();
+        }
+    }
 }
 
 impl Cluster {
@@ -364,6 +385,8 @@ impl Cluster {
             hub,
             registry,
             dir,
+            net_conf: net_conf.to_string(),
+            etcd: None,
         };
         for _ in 0..n {
             c.add_node(tag)?;
@@ -422,18 +445,112 @@ impl Cluster {
         Ok(i)
     }
 
+    /// Starts etcd in the hub namespace at `ETCD_URL` (its data survives a
+    /// `stop_etcd`), and the first time, stores net-conf.json at
+    /// `<prefix>/config`. From then on `start` points nodes at etcd.
+    pub fn start_etcd(&mut self) -> io::Result<()> {
+        self.start_etcd_on(true)
+    }
+
+    /// Starts etcd listening on the hub's loopback only: the nodes cannot
+    /// reach it, `etcdctl` here can (to change things behind their back).
+    pub fn start_etcd_hidden(&mut self) -> io::Result<()> {
+        self.start_etcd_on(false)
+    }
+
+    fn start_etcd_on(&mut self, reachable: bool) -> io::Result<()> {
+        let data = self.dir.path().join("etcd-data");
+        let first = !data.exists();
+        if first {
+            self.hub
+                .ip(&["addr", "add", "192.168.100.250/24", "dev", "br0"])?;
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))?;
+        let child = self
+            .hub
+            .command("etcd")
+            .arg("--name=weft-test")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(if reachable {
+                format!("--listen-client-urls={ETCD_URL},{ETCD_LOCAL}")
+            } else {
+                format!("--listen-client-urls={ETCD_LOCAL}")
+            })
+            .arg(format!("--advertise-client-urls={ETCD_URL}"))
+            .arg("--listen-peer-urls=http://127.0.0.1:2380")
+            .arg("--initial-advertise-peer-urls=http://127.0.0.1:2380")
+            .arg("--initial-cluster=weft-test=http://127.0.0.1:2380")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.etcd = Some(child);
+        let up = Cluster::wait_for(Duration::from_secs(15), || {
+            self.etcdctl(&["endpoint", "health"]).is_ok()
+        });
+        if !up {
+            return Err(io::Error::other(format!(
+                "etcd did not come up:\n{}",
+                std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+            )));
+        }
+        if first {
+            let conf = self.net_conf.clone();
+            self.etcdctl(&["put", &format!("{ETCD_PREFIX}/config"), &conf])?;
+        }
+        Ok(())
+    }
+
+    /// Kills etcd (its data stays for a restart).
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut e) = self.etcd.take() {
+            let _ = e.kill();
+            let _ = e.wait();
+        }
+    }
+
+    /// Runs `etcdctl ARGS…` against the test etcd.
+    pub fn etcdctl(&self, args: &[&str]) -> io::Result<Output> {
+        let ep = format!("--endpoints={ETCD_LOCAL}");
+        let mut a = vec![ep.as_str(), "--dial-timeout=2s", "--command-timeout=5s"];
+        a.extend_from_slice(args);
+        let out = self
+            .hub
+            .command("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(&a)
+            .output()?;
+        check(out, &format!("etcdctl {}", args.join(" ")))
+    }
+
+    /// The etcd key of node `i`'s lease.
+    pub fn etcd_key(&self, i: usize) -> Option<String> {
+        let s = self.nodes[i].subnet()?;
+        Some(format!(
+            "{ETCD_PREFIX}/subnets/{}-{}",
+            s.network(),
+            s.prefix_len()
+        ))
+    }
+
     /// Starts weft on node `i` and waits (up to 15 s) until it is ready
     /// (subnet.env written).
     pub fn start(&mut self, i: usize, weft: &Path, extra: &[&str]) -> io::Result<()> {
         let node = &mut self.nodes[i];
         let _ = std::fs::remove_file(&node.subnet_file);
         let log = File::create(&node.log)?;
-        let child = node
-            .ns
-            .command(weft)
-            .arg("run")
-            .arg("--registry-dir")
-            .arg(&self.registry)
+        let mut cmd = node.ns.command(weft);
+        cmd.arg("run");
+        // etcd mode once etcd was started, even while it is stopped.
+        if self.dir.path().join("etcd-data").exists() {
+            cmd.arg("--etcd-endpoints").arg(ETCD_URL);
+        } else {
+            cmd.arg("--registry-dir").arg(&self.registry);
+        }
+        let child = cmd
             .arg("--subnet-file")
             .arg(&node.subnet_file)
             .args(extra)

@@ -8,6 +8,8 @@
 
 pub mod alloc;
 pub mod config;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[doc(hidden)]
 pub mod harness;
 mod json;
@@ -18,5 +20,5 @@ pub mod table;
 
 pub use config::{Backend, NetConf};
 pub use lease::{Lease, LeaseAttrs, SubnetKey};
-pub use registry::{FileRegistry, Registry, RegistryError};
+pub use registry::{EtcdConfig, FileRegistry, Registry, RegistryError};
 pub use table::{ForwardingTable, Peer};

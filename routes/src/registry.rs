@@ -82,6 +82,28 @@ pub trait Registry: Send + Sync {
     async fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError>;
 }
 
+/// flannel's default etcd key prefix.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+
+/// How to reach etcd.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdConfig {
+    /// Client URLs, e.g. `http://10.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key prefix (`/coreos.com/network`).
+    pub prefix: String,
+    /// CA certificate (PEM) to verify etcd with.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Username for etcd authentication.
+    pub username: Option<String>,
+    /// Password for etcd authentication.
+    pub password: Option<String>,
+}
+
 /// The file registry.
 #[derive(Debug)]
 pub struct FileRegistry {

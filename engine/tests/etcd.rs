@@ -1,0 +1,221 @@
+//! weft on a real etcd with flannel's key layout: several nodes, a
+//! kernel-VXLAN flannel node whose lease is put by hand with etcdctl, key
+//! deletion, etcd outages and compaction. Needs `--features etcd` and the
+//! etcd and etcdctl binaries (Debian: etcd-server, etcd-client).
+
+#![cfg(feature = "etcd")]
+
+mod common;
+use common::*;
+use std::time::Duration;
+use weft::testbed::{Cluster, ETCD_PREFIX};
+
+fn etcd_cluster(tag: &str, nodes: usize) -> Cluster {
+    let mut c = Cluster::new(tag, nodes, &net_conf("vxlan")).expect("testbed");
+    c.start_etcd().expect("etcd starts");
+    c
+}
+
+fn route_gone(c: &Cluster, i: usize, subnet: &str) -> bool {
+    c.nodes[i]
+        .ns
+        .ip(&["route", "show", subnet])
+        .map(|o| o.stdout.is_empty())
+        .unwrap_or(false)
+}
+
+/// Does `etcdctl get KEY -w json` show an etcd lease on the key?
+fn has_lease(c: &Cluster, key: &str) -> bool {
+    let out = c.etcdctl(&["get", key, "-w", "json"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.contains("\"lease\":") && !text.contains("\"lease\":0")
+}
+
+#[test]
+fn three_nodes_on_etcd_with_flannels_keys() {
+    let mut c = etcd_cluster("e3", 2);
+    for i in 0..2 {
+        c.start(i, weft(), &["--metrics-addr", "127.0.0.1:9153"])
+            .unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    assert!(
+        wait_ping(&c.nodes[0].ns, c.nodes[1].pod_ip().unwrap()),
+        "{}",
+        c.nodes[0].log_text()
+    );
+    let n2 = c.add_node("e3").unwrap();
+    c.start(n2, weft(), &[]).unwrap();
+    c.nodes[n2].add_pod_bridge().unwrap();
+    assert!(wait_ping(&c.nodes[0].ns, c.nodes[n2].pod_ip().unwrap()));
+    assert!(wait_ping(&c.nodes[n2].ns, c.nodes[1].pod_ip().unwrap()));
+    transfer(&c, 0, 2, 5, 5001);
+    // Every lease is flannel's JSON at flannel's key, on a 24 h etcd lease.
+    for i in 0..3 {
+        let key = c.etcd_key(i).unwrap();
+        let v = c.etcdctl(&["get", &key, "--print-value-only"]).unwrap();
+        let text = String::from_utf8_lossy(&v.stdout);
+        assert!(
+            text.starts_with(r#"{"PublicIP":"192.168.100."#),
+            "{key}: {text}"
+        );
+        assert!(text.contains(r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":""#));
+        assert!(has_lease(&c, &key), "{key} has no etcd lease");
+    }
+    for i in 0..3 {
+        assert!(
+            c.nodes[i].stop().unwrap().success(),
+            "{}",
+            c.nodes[i].log_text()
+        );
+    }
+}
+
+#[test]
+fn kernel_flannel_node_lease_put_with_etcdctl() {
+    let mut c = etcd_cluster("ek", 2);
+    let ksub: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
+    // The kernel node as flanneld would set it up, its lease written with
+    // etcdctl on a granted lease, exactly as flanneld writes it.
+    let file = c.nodes[1].become_kernel_vxlan(&c.registry, ksub).unwrap();
+    c.nodes[1].emulate_wire_checksums().unwrap();
+    c.nodes[1].add_pod_bridge().unwrap();
+    let value = std::fs::read_to_string(file).unwrap();
+    let grant = c.etcdctl(&["lease", "grant", "86400"]).unwrap();
+    let id = String::from_utf8_lossy(&grant.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    c.etcdctl(&[
+        "put",
+        &format!("--lease={id}"),
+        &format!("{ETCD_PREFIX}/subnets/10.244.200.0-24"),
+        &value,
+    ])
+    .unwrap();
+    c.start(0, weft(), &["--device", "tap"]).unwrap();
+    c.nodes[0].add_pod_bridge().unwrap();
+    let key = c.etcd_key(0).unwrap();
+    let v = c.etcdctl(&["get", &key, "--print-value-only"]).unwrap();
+    let attrs = weft_routes::LeaseAttrs::from_json(&v.stdout).unwrap();
+    let mac = attrs.vxlan_data().unwrap().vtep_mac.to_string();
+    c.nodes[1]
+        .kernel_add_peer(c.nodes[0].subnet().unwrap(), attrs.public_ip, &mac)
+        .unwrap();
+    assert!(
+        wait_ping(&c.nodes[0].ns, c.nodes[1].pod_ip().unwrap()),
+        "{}",
+        c.nodes[0].log_text()
+    );
+    assert!(ping(&c.nodes[1].ns, c.nodes[0].pod_ip().unwrap(), 3));
+    transfer(&c, 0, 1, 5, 5001);
+    transfer(&c, 1, 0, 5, 5002);
+    assert!(c.nodes[0].stop().unwrap().success());
+}
+
+#[test]
+fn deleting_a_key_withdraws_its_route() {
+    let mut c = etcd_cluster("ed", 2);
+    for i in 0..2 {
+        c.start(i, weft(), &[]).unwrap();
+    }
+    let sub1 = c.nodes[1].subnet().unwrap().to_string();
+    assert!(Cluster::wait_for(Duration::from_secs(2), || !route_gone(
+        &c, 0, &sub1
+    )));
+    c.nodes[1].kill();
+    c.etcdctl(&["del", &c.etcd_key(1).unwrap()]).unwrap();
+    assert!(
+        Cluster::wait_for(Duration::from_millis(1500), || route_gone(&c, 0, &sub1)),
+        "route to {sub1} survived the key's deletion\n{}",
+        c.nodes[0].log_text()
+    );
+    // Our own key deleted under us while the subnet is free: taken back.
+    let own = c.etcd_key(0).unwrap();
+    c.etcdctl(&["del", &own]).unwrap();
+    assert!(
+        Cluster::wait_for(Duration::from_secs(3), || c
+            .etcdctl(&["get", &own, "--print-value-only"])
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false)),
+        "node 0 did not take its lease back\n{}",
+        c.nodes[0].log_text()
+    );
+    assert!(c.nodes[0].stop().unwrap().success());
+}
+
+#[test]
+fn etcd_down_for_20_s_loses_no_forwarding_and_compaction_is_survived() {
+    let mut c = etcd_cluster("eo", 2);
+    for i in 0..2 {
+        c.start(i, weft(), &["--metrics-addr", "127.0.0.1:9153"])
+            .unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let pod1 = c.nodes[1].pod_ip().unwrap();
+    assert!(wait_ping(&c.nodes[0].ns, pod1));
+    // 25 s of pings at 50 ms while etcd goes away for 20 s.
+    let ns = c.nodes[0].ns.handle();
+    let flow = std::thread::spawn(move || {
+        weft::testbed::ping_rtts(&ns, pod1, 500, Duration::from_millis(50))
+            .map(|r| r.len())
+            .unwrap_or(0)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    c.stop_etcd();
+    std::thread::sleep(Duration::from_secs(18));
+    // Behind the nodes' backs (etcd on the hub's loopback only): a peer
+    // appears, another comes and goes, and the history is compacted past
+    // where their watches stopped, so they must re-list rather than replay.
+    c.start_etcd_hidden().unwrap();
+    let fake = r#"{"PublicIP":"192.168.100.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:99"}}"#;
+    c.etcdctl(&[
+        "put",
+        &format!("{ETCD_PREFIX}/subnets/10.244.99.0-24"),
+        fake,
+    ])
+    .unwrap();
+    let gone = format!("{ETCD_PREFIX}/subnets/10.244.98.0-24");
+    c.etcdctl(&["put", &gone, &fake.replace(":99", ":98")])
+        .unwrap();
+    c.etcdctl(&["del", &gone]).unwrap();
+    let status = c.etcdctl(&["endpoint", "status", "-w", "json"]).unwrap();
+    let text = String::from_utf8_lossy(&status.stdout).to_string();
+    let rev = text
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+        .unwrap()
+        .to_string();
+    c.etcdctl(&["compact", &rev]).unwrap();
+    c.stop_etcd();
+    c.start_etcd().unwrap();
+    let replies = flow.join().unwrap();
+    assert_eq!(replies, 500, "forwarding was lost while etcd was down");
+    for i in 0..2 {
+        assert!(
+            Cluster::wait_for(Duration::from_secs(40), || !route_gone(
+                &c,
+                i,
+                "10.244.99.0/24"
+            )),
+            "node {i} never saw the lease added during the outage\n{}",
+            c.nodes[i].log_text()
+        );
+    }
+    for i in 0..2 {
+        let log = c.nodes[i].log_text();
+        assert!(
+            log.contains("compacted under the watch; re-listing"),
+            "node {i} did not re-list:\n{log}"
+        );
+        assert!(
+            route_gone(&c, i, "10.244.98.0/24"),
+            "node {i} kept the lease deleted before compaction"
+        );
+    }
+    for i in 0..2 {
+        assert!(c.nodes[i].stop().unwrap().success());
+    }
+}

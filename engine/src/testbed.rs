@@ -539,6 +539,12 @@ impl Cluster {
     /// Starts weft on node `i` and waits (up to 15 s) until it is ready
     /// (subnet.env written).
     pub fn start(&mut self, i: usize, weft: &Path, extra: &[&str]) -> io::Result<()> {
+        self.spawn(i, weft, extra)?;
+        self.wait_ready(i)
+    }
+
+    /// Starts weft on node `i` without waiting for it.
+    pub fn spawn(&mut self, i: usize, weft: &Path, extra: &[&str]) -> io::Result<()> {
         let node = &mut self.nodes[i];
         let _ = std::fs::remove_file(&node.subnet_file);
         let log = File::create(&node.log)?;
@@ -560,6 +566,13 @@ impl Cluster {
             .stderr(log)
             .spawn()?;
         node.daemon = Some(child);
+        Ok(())
+    }
+
+    /// Waits (up to 15 s) until weft on node `i` is ready (subnet.env
+    /// written); fails with its log if it exits first.
+    pub fn wait_ready(&mut self, i: usize) -> io::Result<()> {
+        let node = &mut self.nodes[i];
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if node.subnet_file.exists() {

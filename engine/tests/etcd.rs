@@ -219,3 +219,59 @@ fn etcd_down_for_20_s_loses_no_forwarding_and_compaction_is_survived() {
         assert!(c.nodes[i].stop().unwrap().success());
     }
 }
+
+#[test]
+fn nodes_started_together_never_share_a_subnet() {
+    // Room for exactly four subnets, four nodes racing for them.
+    let mut c = Cluster::new("es", 4, r#"{"Network":"10.5.0.0/24","SubnetLen":27,"SubnetMin":"10.5.0.32","SubnetMax":"10.5.0.128","Backend":{"Type":"vxlan"}}"#).unwrap();
+    c.start_etcd().unwrap();
+    for i in 0..4 {
+        c.spawn(i, weft(), &[]).unwrap();
+    }
+    for i in 0..4 {
+        c.wait_ready(i).unwrap();
+    }
+    let subnets: std::collections::BTreeSet<_> =
+        (0..4).map(|i| c.nodes[i].subnet().unwrap()).collect();
+    assert_eq!(subnets.len(), 4, "{subnets:?}");
+}
+
+#[test]
+fn reservations_are_honoured_and_a_stolen_subnet_is_fatal() {
+    let mut c = etcd_cluster("er", 2);
+    // A reservation (no etcd lease) for node 0's PublicIP, and one for a
+    // machine that is not running.
+    let mine = format!("{ETCD_PREFIX}/subnets/10.244.42.0-24");
+    c.etcdctl(&["put", &mine, r#"{"PublicIP":"192.168.100.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:42"}}"#]).unwrap();
+    let other = format!("{ETCD_PREFIX}/subnets/10.244.43.0-24");
+    c.etcdctl(&["put", &other, r#"{"PublicIP":"192.168.100.43","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:43"}}"#]).unwrap();
+    c.start(0, weft(), &[]).unwrap();
+    c.start(1, weft(), &[]).unwrap();
+    assert_eq!(c.nodes[0].subnet().unwrap().to_string(), "10.244.42.0/24");
+    assert!(!has_lease(&c, &mine), "the reservation got an etcd lease");
+    assert_ne!(c.nodes[1].subnet().unwrap().to_string(), "10.244.43.0/24");
+    // The reserved node's VtepMAC was kept, so peers need not change.
+    let v = c.etcdctl(&["get", &mine, "--print-value-only"]).unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).contains("0e:00:00:00:00:42"));
+
+    // Another node takes node 1's subnet: node 1 must stop, and say why.
+    let key1 = c.etcd_key(1).unwrap();
+    c.etcdctl(&["put", &key1, r#"{"PublicIP":"192.168.100.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:77"}}"#]).unwrap();
+    let exited = Cluster::wait_for(Duration::from_secs(3), || {
+        c.nodes[1]
+            .daemon
+            .as_mut()
+            .and_then(|d| d.try_wait().ok().flatten())
+            .is_some()
+    });
+    assert!(exited, "node 1 kept running on a stolen subnet");
+    let status = c.nodes[1].daemon.take().unwrap().wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        c.nodes[1]
+            .log_text()
+            .contains("another node took our subnet"),
+        "{}",
+        c.nodes[1].log_text()
+    );
+}

@@ -351,6 +351,19 @@ pub struct Cluster {
     /// The etcd server, once `start_etcd` ran: nodes then use it instead
     /// of the file registry.
     pub etcd: Option<Child>,
+    /// PEM files when etcd serves TLS with client certificates.
+    pub etcd_tls: Option<EtcdTls>,
+}
+
+/// A throwaway CA and the certificates a TLS etcd test uses.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// etcd's certificate (SANs 192.168.100.250 and 127.0.0.1) and key.
+    pub server: (PathBuf, PathBuf),
+    /// A client certificate and key signed by the CA.
+    pub client: (PathBuf, PathBuf),
 }
 
 /// Where the test etcd listens: the hub's own address on the bridge.
@@ -387,6 +400,7 @@ impl Cluster {
             dir,
             net_conf: net_conf.to_string(),
             etcd: None,
+            etcd_tls: None,
         };
         for _ in 0..n {
             c.add_node(tag)?;
@@ -458,6 +472,96 @@ impl Cluster {
         self.start_etcd_on(false)
     }
 
+    /// Makes etcd serve TLS and require client certificates (call before
+    /// `start_etcd`): creates a CA, a server and a client certificate with
+    /// openssl.
+    pub fn enable_etcd_tls(&mut self) -> io::Result<EtcdTls> {
+        let d = self.dir.path().join("pki");
+        std::fs::create_dir_all(&d)?;
+        let p = |n: &str| d.join(n).to_string_lossy().to_string();
+        sh(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=weft-test-ca",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.crt"),
+            ],
+        )?;
+        for (name, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:192.168.100.250,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(d.join(format!("{name}.ext")), ext)?;
+            sh(
+                "openssl",
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN=weft-{name}"),
+                    "-keyout",
+                    &p(&format!("{name}.key")),
+                    "-out",
+                    &p(&format!("{name}.csr")),
+                ],
+            )?;
+            sh(
+                "openssl",
+                &[
+                    "x509",
+                    "-req",
+                    "-days",
+                    "1",
+                    "-in",
+                    &p(&format!("{name}.csr")),
+                    "-CA",
+                    &p("ca.crt"),
+                    "-CAkey",
+                    &p("ca.key"),
+                    "-CAcreateserial",
+                    "-extfile",
+                    &p(&format!("{name}.ext")),
+                    "-out",
+                    &p(&format!("{name}.crt")),
+                ],
+            )?;
+        }
+        let tls = EtcdTls {
+            ca: d.join("ca.crt"),
+            server: (d.join("server.crt"), d.join("server.key")),
+            client: (d.join("client.crt"), d.join("client.key")),
+        };
+        self.etcd_tls = Some(tls.clone());
+        Ok(tls)
+    }
+
+    /// The URL nodes reach etcd at.
+    pub fn etcd_url(&self) -> String {
+        self.etcd_scheme(ETCD_URL)
+    }
+
+    fn etcd_scheme(&self, url: &str) -> String {
+        match self.etcd_tls {
+            Some(_) => url.replace("http://", "https://"),
+            None => url.to_string(),
+        }
+    }
+
     fn start_etcd_on(&mut self, reachable: bool) -> io::Result<()> {
         let data = self.dir.path().join("etcd-data");
         let first = !data.exists();
@@ -469,17 +573,23 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(self.dir.path().join("etcd.log"))?;
-        let child = self
-            .hub
-            .command("etcd")
+        let (public, local) = (self.etcd_scheme(ETCD_URL), self.etcd_scheme(ETCD_LOCAL));
+        let mut cmd = self.hub.command("etcd");
+        if let Some(t) = &self.etcd_tls {
+            cmd.arg(format!("--cert-file={}", t.server.0.display()))
+                .arg(format!("--key-file={}", t.server.1.display()))
+                .arg(format!("--trusted-ca-file={}", t.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name=weft-test")
             .arg(format!("--data-dir={}", data.display()))
             .arg(if reachable {
-                format!("--listen-client-urls={ETCD_URL},{ETCD_LOCAL}")
+                format!("--listen-client-urls={public},{local}")
             } else {
-                format!("--listen-client-urls={ETCD_LOCAL}")
+                format!("--listen-client-urls={local}")
             })
-            .arg(format!("--advertise-client-urls={ETCD_URL}"))
+            .arg(format!("--advertise-client-urls={public}"))
             .arg("--listen-peer-urls=http://127.0.0.1:2380")
             .arg("--initial-advertise-peer-urls=http://127.0.0.1:2380")
             .arg("--initial-cluster=weft-test=http://127.0.0.1:2380")
@@ -514,9 +624,17 @@ impl Cluster {
 
     /// Runs `etcdctl ARGS…` against the test etcd.
     pub fn etcdctl(&self, args: &[&str]) -> io::Result<Output> {
-        let ep = format!("--endpoints={ETCD_LOCAL}");
-        let mut a = vec![ep.as_str(), "--dial-timeout=2s", "--command-timeout=5s"];
-        a.extend_from_slice(args);
+        let mut a = vec![
+            format!("--endpoints={}", self.etcd_scheme(ETCD_LOCAL)),
+            "--dial-timeout=2s".to_string(),
+            "--command-timeout=5s".to_string(),
+        ];
+        if let Some(t) = &self.etcd_tls {
+            a.push(format!("--cacert={}", t.ca.display()));
+            a.push(format!("--cert={}", t.client.0.display()));
+            a.push(format!("--key={}", t.client.1.display()));
+        }
+        a.extend(args.iter().map(|s| s.to_string()));
         let out = self
             .hub
             .command("etcdctl")
@@ -545,6 +663,7 @@ impl Cluster {
 
     /// Starts weft on node `i` without waiting for it.
     pub fn spawn(&mut self, i: usize, weft: &Path, extra: &[&str]) -> io::Result<()> {
+        let etcd_url = self.etcd_url();
         let node = &mut self.nodes[i];
         let _ = std::fs::remove_file(&node.subnet_file);
         let log = File::create(&node.log)?;
@@ -552,7 +671,12 @@ impl Cluster {
         cmd.arg("run");
         // etcd mode once etcd was started, even while it is stopped.
         if self.dir.path().join("etcd-data").exists() {
-            cmd.arg("--etcd-endpoints").arg(ETCD_URL);
+            cmd.arg("--etcd-endpoints").arg(etcd_url);
+            if let Some(t) = &self.etcd_tls {
+                cmd.arg("--etcd-cafile").arg(&t.ca);
+                cmd.arg("--etcd-certfile").arg(&t.client.0);
+                cmd.arg("--etcd-keyfile").arg(&t.client.1);
+            }
         } else {
             cmd.arg("--registry-dir").arg(&self.registry);
         }

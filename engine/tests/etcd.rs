@@ -275,3 +275,62 @@ fn reservations_are_honoured_and_a_stolen_subnet_is_fatal() {
         c.nodes[1].log_text()
     );
 }
+
+#[test]
+fn etcd_authentication() {
+    let mut c = etcd_cluster("ea", 2);
+    c.etcdctl(&["user", "add", "root:s3cret"]).unwrap();
+    c.etcdctl(&["user", "grant-role", "root", "root"]).unwrap();
+    c.etcdctl(&["auth", "enable"]).unwrap();
+    // Without credentials weft says what is wrong and exits non-zero.
+    c.spawn(1, weft(), &[]).unwrap();
+    let exited = Cluster::wait_for(Duration::from_secs(10), || {
+        c.nodes[1]
+            .daemon
+            .as_mut()
+            .and_then(|d| d.try_wait().ok().flatten())
+            .is_some()
+    });
+    assert!(
+        exited,
+        "weft without credentials kept running\n{}",
+        c.nodes[1].log_text()
+    );
+    let status = c.nodes[1].daemon.take().unwrap().wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        c.nodes[1]
+            .log_text()
+            .contains("cannot read the network config"),
+        "{}",
+        c.nodes[1].log_text()
+    );
+    // With them it joins.
+    c.start(
+        0,
+        weft(),
+        &["--etcd-username", "root", "--etcd-password", "s3cret"],
+    )
+    .unwrap();
+    assert!(c.nodes[0].stop().unwrap().success());
+}
+
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let mut c = Cluster::new("et", 2, &net_conf("vxlan")).unwrap();
+    c.enable_etcd_tls().unwrap();
+    c.start_etcd().unwrap();
+    assert!(c.etcd_url().starts_with("https://"));
+    for i in 0..2 {
+        c.start(i, weft(), &[]).unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    assert!(
+        wait_ping(&c.nodes[0].ns, c.nodes[1].pod_ip().unwrap()),
+        "{}",
+        c.nodes[0].log_text()
+    );
+    for i in 0..2 {
+        assert!(c.nodes[i].stop().unwrap().success());
+    }
+}

@@ -4,7 +4,7 @@
 //! traffic to the others.
 
 use crate::device::DeviceKind;
-use crate::netlink::{Netlink, NetlinkError};
+use crate::netlink::{Netlink, NetlinkError, RouteEntry, Underlay};
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
@@ -24,40 +24,75 @@ pub enum Programming {
     NeighborAndOnlinkRoute,
     /// vxlan on a TUN: route `<subnet> dev <device>`.
     DeviceRoute,
+    /// host-gw: route `<subnet> via <PublicIP> dev <underlay>`; no device.
+    Gateway,
 }
 
 impl Programming {
     /// The programming for a backend and device kind.
     pub fn for_backend(backend: &Backend, kind: DeviceKind) -> Programming {
         match (backend, kind) {
+            (Backend::HostGw, _) => Programming::Gateway,
             (Backend::Vxlan { .. }, DeviceKind::Tap) => Programming::NeighborAndOnlinkRoute,
             (Backend::Vxlan { .. }, DeviceKind::Tun) => Programming::DeviceRoute,
-            _ => Programming::NetworkRoute,
+            (Backend::Udp { .. }, _) => Programming::NetworkRoute,
         }
+    }
+}
+
+/// How one peer is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Encapsulated, through weft's device and workers.
+    Tunnel,
+    /// Plainly routed, `<subnet> via <PublicIP> dev <oif>`: host-gw, and
+    /// vxlan peers on a directly connected network with DirectRouting.
+    Direct {
+        /// The interface the kernel reaches the peer's PublicIP through.
+        oif: u32,
+    },
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::Tunnel => "tunnel",
+            Via::Direct { .. } => "direct",
+        })
     }
 }
 
 /// The peer set, as last applied.
 pub struct Peers {
     nl: Netlink,
-    device: u32,
+    /// weft's device; `None` for host-gw.
+    device: Option<u32>,
+    underlay: Underlay,
     programming: Programming,
     backend: Backend,
+    direct_routing: bool,
     port: u16,
     own: SubnetKey,
     table: Arc<ArcSwap<ForwardingTable>>,
     metrics: Arc<crate::metrics::Metrics>,
-    current: BTreeMap<SubnetKey, Peer>,
+    /// The peers the registry gives us, as last synced.
+    wanted: BTreeMap<SubnetKey, Peer>,
+    /// Those whose kernel state is in place, and how each is reached.
+    routed: BTreeMap<SubnetKey, Via>,
+    /// Those whose kernel state failed, with the error last logged (each
+    /// distinct error is logged once; they are retried by `recheck`).
+    failing: BTreeMap<SubnetKey, String>,
     /// Leases we ignore, remembered so each is warned about once per change.
     ignored: BTreeMap<SubnetKey, LeaseAttrs>,
 }
 
 impl Peers {
-    /// An empty peer set for device `device`.
+    /// An empty peer set. `device` is weft's device (none for host-gw).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         nl: Netlink,
-        device: u32,
+        device: Option<u32>,
+        underlay: Underlay,
         programming: Programming,
         backend: Backend,
         port: u16,
@@ -65,23 +100,36 @@ impl Peers {
         table: Arc<ArcSwap<ForwardingTable>>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Peers {
+        let direct_routing = matches!(
+            backend,
+            Backend::Vxlan {
+                direct_routing: true,
+                ..
+            }
+        );
         Peers {
             nl,
             device,
+            underlay,
             programming,
             backend,
+            direct_routing,
             port,
             own,
             table,
             metrics,
-            current: BTreeMap::new(),
+            wanted: BTreeMap::new(),
+            routed: BTreeMap::new(),
+            failing: BTreeMap::new(),
             ignored: BTreeMap::new(),
         }
     }
 
-    /// The peers now programmed.
-    pub fn current(&self) -> impl Iterator<Item = &Peer> {
-        self.current.values()
+    /// The peers, each with how it is reached (`None`: not routable now).
+    pub fn current(&self) -> impl Iterator<Item = (&Peer, Option<Via>)> {
+        self.wanted
+            .iter()
+            .map(|(k, p)| (p, self.routed.get(k).copied()))
     }
 
     /// What a lease means for us: a peer, or a reason to ignore it.
@@ -90,7 +138,7 @@ impl Peers {
         let want = self.backend.type_name();
         if a.backend_type() != want {
             return Err(format!(
-                "its BackendType is {:?}, this cluster runs {want:?}",
+                "its BackendType is {:?}, this cluster runs {want:?}; mixed-backend clusters do not work",
                 a.backend_type()
             ));
         }
@@ -114,8 +162,8 @@ impl Peers {
     }
 
     /// Brings kernel state and the snapshot in line with `leases`. Kernel
-    /// errors for one peer are logged and retried on the next sync; they do
-    /// not stop the others.
+    /// errors for one peer are logged and retried by `recheck`; they do not
+    /// stop the others.
     pub async fn sync(&mut self, leases: &[Lease]) {
         let mut desired = BTreeMap::new();
         for l in leases.iter().filter(|l| l.key != self.own) {
@@ -134,89 +182,247 @@ impl Peers {
         }
         self.ignored
             .retain(|k, _| leases.iter().any(|l| &l.key == k));
-        if desired == self.current {
+        if desired == self.wanted {
             return;
         }
-        let removed: Vec<(SubnetKey, Peer)> = self
-            .current
-            .iter()
-            .filter(|(k, _)| !desired.contains_key(k))
-            .map(|(k, p)| (*k, p.clone()))
-            .collect();
         // Stop forwarding to removed peers before their routes go, and start
         // forwarding to new ones only after their kernel state is in place.
-        let mut failed = Vec::new();
-        for (k, p) in &desired {
-            if self.current.get(k) != Some(p) {
-                match self.program(p).await {
-                    Ok(()) => {
-                        tracing::info!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), vtep_mac = ?p.vtep_mac.map(|m| m.to_string()), "peer added")
-                    }
-                    Err(e) => {
-                        tracing::warn!(subnet = %p.subnet, error = %e, "cannot program peer; will retry");
-                        failed.push(*k);
-                    }
-                }
-            }
-        }
-        for k in failed {
-            desired.remove(&k);
-        }
-        self.current = desired;
+        let removed: Vec<(Peer, Option<Via>)> = self
+            .wanted
+            .iter()
+            .filter(|(k, _)| !desired.contains_key(k))
+            .map(|(k, p)| (p.clone(), self.routed.get(k).copied()))
+            .collect();
+        let changed: Vec<SubnetKey> = desired
+            .iter()
+            .filter(|(k, p)| self.wanted.get(k) != Some(p))
+            .map(|(k, _)| *k)
+            .collect();
+        self.wanted = desired;
+        self.routed.retain(|k, _| self.wanted.contains_key(k));
+        self.failing.retain(|k, _| self.wanted.contains_key(k));
         self.publish();
-        for (_, p) in removed {
-            if let Err(e) = self.unprogram(&p).await {
+        for (p, via) in removed {
+            let r = match via {
+                Some(via) => self.unprogram(&p, via).await,
+                None => self.nl.delete_unreachable(p.subnet).await,
+            };
+            if let Err(e) = r {
                 tracing::warn!(subnet = %p.subnet, error = %e, "cannot remove peer state");
             }
             tracing::info!(subnet = %p.subnet, "peer removed");
         }
+        for k in changed {
+            self.apply(k).await;
+        }
+        self.publish();
+    }
+
+    /// Re-evaluates every peer against the kernel, as flanneld's host-gw
+    /// does every 10 s and its DirectRouting does on route changes: puts
+    /// back routes someone deleted, moves peers between tunnel and direct
+    /// when the underlay's routes changed, and retries failed peers.
+    /// Returns how many deleted routes it put back.
+    pub async fn recheck(&mut self) -> usize {
+        let routes = match self.nl.main_routes().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list routes to check ours");
+                return 0;
+            }
+        };
+        let mut recovered = 0;
+        let keys: Vec<SubnetKey> = self.wanted.keys().copied().collect();
+        for k in keys {
+            let p = &self.wanted[&k];
+            let via = self.decide(p).await;
+            match self.routed.get(&k) {
+                Some(&now) if now == via => {
+                    if self
+                        .expected_route(p, via)
+                        .is_none_or(|r| routes.contains(&r))
+                    {
+                        continue;
+                    }
+                    tracing::warn!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), "route recovered: our route to the peer was deleted; put it back");
+                    recovered += 1;
+                }
+                Some(_) | None => {}
+            }
+            self.apply(k).await;
+        }
+        self.metrics
+            .routes_recovered
+            .fetch_add(recovered as u64, Relaxed);
+        self.publish();
+        recovered
+    }
+
+    /// How `p` should be reached now.
+    async fn decide(&self, p: &Peer) -> Via {
+        match self.programming {
+            Programming::Gateway => Via::Direct {
+                oif: self.underlay.index,
+            },
+            _ if self.direct_routing => match self.nl.route_to(*p.endpoint.ip()).await {
+                // flanneld's rule: exactly one route, without a gateway.
+                Ok(r) => match r[..] {
+                    [(None, Some(oif))] if Some(oif) != self.device => Via::Direct { oif },
+                    _ => Via::Tunnel,
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "route lookup failed; using the tunnel");
+                    Via::Tunnel
+                }
+            },
+            _ => Via::Tunnel,
+        }
+    }
+
+    /// Programs peer `k` the way `decide` says, recording the outcome.
+    async fn apply(&mut self, k: SubnetKey) {
+        let p = self.wanted[&k].clone();
+        let via = self.decide(&p).await;
+        let before = self.routed.get(&k).copied();
+        match self.program(&p, via).await {
+            Ok(()) => {
+                if before == Some(Via::Tunnel) && via != Via::Tunnel {
+                    // The neighbor entry the tunnel route needed.
+                    if let (Programming::NeighborAndOnlinkRoute, Some(dev)) =
+                        (self.programming, self.device)
+                    {
+                        let _ = self.nl.delete_neighbor(dev, p.subnet.network()).await;
+                    }
+                }
+                if self.failing.remove(&k).is_some() {
+                    tracing::info!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), %via, "peer reachable again");
+                } else if before.is_some_and(|b| b != via) {
+                    tracing::info!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), %via, "underlay routes changed: peer now reached {}", describe(via));
+                } else if before.is_none() {
+                    tracing::info!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), vtep_mac = ?p.vtep_mac.map(|m| m.to_string()), %via, "peer added");
+                }
+                self.routed.insert(k, via);
+            }
+            Err(e) => {
+                self.routed.remove(&k);
+                let msg = match via {
+                    Via::Direct { .. } if e.is_unreachable() => {
+                        // Make local senders fail fast rather than leak their
+                        // packets to the default route.
+                        let _ = self.nl.replace_unreachable(p.subnet).await;
+                        format!(
+                            "the kernel refuses {} as a gateway: it is not on a network {} is connected to. \
+                             host-gw needs every node on one layer-2 segment, and this peer is behind a router. \
+                             Its subnet is marked unreachable here; retrying every 10 s",
+                            p.endpoint.ip(),
+                            self.underlay.name
+                        )
+                    }
+                    _ => format!("cannot program the peer: {e}; retrying every 10 s"),
+                };
+                if self.failing.get(&k) != Some(&msg) {
+                    tracing::warn!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), "{msg}");
+                    self.failing.insert(k, msg);
+                }
+            }
+        }
     }
 
     fn publish(&self) {
-        let peers: Vec<Peer> = self.current.values().cloned().collect();
-        self.metrics.peers.store(peers.len() as u64, Relaxed);
+        let peers: Vec<Peer> = self
+            .wanted
+            .iter()
+            .filter(|(k, _)| self.routed.get(k) == Some(&Via::Tunnel))
+            .map(|(_, p)| p.clone())
+            .collect();
+        let direct = self
+            .routed
+            .values()
+            .filter(|v| matches!(v, Via::Direct { .. }))
+            .count();
+        let m = &self.metrics;
+        m.peers.store(self.wanted.len() as u64, Relaxed);
+        m.peers_direct.store(direct as u64, Relaxed);
+        m.peers_unreachable
+            .store(self.failing.len() as u64, Relaxed);
         self.table.store(Arc::new(ForwardingTable::new(peers)));
     }
 
-    async fn program(&self, p: &Peer) -> Result<(), NetlinkError> {
-        let gw = Ipv4Addr::from(u32::from(p.subnet.network()));
-        match (self.programming, p.vtep_mac) {
-            (Programming::NeighborAndOnlinkRoute, Some(mac)) => {
-                self.nl.replace_neighbor(self.device, gw, mac).await?;
+    /// The route `program` installs for `p`, if it installs one per peer.
+    fn expected_route(&self, p: &Peer, via: Via) -> Option<RouteEntry> {
+        let (oif, gateway) = match (via, self.programming) {
+            (Via::Direct { oif }, _) => (oif, Some(*p.endpoint.ip())),
+            (Via::Tunnel, Programming::DeviceRoute) => (self.device?, None),
+            (Via::Tunnel, Programming::NeighborAndOnlinkRoute) => {
+                (self.device?, Some(tunnel_addr(p.subnet)))
+            }
+            (Via::Tunnel, _) => return None,
+        };
+        Some(RouteEntry {
+            dst: p.subnet,
+            oif: Some(oif),
+            gateway,
+            unreachable: false,
+        })
+    }
+
+    async fn program(&self, p: &Peer, via: Via) -> Result<(), NetlinkError> {
+        let gw = tunnel_addr(p.subnet);
+        match (via, self.programming, self.device, p.vtep_mac) {
+            (Via::Direct { oif }, ..) => {
                 self.nl
-                    .replace_route(p.subnet, self.device, Some(gw), true)
+                    .replace_route(p.subnet, oif, Some(*p.endpoint.ip()), false)
                     .await
             }
-            (Programming::DeviceRoute, _) => {
-                self.nl
-                    .replace_route(p.subnet, self.device, None, false)
-                    .await
+            (Via::Tunnel, Programming::NeighborAndOnlinkRoute, Some(dev), Some(mac)) => {
+                self.nl.replace_neighbor(dev, gw, mac).await?;
+                self.nl.replace_route(p.subnet, dev, Some(gw), true).await
+            }
+            (Via::Tunnel, Programming::DeviceRoute, Some(dev), _) => {
+                self.nl.replace_route(p.subnet, dev, None, false).await
             }
             _ => Ok(()),
         }
     }
 
-    async fn unprogram(&self, p: &Peer) -> Result<(), NetlinkError> {
-        match self.programming {
-            Programming::NeighborAndOnlinkRoute => {
-                self.nl.delete_route(p.subnet, self.device).await?;
-                self.nl
-                    .delete_neighbor(self.device, p.subnet.network())
-                    .await
+    async fn unprogram(&self, p: &Peer, via: Via) -> Result<(), NetlinkError> {
+        match (via, self.programming, self.device) {
+            (Via::Direct { oif }, ..) => self.nl.delete_route(p.subnet, oif).await,
+            (Via::Tunnel, Programming::NeighborAndOnlinkRoute, Some(dev)) => {
+                self.nl.delete_route(p.subnet, dev).await?;
+                self.nl.delete_neighbor(dev, p.subnet.network()).await
             }
-            Programming::DeviceRoute => self.nl.delete_route(p.subnet, self.device).await,
-            Programming::NetworkRoute => Ok(()),
+            (Via::Tunnel, Programming::DeviceRoute, Some(dev)) => {
+                self.nl.delete_route(p.subnet, dev).await
+            }
+            _ => Ok(()),
         }
     }
 
     /// Removes every peer's kernel state (at shutdown).
     pub async fn clear(&mut self) {
-        let all: Vec<Peer> = self.current.values().cloned().collect();
-        self.current.clear();
+        let all: Vec<(Peer, Option<Via>)> = self
+            .wanted
+            .iter()
+            .map(|(k, p)| (p.clone(), self.routed.get(k).copied()))
+            .collect();
+        self.wanted.clear();
+        self.routed.clear();
+        self.failing.clear();
         self.publish();
-        for p in all {
-            let _ = self.unprogram(&p).await;
+        for (p, via) in all {
+            let _ = match via {
+                Some(via) => self.unprogram(&p, via).await,
+                None => self.nl.delete_unreachable(p.subnet).await,
+            };
         }
+    }
+}
+
+fn describe(via: Via) -> &'static str {
+    match via {
+        Via::Tunnel => "over the tunnel",
+        Via::Direct { .. } => "directly, without encapsulation",
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::control::{self, Peers, Programming};
 use crate::device::{self, DeviceKind};
 use crate::metrics::{Metrics, WorkerStats};
-use crate::netlink::Netlink;
+use crate::netlink::{Netlink, Underlay};
 use crate::udp_io;
 use crate::worker::{Mode, Worker};
 use anyhow::{bail, Context};
@@ -22,6 +22,9 @@ use weft_routes::{
 
 /// How often the registry is polled: changes take effect within this.
 const POLL: Duration = Duration::from_millis(500);
+/// How often every peer's routes are checked (and put back if deleted), as
+/// flanneld's host-gw does.
+const RECHECK: Duration = Duration::from_secs(10);
 /// How long after a failed renewal the next try comes (flanneld's minute).
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// VXLAN send sockets per worker (outer source ports picked by flow hash).
@@ -60,8 +63,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
 }
 
 struct Plan {
-    device_name: String,
-    kind: DeviceKind,
+    /// weft's device, name and kind; none for host-gw.
+    device: Option<(String, DeviceKind)>,
     mtu: u32,
     port: u16,
     attrs: LeaseAttrs,
@@ -71,10 +74,11 @@ struct Plan {
 async fn plan(
     backend: &Backend,
     opts: &RunOptions,
-    underlay_mtu: u32,
+    underlay: &Underlay,
     public_ip: Ipv4Addr,
     reg: &dyn Registry,
 ) -> anyhow::Result<Plan> {
+    let underlay_mtu = underlay.mtu;
     match *backend {
         Backend::Udp { port } => {
             if opts.device == DeviceKind::Tap {
@@ -83,8 +87,7 @@ async fn plan(
                 );
             }
             Ok(Plan {
-                device_name: "flannel0".into(),
-                kind: DeviceKind::Tun,
+                device: Some(("flannel0".into(), DeviceKind::Tun)),
                 mtu: underlay_mtu.saturating_sub(udp::IPV4_OVERHEAD as u32),
                 port,
                 attrs: LeaseAttrs::udp(public_ip),
@@ -98,23 +101,37 @@ async fn plan(
             mtu,
         } => {
             if direct_routing {
-                tracing::warn!(
-                    "DirectRouting is not implemented yet; every peer is reached over VXLAN"
-                );
+                tracing::info!("DirectRouting: peers on a directly connected network are routed without encapsulation");
             }
             let leases = reg.leases().await.context("cannot list leases")?;
             let mac = control::vtep_mac_for(&leases, public_ip, vni);
             let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
             Ok(Plan {
-                device_name: format!("flannel.{vni}"),
-                kind: opts.device,
+                device: Some((format!("flannel.{vni}"), opts.device)),
                 mtu: mtu.unwrap_or(underlay_mtu.saturating_sub(vxlan::IPV4_OVERHEAD as u32)),
                 port,
                 attrs: LeaseAttrs::vxlan(public_ip, data),
                 vtep: Some(vxlan::Endpoint { vni, mac }),
             })
         }
-        Backend::HostGw => bail!("the host-gw backend is not implemented yet"),
+        Backend::HostGw => {
+            if public_ip != underlay.addr {
+                bail!(
+                    "host-gw cannot work behind NAT: PublicIP {public_ip} is not the address of {} ({}). \
+                     Peers route this node's pods via its PublicIP, so it must be this host's own address \
+                     on the shared layer-2 segment; drop --public-ip, or use the vxlan backend",
+                    underlay.name,
+                    underlay.addr
+                );
+            }
+            Ok(Plan {
+                device: None,
+                mtu: underlay_mtu,
+                port: 0,
+                attrs: LeaseAttrs::host_gw(public_ip),
+                vtep: None,
+            })
+        }
     }
 }
 
@@ -131,77 +148,31 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     if conf.backend_defaulted {
         tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
     }
-    let plan = plan(&conf.backend, &opts, underlay.mtu, public_ip, reg).await?;
+    let plan = plan(&conf.backend, &opts, &underlay, public_ip, reg).await?;
     let previous = subnet_env::previous_subnet(&opts.subnet_file);
     let mut lease = alloc::acquire(reg, &conf, &plan.attrs, previous).await?;
     let subnet = lease.subnet();
     tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");
 
     let threads = opts.threads.max(1);
-    let queues = device::create(&plan.device_name, plan.kind, threads)?;
-    let (index, _) = nl
-        .link(&plan.device_name)
-        .await?
-        .with_context(|| format!("device {} vanished after creation", plan.device_name))?;
-    let guard = LinkGuard {
-        nl: nl.clone(),
-        index,
-    };
-    disable_ipv6(&plan.device_name);
-    let tap_mac = match plan.kind {
-        DeviceKind::Tap => plan.vtep.map(|v| v.mac),
-        DeviceKind::Tun => None,
-    };
-    nl.configure_link(index, plan.mtu, tap_mac).await?;
-    let local = control::tunnel_addr(subnet);
-    nl.add_address(index, local, 32).await?;
-    let programming = Programming::for_backend(&conf.backend, plan.kind);
-    if programming == Programming::NetworkRoute {
-        nl.replace_route(conf.network, index, None, false).await?;
-    }
-
     let table = Arc::new(ArcSwap::from_pointee(ForwardingTable::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut stats = Vec::new();
-    let mut handles = Vec::new();
-    for (id, queue) in queues.into_iter().enumerate() {
-        let socket = udp_io::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, plan.port), true)
-            .with_context(|| format!("cannot bind UDP port {}", plan.port))?;
-        let tx_sockets = if plan.vtep.is_some() {
-            (0..VXLAN_TX_SOCKETS)
-                .map(|_| bind_tx(public_ip))
-                .collect::<std::io::Result<Vec<_>>>()
-                .context("cannot open VXLAN send sockets")?
-        } else {
-            Vec::new()
-        };
-        let mode = match (plan.vtep, plan.kind) {
-            (None, _) => Mode::Udp,
-            (Some(ep), DeviceKind::Tun) => Mode::VxlanTun(ep),
-            (Some(ep), DeviceKind::Tap) => Mode::VxlanTap(ep),
-        };
-        let s = Arc::new(WorkerStats::default());
-        stats.push(s.clone());
-        let w = Worker {
-            id,
-            mode,
-            local,
-            gateway: conf.network.network(),
-            mtu: plan.mtu as usize,
-            queue,
-            socket,
-            tx_sockets,
-            table: table.clone(),
-            stats: s,
-            stop: stop.clone(),
-        };
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("weft-worker-{id}"))
-                .spawn(move || w.run())
-                .context("cannot spawn a worker thread")?,
-        );
-    }
+    let programming = Programming::for_backend(
+        &conf.backend,
+        plan.device.as_ref().map_or(DeviceKind::Tun, |d| d.1),
+    );
+    let mut data_plane = match &plan.device {
+        Some((name, kind)) => Some(
+            start_data_plane(
+                &nl, &plan, name, *kind, threads, subnet, public_ip, &conf, &table,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let stats = data_plane
+        .as_ref()
+        .map(|d| d.stats.clone())
+        .unwrap_or_default();
     let metrics = Arc::new(Metrics {
         workers: stats,
         ..Default::default()
@@ -214,7 +185,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     }
     let mut peers = Peers::new(
         nl.clone(),
-        index,
+        data_plane.as_ref().map(|d| d.index),
+        underlay.clone(),
         programming,
         conf.backend.clone(),
         plan.port,
@@ -233,7 +205,32 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     set_expiry(&metrics, lease.expiration);
     metrics.ready.store(true, Ordering::Relaxed);
-    tracing::info!(device = %plan.device_name, mtu = plan.mtu, threads, subnet_file = %opts.subnet_file.display(), "ready");
+    match &plan.device {
+        Some((device, _)) => {
+            tracing::info!(%device, mtu = plan.mtu, threads, subnet_file = %opts.subnet_file.display(), "ready")
+        }
+        None => {
+            tracing::info!(mtu = plan.mtu, iface = %underlay.name, subnet_file = %opts.subnet_file.display(), "ready (host-gw: routes only, no device)")
+        }
+    }
+    // host-gw and DirectRouting decide per peer from the underlay's routes:
+    // re-decide as soon as those change.
+    let mut underlay_events = match programming == Programming::Gateway
+        || matches!(
+            conf.backend,
+            Backend::Vxlan {
+                direct_routing: true,
+                ..
+            }
+        ) {
+        true => Some(crate::netlink::watch_routes(conf.network)?),
+        false => None,
+    };
+    if underlay_events.is_some() {
+        warn_strict_rp_filter(&underlay.name);
+    }
+    let mut underlay_changed = false;
+    let mut last_recheck = tokio::time::Instant::now();
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -245,10 +242,16 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
             _ = tick.tick() => {}
+            Some(()) = recv_event(&mut underlay_events) => {
+                underlay_changed = true;
+                continue;
+            }
         }
-        if let Some(i) = handles.iter().position(|h| h.is_finished()) {
-            let r = handles.remove(i).join();
-            break Err(anyhow::anyhow!("worker {i} stopped: {r:?}"));
+        if let Some(dp) = data_plane.as_mut() {
+            if let Some(i) = dp.handles.iter().position(|h| h.is_finished()) {
+                let r = dp.handles.remove(i).join();
+                break Err(anyhow::anyhow!("worker {i} stopped: {r:?}"));
+            }
         }
         let leases = match reg.leases().await {
             Ok(l) => l,
@@ -307,20 +310,154 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         }
         set_expiry(&metrics, lease.expiration);
         peers.sync(&leases).await;
+        if underlay_changed || last_recheck.elapsed() >= RECHECK {
+            if underlay_changed {
+                tracing::debug!("underlay routes changed; re-deciding peers");
+            }
+            underlay_changed = false;
+            last_recheck = tokio::time::Instant::now();
+            peers.recheck().await;
+        }
     };
 
     tracing::info!("shutting down");
     metrics.ready.store(false, Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        let _ = h.join();
+    if let Some(dp) = data_plane.as_mut() {
+        dp.stop.store(true, Ordering::Relaxed);
+        for h in dp.handles.drain(..) {
+            let _ = h.join();
+        }
     }
     peers.clear().await;
-    if programming == Programming::NetworkRoute {
-        let _ = nl.delete_route(conf.network, index).await;
+    if let Some(dp) = data_plane {
+        if programming == Programming::NetworkRoute {
+            let _ = nl.delete_route(conf.network, dp.index).await;
+        }
+        dp.guard.remove().await;
     }
-    guard.remove().await;
     outcome
+}
+
+/// Plain routing can be one-sided (each node decides for itself), so pod
+/// packets may arrive on the underlay from a peer whose route back goes
+/// through the tunnel; strict reverse-path filtering drops those.
+fn warn_strict_rp_filter(iface: &str) {
+    let read = |dev: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u8>().ok())
+            .unwrap_or(0)
+    };
+    // The kernel uses the larger of `all` and the interface's value.
+    if read("all").max(read(iface)) == 1 {
+        tracing::warn!(
+            %iface,
+            "strict reverse-path filtering (rp_filter=1) is on: when a peer routes to us directly \
+             while we reach it through the tunnel, its packets are dropped; \
+             set net.ipv4.conf.all.rp_filter=2 and net.ipv4.conf.{iface}.rp_filter=2 (loose)"
+        );
+    }
+}
+
+/// The next underlay route event, or never when nothing is watched.
+async fn recv_event(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// weft's device and the workers that move its packets.
+struct DataPlane {
+    index: u32,
+    guard: LinkGuard,
+    handles: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    stats: Vec<Arc<WorkerStats>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Creates the device (one queue per worker), configures it and starts the
+/// workers.
+#[allow(clippy::too_many_arguments)]
+async fn start_data_plane(
+    nl: &Netlink,
+    plan: &Plan,
+    name: &str,
+    kind: DeviceKind,
+    threads: usize,
+    subnet: ipnet::Ipv4Net,
+    public_ip: Ipv4Addr,
+    conf: &weft_routes::NetConf,
+    table: &Arc<ArcSwap<ForwardingTable>>,
+) -> anyhow::Result<DataPlane> {
+    let queues = device::create(name, kind, threads)?;
+    let (index, _) = nl
+        .link(name)
+        .await?
+        .with_context(|| format!("device {name} vanished after creation"))?;
+    let guard = LinkGuard {
+        nl: nl.clone(),
+        index,
+    };
+    disable_ipv6(name);
+    let tap_mac = match kind {
+        DeviceKind::Tap => plan.vtep.map(|v| v.mac),
+        DeviceKind::Tun => None,
+    };
+    nl.configure_link(index, plan.mtu, tap_mac).await?;
+    let local = control::tunnel_addr(subnet);
+    nl.add_address(index, local, 32).await?;
+    if Programming::for_backend(&conf.backend, kind) == Programming::NetworkRoute {
+        nl.replace_route(conf.network, index, None, false).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stats = Vec::new();
+    let mut handles = Vec::new();
+    for (id, queue) in queues.into_iter().enumerate() {
+        let socket = udp_io::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, plan.port), true)
+            .with_context(|| format!("cannot bind UDP port {}", plan.port))?;
+        let tx_sockets = if plan.vtep.is_some() {
+            (0..VXLAN_TX_SOCKETS)
+                .map(|_| bind_tx(public_ip))
+                .collect::<std::io::Result<Vec<_>>>()
+                .context("cannot open VXLAN send sockets")?
+        } else {
+            Vec::new()
+        };
+        let mode = match (plan.vtep, kind) {
+            (None, _) => Mode::Udp,
+            (Some(ep), DeviceKind::Tun) => Mode::VxlanTun(ep),
+            (Some(ep), DeviceKind::Tap) => Mode::VxlanTap(ep),
+        };
+        let s = Arc::new(WorkerStats::default());
+        stats.push(s.clone());
+        let w = Worker {
+            id,
+            mode,
+            local,
+            gateway: conf.network.network(),
+            mtu: plan.mtu as usize,
+            queue,
+            socket,
+            tx_sockets,
+            table: table.clone(),
+            stats: s,
+            stop: stop.clone(),
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("weft-worker-{id}"))
+                .spawn(move || w.run())
+                .context("cannot spawn a worker thread")?,
+        );
+    }
+    Ok(DataPlane {
+        index,
+        guard,
+        handles,
+        stats,
+        stop,
+    })
 }
 
 /// Opens the registry the options name. etcd is retried with backoff

@@ -93,8 +93,14 @@ impl BatchStats {
 pub struct Metrics {
     /// Per-worker counters.
     pub workers: Vec<Arc<WorkerStats>>,
-    /// Current number of peers in the forwarding table.
+    /// Current number of peers (leases we route to).
     pub peers: AtomicU64,
+    /// Of those, peers reached by plain routing (host-gw, DirectRouting).
+    pub peers_direct: AtomicU64,
+    /// Of those, peers we cannot route to (e.g. host-gw gateway off-link).
+    pub peers_unreachable: AtomicU64,
+    /// Routes of ours found missing and put back.
+    pub routes_recovered: AtomicU64,
     /// Our lease's expiry, seconds since the epoch.
     pub lease_expiry: AtomicU64,
     /// Lease held, device and routes in place, subnet.env written.
@@ -138,6 +144,11 @@ impl Metrics {
             "UDP payload bytes sent to peers.",
             self.sum(|w| &w.tx_bytes),
         );
+        counter(
+            "weft_routes_recovered_total",
+            "Routes of ours found missing (deleted by someone else) and put back.",
+            self.routes_recovered.load(Relaxed),
+        );
         let _ = writeln!(
             s,
             "# HELP weft_dropped_packets_total Packets dropped, by reason.\n# TYPE weft_dropped_packets_total counter"
@@ -150,10 +161,23 @@ impl Metrics {
                 self.dropped(r)
             );
         }
-        let _ = writeln!(
-            s,
-            "# HELP weft_peers Peers in the forwarding table.\n# TYPE weft_peers gauge\nweft_peers {}",
-            self.peers.load(Relaxed)
+        let mut gauge = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "weft_peers",
+            "Peers: other nodes' leases this node routes to.",
+            self.peers.load(Relaxed),
+        );
+        gauge(
+            "weft_peers_direct",
+            "Peers reached by plain routing, without encapsulation (host-gw, DirectRouting).",
+            self.peers_direct.load(Relaxed),
+        );
+        gauge(
+            "weft_peers_unreachable",
+            "Peers whose routes the kernel refused (e.g. a host-gw gateway behind a router).",
+            self.peers_unreachable.load(Relaxed),
         );
         let _ = writeln!(
             s,

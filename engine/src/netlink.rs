@@ -6,8 +6,11 @@ use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteScope, RouteType,
+};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use weft_encap::MacAddr;
 
@@ -36,6 +39,14 @@ pub enum NetlinkError {
     NoAddress(String),
 }
 
+impl NetlinkError {
+    /// True when the kernel answered "network unreachable": for a route
+    /// with a gateway, the gateway is not on any connected network.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, NetlinkError::Request { source, .. } if is_unreachable(source))
+    }
+}
+
 fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
     move |source| NetlinkError::Request { what, source }
@@ -45,6 +56,49 @@ fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError
 fn is_absent(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m)
         if m.code.map(|c| -c.get()) .is_some_and(|c| c == libc::ENOENT || c == libc::ESRCH || c == libc::ENODEV))
+}
+
+/// True for "no route to that destination" answers.
+fn is_unreachable(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.map(|c| -c.get()).is_some_and(|c| c == libc::ENETUNREACH || c == libc::EHOSTUNREACH))
+}
+
+/// The main routing table.
+const RT_TABLE_MAIN: u8 = 254;
+
+/// One IPv4 route, as far as weft compares routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteEntry {
+    /// Destination prefix.
+    pub dst: Ipv4Net,
+    /// Output interface, if it has one.
+    pub oif: Option<u32>,
+    /// Gateway, if it has one.
+    pub gateway: Option<Ipv4Addr>,
+    /// An `unreachable` route.
+    pub unreachable: bool,
+}
+
+impl RouteEntry {
+    fn of(r: &RouteMessage) -> Option<RouteEntry> {
+        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let (mut oif, mut gateway) = (None, None);
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                _ => {}
+            }
+        }
+        Some(RouteEntry {
+            dst: Ipv4Net::new(dst, r.header.destination_prefix_length).ok()?,
+            oif,
+            gateway,
+            unreachable: r.header.kind == RouteType::Unreachable,
+        })
+    }
 }
 
 /// The underlay interface weft sends through.
@@ -229,7 +283,7 @@ impl Netlink {
         if let Some(gw) = via {
             b = b.gateway(gw);
         } else {
-            b = b.scope(rtnetlink::packet_route::route::RouteScope::Link);
+            b = b.scope(RouteScope::Link);
         }
         if onlink {
             b = b.onlink();
@@ -260,7 +314,88 @@ impl Netlink {
         let mut msg = Self::route_msg(dst, index, None, false);
         // RT_SCOPE_NOWHERE matches any scope, as `ip route del` sends it; a
         // `via … onlink` route is scope universe, a device route scope link.
-        msg.header.scope = rtnetlink::packet_route::route::RouteScope::NoWhere;
+        msg.header.scope = RouteScope::NoWhere;
+        match self.handle.route().del(msg).execute().await {
+            Err(e) if !is_absent(&e) => Err(req(format!("delete route {dst}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The kernel's answer to "how do I reach `ip`" (RTM_GETROUTE for one
+    /// destination, as `ip route get` asks): (gateway, output interface) of
+    /// each route returned. A multipath route counts as one with a gateway.
+    pub async fn route_to(
+        &self,
+        ip: Ipv4Addr,
+    ) -> Result<Vec<(Option<Ipv4Addr>, Option<u32>)>, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .build();
+        let mut s = self.handle.route().get(msg).execute();
+        let mut out = Vec::new();
+        loop {
+            match s.try_next().await {
+                Ok(Some(r)) => {
+                    let e = RouteEntry::of(&r);
+                    let multipath = r
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, RouteAttribute::MultiPath(_)));
+                    let gw = if multipath {
+                        Some(Ipv4Addr::UNSPECIFIED)
+                    } else {
+                        e.and_then(|e| e.gateway)
+                    };
+                    out.push((gw, e.and_then(|e| e.oif)));
+                }
+                Ok(None) => break,
+                // No route at all: an empty answer, not an error.
+                Err(e) if is_unreachable(&e) => break,
+                Err(e) => return Err(req(format!("look up the route to {ip}"))(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The IPv4 routes of the main table.
+    pub async fn main_routes(&self) -> Result<HashSet<RouteEntry>, NetlinkError> {
+        let mut s = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = HashSet::new();
+        while let Some(r) = s.try_next().await.map_err(req("list routes"))? {
+            if r.header.table == RT_TABLE_MAIN {
+                out.extend(RouteEntry::of(&r));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Installs (or replaces) `unreachable dst`: local senders get "no route
+    /// to host" at once instead of their packets leaking to the default route.
+    pub async fn replace_unreachable(&self, dst: Ipv4Net) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .kind(RouteType::Unreachable)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("install unreachable route {dst}")))
+    }
+
+    /// Removes `unreachable dst`, if there is one.
+    pub async fn delete_unreachable(&self, dst: Ipv4Net) -> Result<(), NetlinkError> {
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .kind(RouteType::Unreachable)
+            .build();
+        msg.header.scope = RouteScope::NoWhere;
         match self.handle.route().del(msg).execute().await {
             Err(e) if !is_absent(&e) => Err(req(format!("delete route {dst}"))(e)),
             _ => Ok(()),
@@ -294,4 +429,35 @@ impl Netlink {
             _ => Ok(()),
         }
     }
+}
+
+/// Watches the kernel's IPv4 routes (as `ip monitor route` does) and sends
+/// `()` on every change outside `ours`, the overlay network whose routes
+/// weft itself installs. Routes change when addresses and links do, so
+/// this sees those too.
+pub fn watch_routes(
+    ours: Ipv4Net,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, NetlinkError> {
+    use futures::StreamExt;
+    use rtnetlink::packet_core::NetlinkPayload;
+    use rtnetlink::packet_route::RouteNetlinkMessage as M;
+    let (conn, _handle, mut events) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route])
+            .map_err(NetlinkError::Open)?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((m, _)) = events.next().await {
+            let mine = match &m.payload {
+                NetlinkPayload::InnerMessage(M::NewRoute(r) | M::DelRoute(r)) => {
+                    RouteEntry::of(r).is_some_and(|e| ours.contains(&e.dst))
+                }
+                _ => false,
+            };
+            if !mine && tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
 }

@@ -120,6 +120,14 @@ impl LeaseAttrs {
         }
     }
 
+    /// Attributes of a host-gw lease: PublicIP and the type, no BackendData.
+    pub fn host_gw(public_ip: Ipv4Addr) -> LeaseAttrs {
+        LeaseAttrs {
+            backend_type: Some("host-gw".into()),
+            ..LeaseAttrs::udp(public_ip)
+        }
+    }
+
     /// Attributes of a vxlan lease.
     pub fn vxlan(public_ip: Ipv4Addr, data: VxlanData) -> LeaseAttrs {
         let mut bd = serde_json::Map::new();
@@ -246,6 +254,16 @@ mod tests {
         assert!(a.vxlan_data().is_none());
         let b = LeaseAttrs::from_json(br#"{"PublicIP":"192.0.2.9"}"#).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn host_gw_lease_has_type_and_no_backend_data() {
+        let a = LeaseAttrs::host_gw(Ipv4Addr::new(192, 0, 2, 9));
+        let text = r#"{"PublicIP":"192.0.2.9","PublicIPv6":null,"BackendType":"host-gw"}"#;
+        assert_eq!(a.to_json(), text);
+        assert_eq!(a.backend_type(), "host-gw");
+        assert!(a.vxlan_data().is_none());
+        assert_eq!(LeaseAttrs::from_json(text.as_bytes()).unwrap(), a);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -410,6 +410,36 @@ impl Cluster {
 
     /// Adds one more host to the bridge.
     pub fn add_node(&mut self, tag: &str) -> io::Result<usize> {
+        self.add_node_on(tag, 0)
+    }
+
+    /// Turns the hub into a router between the first segment (`br0`,
+    /// 192.168.100.0/24, the router at .254) and a second one (`br1`,
+    /// 192.168.101.0/24, the router at .254), for `add_node_on(tag, 1)`.
+    /// The first segment's hosts already route everything via .254.
+    pub fn add_router(&mut self) -> io::Result<()> {
+        let hub = &self.hub;
+        hub.ip(&["addr", "add", "192.168.100.254/24", "dev", "br0"])?;
+        hub.ip(&["link", "add", "br1", "type", "bridge"])?;
+        hub.ip(&["addr", "add", "192.168.101.254/24", "dev", "br1"])?;
+        hub.ip(&["link", "set", "br1", "up"])?;
+        // A router that sends no ICMP redirects: hosts keep the routes the
+        // tests give them.
+        for kv in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.br0.send_redirects=0",
+            "net.ipv4.conf.br1.send_redirects=0",
+        ] {
+            hub.exec("sysctl", &["-qw", kv])?;
+        }
+        Ok(())
+    }
+
+    /// Adds a host on segment `segment` (0: 192.168.100.0/24 on `br0`; 1:
+    /// 192.168.101.0/24 on `br1`, which needs `add_router` first). The host
+    /// is `.N` where N is its index + 1, and routes everything via `.254`.
+    pub fn add_node_on(&mut self, tag: &str, segment: u8) -> io::Result<usize> {
         let i = self.nodes.len();
         let ns = Netns::create(&format!("{tag}{i}"))?;
         let port = format!("p{i}");
@@ -430,23 +460,19 @@ impl Cluster {
                 &self.hub.name,
             ],
         )?;
+        let bridge = format!("br{segment}");
         self.hub
-            .ip(&["link", "set", &port, "master", "br0", "up"])?;
-        let underlay = Ipv4Addr::new(192, 168, 100, i as u8 + 1);
+            .ip(&["link", "set", &port, "master", &bridge, "up"])?;
+        let net = 100 + segment;
+        let underlay = Ipv4Addr::new(192, 168, net, i as u8 + 1);
         ns.ip(&["addr", "add", &format!("{underlay}/24"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
         // A default route, so weft's interface autodetection has one to find.
-        // Its gateway does not exist: pod traffic must never bypass the
-        // tunnel by being ARPed for directly on the underlay.
-        ns.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "192.168.100.254",
-            "dev",
-            "eth0",
-        ])?;
+        // Its gateway does not exist, or is a router that knows no pod
+        // network: pod traffic must never bypass the tunnel by being ARPed
+        // for directly on the underlay.
+        let gateway = format!("192.168.{net}.254");
+        ns.ip(&["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
         let subnet_file = self.dir.path().join(format!("node{i}/subnet.env"));
         let log = self.dir.path().join(format!("node{i}.log"));
         self.nodes.push(Node {
@@ -754,6 +780,19 @@ pub fn tcp_transfer(
     port: u16,
     len: usize,
 ) -> io::Result<TransferResult> {
+    tcp_transfer_from(from, None, to, to_ip, port, len)
+}
+
+/// `tcp_transfer` with the sender bound to `src` (a pod address, say)
+/// rather than the address the route picks.
+pub fn tcp_transfer_from(
+    from: &Netns,
+    src: Option<Ipv4Addr>,
+    to: &Netns,
+    to_ip: Ipv4Addr,
+    port: u16,
+    len: usize,
+) -> io::Result<TransferResult> {
     use std::io::{Read, Write};
     let listener = to.enter(move || std::net::TcpListener::bind((to_ip, port)))??;
     let server = std::thread::spawn(move || -> io::Result<(u64, u64)> {
@@ -774,8 +813,15 @@ pub fn tcp_transfer(
     });
     let start = Instant::now();
     let sent = from.enter(move || -> io::Result<(u64, u64)> {
-        let mut s =
-            std::net::TcpStream::connect_timeout(&(to_ip, port).into(), Duration::from_secs(5))?;
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        if let Some(src) = src {
+            sock.bind(&std::net::SocketAddr::from((src, 0)).into())?;
+        }
+        sock.connect_timeout(
+            &std::net::SocketAddr::from((to_ip, port)).into(),
+            Duration::from_secs(5),
+        )?;
+        let mut s: std::net::TcpStream = sock.into();
         s.set_write_timeout(Some(Duration::from_secs(30)))?;
         let mut h = Fnv::default();
         let mut chunk = vec![0u8; 64 * 1024];
@@ -1007,4 +1053,250 @@ fn set_tx_checksum(dev: &str, on: bool) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Where a frame on the test wire went: between two hosts of a segment
+/// (bridged), or to the hub's router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// Bridged from one host to another on the same segment.
+    Bridged,
+    /// Sent to the router (its destination MAC is the router's).
+    Routed,
+}
+
+/// What a frame on the test wire carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    /// UDP to port 8472: VXLAN.
+    Vxlan,
+    /// IPv4 to the pod network, unencapsulated.
+    Plain,
+}
+
+/// Counts what the hosts put on the test wire, seen from the hub with a
+/// packet socket: every frame a host sends into its bridge port, by `Hop`
+/// and `Carried`, in frames and bytes. Needs no tool beyond the kernel.
+/// One frame on a veth can be a 64 KiB TCP super-segment (offloads), so
+/// compare bytes for volume. Stops on drop.
+pub struct WireTap {
+    // [hop][carried] = (frames, bytes)
+    counts: std::sync::Arc<[[(AtomicU64, AtomicU64); 2]; 2]>,
+    fd: std::sync::Arc<std::os::fd::OwnedFd>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WireTap {
+    /// Starts counting on the ports of `c`'s hosts; `pods` is the pod
+    /// network (net-conf.json's Network).
+    pub fn start(c: &Cluster, pods: Ipv4Net) -> io::Result<WireTap> {
+        use std::os::fd::FromRawFd;
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let ports: Vec<String> = (0..c.nodes.len()).map(|i| format!("p{i}")).collect();
+        let mut router_macs = Vec::new();
+        for br in ["br0", "br1"] {
+            if let Ok(o) = c.hub.ip(&["-o", "link", "show", br]) {
+                let text = String::from_utf8_lossy(&o.stdout).to_string();
+                if let Some(mac) = text
+                    .split_whitespace()
+                    .skip_while(|w| *w != "link/ether")
+                    .nth(1)
+                    .and_then(|m| m.parse::<weft_encap::MacAddr>().ok())
+                {
+                    router_macs.push(mac.octets());
+                }
+            }
+        }
+        let (fd, indices) = c.hub.enter(move || -> io::Result<_> {
+            let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+            // SAFETY: plain socket(2); the result is checked and owned below.
+            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `raw` is a fresh descriptor nobody else owns.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+            let sock = socket2::SockRef::from(&fd);
+            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let _ = sock.set_recv_buffer_size(32 << 20);
+            let mut indices = Vec::new();
+            for p in &ports {
+                let name = std::ffi::CString::new(p.as_str()).map_err(io::Error::other)?;
+                // SAFETY: a valid NUL-terminated name.
+                let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                if i != 0 {
+                    indices.push(i as i32);
+                }
+            }
+            Ok((fd, indices))
+        })??;
+        let fd = Arc::new(fd);
+        let counts: Arc<[[(AtomicU64, AtomicU64); 2]; 2]> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (fd, counts, stop) = (fd.clone(), counts.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: zeroed sockaddr_ll is a valid out-parameter.
+                    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                    // SAFETY: buf and from are valid for the sizes given.
+                    let n = unsafe {
+                        libc::recvfrom(
+                            fd.as_raw_fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            libc::MSG_TRUNC,
+                            (&mut from as *mut libc::sockaddr_ll).cast(),
+                            &mut len,
+                        )
+                    };
+                    if n < 0 {
+                        continue;
+                    }
+                    // Frames the hosts send, entering the hub at their port.
+                    if from.sll_pkttype == libc::PACKET_OUTGOING
+                        || !indices.contains(&from.sll_ifindex)
+                    {
+                        continue;
+                    }
+                    let got = (n as usize).min(buf.len());
+                    if let Some((hop, what)) = classify(&buf[..got], &router_macs, pods) {
+                        let c = &counts[hop as usize][what as usize];
+                        c.0.fetch_add(1, Ordering::Relaxed);
+                        c.1.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Ok(WireTap {
+            counts,
+            fd,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Frames counted so far.
+    pub fn frames(&self, hop: Hop, what: Carried) -> u64 {
+        self.check_drops();
+        self.counts[hop as usize][what as usize]
+            .0
+            .load(Ordering::Relaxed)
+    }
+
+    /// Bytes (whole frames) counted so far.
+    pub fn bytes(&self, hop: Hop, what: Carried) -> u64 {
+        self.check_drops();
+        self.counts[hop as usize][what as usize]
+            .1
+            .load(Ordering::Relaxed)
+    }
+
+    /// A count the socket dropped would make "none seen" meaningless.
+    fn check_drops(&self) {
+        // SAFETY: tpacket_stats is plain data; the size is passed.
+        let mut st: libc::tpacket_stats = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: valid fd and out-parameter of the given size.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        // PACKET_STATISTICS resets on read, so a drop is reported once: fail.
+        assert!(
+            r == 0 && st.tp_drops == 0,
+            "the wire tap dropped {} frames",
+            st.tp_drops
+        );
+    }
+}
+
+impl Drop for WireTap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sorts one Ethernet frame (at least its first 64 bytes) for `WireTap`.
+fn classify(f: &[u8], router_macs: &[[u8; 6]], pods: Ipv4Net) -> Option<(Hop, Carried)> {
+    if f.len() < 14 + 20 || f[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let hop = if router_macs.iter().any(|m| f[..6] == *m) {
+        Hop::Routed
+    } else {
+        Hop::Bridged
+    };
+    let ip = &f[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    if ip[9] == 17 && ip.len() >= ihl + 4 && ip[ihl + 2..ihl + 4] == 8472u16.to_be_bytes() {
+        Some((hop, Carried::Vxlan))
+    } else if pods.contains(&dst) {
+        Some((hop, Carried::Plain))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(dst_mac: [u8; 6], proto: u8, dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst_mac);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[9] = proto;
+        ip[16..20].copy_from_slice(&dst);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0x80, 0x00]);
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&[0; 4]);
+        f
+    }
+
+    #[test]
+    fn wire_tap_sorts_frames() {
+        let router = [2, 0xaa, 0, 0, 0, 1];
+        let host = [2, 0xbb, 0, 0, 0, 2];
+        let pods: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let sort = |f: Vec<u8>| classify(&f, &[router], pods);
+        let underlay = [192, 168, 100, 2];
+        assert_eq!(
+            sort(frame(host, 17, underlay, 8472)),
+            Some((Hop::Bridged, Carried::Vxlan))
+        );
+        assert_eq!(
+            sort(frame(router, 17, underlay, 8472)),
+            Some((Hop::Routed, Carried::Vxlan))
+        );
+        assert_eq!(
+            sort(frame(host, 6, [10, 244, 3, 1], 80)),
+            Some((Hop::Bridged, Carried::Plain))
+        );
+        assert_eq!(
+            sort(frame(router, 1, [10, 244, 3, 1], 0)),
+            Some((Hop::Routed, Carried::Plain))
+        );
+        assert_eq!(sort(frame(host, 17, underlay, 8285)), None);
+        assert_eq!(sort(frame(host, 6, underlay, 8472)), None);
+        let mut arp = frame(host, 0, underlay, 0);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(sort(arp), None);
+    }
 }

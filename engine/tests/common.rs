@@ -70,3 +70,33 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// A hash-checked TCP transfer of `mb` MB from node `a`'s pod IP to node
+/// `b`'s: pod to pod, as the CNI bridge's pods would talk.
+pub fn transfer_pods(c: &Cluster, a: usize, b: usize, mb: usize, port: u16) {
+    let from = c.nodes[a].pod_ip().expect("node a has a subnet");
+    let to = c.nodes[b].pod_ip().expect("node b has a subnet");
+    let r = weft::testbed::tcp_transfer_from(
+        &c.nodes[a].ns,
+        Some(from),
+        &c.nodes[b].ns,
+        to,
+        port,
+        mb << 20,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "transfer {a}->{b} ({from} -> {to}) failed: {e}\n--- a:\n{}\n--- b:\n{}",
+            c.nodes[a].log_text(),
+            c.nodes[b].log_text()
+        )
+    });
+    assert_eq!(r.sent, r.received, "bytes or hash differ {a}->{b}");
+}
+
+/// `ip route show <dst>` in `ns`, as text.
+pub fn route_of(ns: &Netns, dst: impl std::fmt::Display) -> String {
+    ns.ip(&["route", "show", &dst.to_string()])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,11 +1,11 @@
-//! Preallocated packet buffers: one backing allocation per worker and
-//! direction, cut into fixed slots that are reused every batch. Each slot
-//! starts with `weft_encap::HEADROOM` bytes so outer headers are written in
-//! place in front of the packet.
+//! Preallocated packet buffers: one set per worker and direction, allocated
+//! at startup and reused every batch. Each slot starts with
+//! `weft_encap::HEADROOM` bytes so outer headers are written in place in
+//! front of the packet.
 
-/// `count` slots of `slot_len` bytes in one allocation.
+/// `count` slots of `slot_len` bytes.
 pub struct PacketBufs {
-    data: Vec<u8>,
+    slots: Vec<Box<[u8]>>,
     slot_len: usize,
 }
 
@@ -15,14 +15,16 @@ impl PacketBufs {
     pub fn new(count: usize, payload: usize) -> PacketBufs {
         let slot_len = (weft_encap::HEADROOM + payload).div_ceil(64) * 64;
         PacketBufs {
-            data: vec![0; count * slot_len],
+            slots: (0..count)
+                .map(|_| vec![0; slot_len].into_boxed_slice())
+                .collect(),
             slot_len,
         }
     }
 
     /// Number of slots.
     pub fn count(&self) -> usize {
-        self.data.len() / self.slot_len
+        self.slots.len()
     }
 
     /// Bytes in each slot, headroom included.
@@ -33,12 +35,18 @@ impl PacketBufs {
     /// Slot `i`.
     #[inline]
     pub fn slot(&self, i: usize) -> &[u8] {
-        &self.data[i * self.slot_len..(i + 1) * self.slot_len]
+        &self.slots[i]
     }
 
     /// Slot `i`, writable.
     #[inline]
     pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
-        &mut self.data[i * self.slot_len..(i + 1) * self.slot_len]
+        &mut self.slots[i]
+    }
+
+    /// Slots `from..`, for APIs that fill several at once.
+    #[inline]
+    pub fn slots_mut(&mut self, from: usize) -> &mut [Box<[u8]>] {
+        &mut self.slots[from..]
     }
 }

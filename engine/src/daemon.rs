@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub metrics_addr: Option<SocketAddr>,
     /// Worker threads (device queues).
     pub threads: usize,
+    /// TUN offloads and UDP GSO.
+    pub offload: bool,
 }
 
 /// Runs the daemon until a signal; Ok means a clean shutdown.
@@ -163,7 +165,16 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let mut data_plane = match &plan.device {
         Some((name, kind)) => Some(
             start_data_plane(
-                &nl, &plan, name, *kind, threads, subnet, public_ip, &conf, &table,
+                &nl,
+                &plan,
+                name,
+                *kind,
+                threads,
+                subnet,
+                public_ip,
+                &conf,
+                &table,
+                opts.offload,
             )
             .await?,
         ),
@@ -389,8 +400,9 @@ async fn start_data_plane(
     public_ip: Ipv4Addr,
     conf: &weft_routes::NetConf,
     table: &Arc<ArcSwap<ForwardingTable>>,
+    offload: bool,
 ) -> anyhow::Result<DataPlane> {
-    let queues = device::create(name, kind, threads)?;
+    let queues = device::create(name, kind, threads, offload)?;
     let (index, _) = nl
         .link(name)
         .await?

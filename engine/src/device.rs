@@ -2,7 +2,8 @@
 //! worker (`IFF_MULTI_QUEUE` when there is more than one worker).
 
 use std::os::fd::{AsRawFd, RawFd};
-use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+pub use tun_rs::VIRTIO_NET_HDR_LEN;
+use tun_rs::{DeviceBuilder, GROTable, Layer, SyncDevice};
 
 /// Which kind of device weft reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,32 +43,105 @@ pub enum DeviceError {
 }
 
 /// One queue of the device, owned by one worker.
-pub struct Queue(SyncDevice);
+pub struct Queue {
+    dev: SyncDevice,
+    offload: bool,
+}
 
 impl Queue {
-    /// Reads one packet (TUN) or frame (TAP); `WouldBlock` when none is ready.
-    #[inline]
-    pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.recv(buf)
+    /// True when the queue was opened with `IFF_VNET_HDR` and TSO: reads
+    /// return super-packets (use `recv_multiple`) and writes take a
+    /// `virtio_net_hdr` (use `send_multiple`, or `send`, which adds an
+    /// empty one).
+    pub fn offload(&self) -> bool {
+        self.offload
     }
 
-    /// Writes one packet or frame.
+    /// Reads one packet (TUN) or frame (TAP); `WouldBlock` when none is
+    /// ready. Without offloads only.
+    #[inline]
+    pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.dev.recv(buf)
+    }
+
+    /// Writes one packet or frame (behind an empty `virtio_net_hdr` when
+    /// offloads are on).
     #[inline]
     pub fn send(&self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.send(buf)
+        if !self.offload {
+            return self.dev.send(buf);
+        }
+        let hdr = [0u8; VIRTIO_NET_HDR_LEN];
+        let iov = [std::io::IoSlice::new(&hdr), std::io::IoSlice::new(buf)];
+        self.dev
+            .send_vectored(&iov)
+            .map(|n| n.saturating_sub(VIRTIO_NET_HDR_LEN))
+    }
+
+    /// Reads one (super-)packet and splits it into MTU-sized packets with
+    /// complete checksums, each written into `bufs[i][offset..]` with its
+    /// length in `sizes[i]`. Returns how many. With offloads only.
+    #[inline]
+    pub fn recv_multiple(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [Box<[u8]>],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> std::io::Result<usize> {
+        self.dev.recv_multiple(scratch, bufs, sizes, offset)
+    }
+
+    /// Writes packets at `bufs[i][offset..]` (each with `VIRTIO_NET_HDR_LEN`
+    /// bytes free before `offset`), coalescing runs of one flow into
+    /// super-packets. With offloads only.
+    #[inline]
+    pub fn send_multiple(
+        &self,
+        gro: &mut GROTable,
+        bufs: &mut [Vec<u8>],
+        offset: usize,
+    ) -> std::io::Result<usize> {
+        self.dev.send_multiple(gro, bufs, offset)
     }
 }
 
 impl AsRawFd for Queue {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+        self.dev.as_raw_fd()
     }
 }
 
 /// Creates the device `name` with `queues` non-blocking queues. The device is
 /// not persistent: it disappears, with its addresses and routes, when the
 /// last queue closes (so a crashed weft leaves nothing behind).
-pub fn create(name: &str, kind: DeviceKind, queues: usize) -> Result<Vec<Queue>, DeviceError> {
+///
+/// With `offload` a TUN device is opened with `IFF_VNET_HDR` and TSO4/6
+/// (and USO where the kernel has it); a kernel that refuses gets a plain
+/// device and a log line. TAP devices never use offloads.
+pub fn create(
+    name: &str,
+    kind: DeviceKind,
+    queues: usize,
+    offload: bool,
+) -> Result<Vec<Queue>, DeviceError> {
+    if offload && kind == DeviceKind::Tun {
+        match create_with(name, kind, queues, true) {
+            Ok(q) => return Ok(q),
+            Err(e) => {
+                tracing::warn!(error = %e, "the kernel refuses TUN offloads; using a plain device")
+            }
+        }
+    }
+    create_with(name, kind, queues, false)
+}
+
+fn create_with(
+    name: &str,
+    kind: DeviceKind,
+    queues: usize,
+    offload: bool,
+) -> Result<Vec<Queue>, DeviceError> {
     let (layer, kind_name) = match kind {
         DeviceKind::Tap => (Layer::L2, "tap"),
         DeviceKind::Tun => (Layer::L3, "tun"),
@@ -79,7 +153,7 @@ pub fn create(name: &str, kind: DeviceKind, queues: usize) -> Result<Vec<Queue>,
         .with(|b| {
             b.packet_information(false)
                 .multi_queue(multi)
-                .offload(false);
+                .offload(offload);
         })
         .build_sync()
         .map_err(|source| DeviceError::Create {
@@ -106,7 +180,10 @@ pub fn create(name: &str, kind: DeviceKind, queues: usize) -> Result<Vec<Queue>,
                     queue,
                     source,
                 })?;
-            Ok(Queue(d))
+            Ok(Queue {
+                offload: offload && d.tcp_gso(),
+                dev: d,
+            })
         })
         .collect()
 }

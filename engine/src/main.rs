@@ -83,6 +83,12 @@ struct RunArgs {
     /// e.g. 127.0.0.1:9153.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// Segmentation offloads: the TUN device hands weft 64 KiB TCP
+    /// super-packets (IFF_VNET_HDR, TSO) and takes coalesced ones, and the
+    /// UDP sockets send with GSO. `off` moves one packet per device read and
+    /// write (for comparison). TAP devices never use them.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    offload: Switch,
     /// Worker threads, one device queue and socket each.
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
@@ -123,6 +129,7 @@ fn main() -> std::process::ExitCode {
             device: a.device,
             metrics_addr: a.metrics_addr,
             threads: a.threads,
+            offload: a.offload == Switch::On,
         }),
         Command::Demo(a) => weft::demo::run(a.seconds),
     };
@@ -133,4 +140,11 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }

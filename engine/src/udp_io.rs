@@ -149,11 +149,20 @@ impl Receiver {
         bufs: &mut PacketBufs,
         offset: usize,
     ) -> io::Result<usize> {
-        let n = bufs.count().min(self.msgs.len());
-        let cap = bufs.slot_len() - offset;
-        for i in 0..n {
-            let base = bufs.slot_mut(i)[offset..].as_mut_ptr().cast();
-            self.msgs.set(i, base, cap);
+        self.recv_into(sock, bufs.slots_mut(0), offset)
+    }
+
+    /// `recv` into any buffers, each from `offset` to its end.
+    pub fn recv_into<B: AsMut<[u8]>>(
+        &mut self,
+        sock: &UdpSocket,
+        bufs: &mut [B],
+        offset: usize,
+    ) -> io::Result<usize> {
+        let n = bufs.len().min(self.msgs.len());
+        for (i, b) in bufs[..n].iter_mut().enumerate() {
+            let room = &mut b.as_mut()[offset..];
+            self.msgs.set(i, room.as_mut_ptr().cast(), room.len());
         }
         // SAFETY: hdrs[..n] point at iovecs and sockaddrs owned by self and
         // at slots of `bufs`, all alive and exclusively borrowed for the call.
@@ -211,21 +220,177 @@ pub struct SendOutcome {
     pub last_error: Option<i32>,
 }
 
+/// The most segments one UDP GSO send carries (the kernel's older limit).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// The most payload bytes one UDP GSO send carries (an IPv4 datagram's
+/// 65535 less the IPv4 and UDP headers).
+const GSO_MAX_BYTES: usize = 65535 - 20 - 8;
+/// Room for one `UDP_SEGMENT` control message.
+type SegmentCmsg = [u64; 4];
+
+impl SendOutcome {
+    fn add(&mut self, o: SendOutcome) {
+        self.sent += o.sent;
+        self.bytes += o.bytes;
+        self.failed += o.failed;
+        self.last_error = o.last_error.or(self.last_error);
+    }
+}
+
 /// Reusable `sendmmsg` state.
 pub struct Sender {
     msgs: Mmsg,
+    /// Send runs of equal-size datagrams to one destination as one UDP GSO
+    /// message; cleared for good when the kernel refuses it.
+    gso: bool,
+    cmsgs: Vec<SegmentCmsg>,
+    /// (first message, count) of each run.
+    runs: Vec<(usize, usize)>,
 }
 
 impl Sender {
-    /// State for batches of up to `n` datagrams.
-    pub fn new(n: usize) -> Sender {
-        Sender { msgs: Mmsg::new(n) }
+    /// State for batches of up to `n` datagrams; `gso` tries UDP GSO.
+    pub fn new(n: usize, gso: bool) -> Sender {
+        Sender {
+            msgs: Mmsg::new(n),
+            gso,
+            cmsgs: vec![[0; 4]; n],
+            runs: Vec::with_capacity(n),
+        }
+    }
+
+    /// Whether sends still use UDP GSO.
+    pub fn gso(&self) -> bool {
+        self.gso
     }
 
     /// Sends `msgs` (at most `n` of them) from `sock`. An error on one
     /// datagram drops that datagram and the rest go on; a send timeout
     /// (buffer full for `SEND_TIMEOUT`) drops what is left.
+    ///
+    /// With GSO, consecutive datagrams to one destination with one size
+    /// (the last may be shorter) go as one message with a `UDP_SEGMENT`
+    /// control message: the kernel segments them, one traversal of the
+    /// stack for up to 64. `EIO` (an egress device without checksum
+    /// offload) turns GSO off and resends without it.
     pub fn send(&mut self, sock: &UdpSocket, bufs: &PacketBufs, msgs: &[OutMsg]) -> SendOutcome {
+        if !self.gso {
+            return self.send_each(sock, bufs, msgs);
+        }
+        let n = msgs.len().min(self.msgs.len());
+        let msgs = &msgs[..n];
+        self.runs.clear();
+        let mut i = 0;
+        while i < n {
+            let (start, size, dst) = (i, msgs[i].len, msgs[i].dst);
+            let mut total = size as usize;
+            i += 1;
+            while i < n
+                && i - start < GSO_MAX_SEGMENTS
+                && msgs[i].dst == dst
+                && msgs[i].len <= size
+                && total + msgs[i].len as usize <= GSO_MAX_BYTES
+            {
+                total += msgs[i].len as usize;
+                i += 1;
+                if msgs[i - 1].len < size {
+                    break; // only the last segment may be shorter
+                }
+            }
+            self.runs.push((start, i - start));
+        }
+        for (k, &(start, count)) in self.runs.iter().enumerate() {
+            for (j, m) in msgs[start..start + count].iter().enumerate() {
+                let payload =
+                    &bufs.slot(m.slot as usize)[m.start as usize..(m.start + m.len) as usize];
+                self.msgs.iovs[start + j] = libc::iovec {
+                    iov_base: payload.as_ptr() as *mut libc::c_void,
+                    iov_len: payload.len(),
+                };
+            }
+            self.msgs.addrs[k] = sockaddr(msgs[start].dst);
+            let h = &mut self.msgs.hdrs[k].msg_hdr;
+            h.msg_name = (&mut self.msgs.addrs[k] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut self.msgs.iovs[start];
+            h.msg_iovlen = count as _;
+            h.msg_flags = 0;
+            if count > 1 {
+                let buf = &mut self.cmsgs[k];
+                // SAFETY: the CMSG_* helpers only compute sizes; the
+                // control buffer holds CMSG_SPACE(2) bytes (24 <= 32) and is
+                // 8-byte aligned, as a cmsghdr needs.
+                unsafe {
+                    let c = buf.as_mut_ptr().cast::<libc::cmsghdr>();
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    libc::CMSG_DATA(c)
+                        .cast::<u16>()
+                        .write_unaligned(msgs[start].len as u16);
+                    h.msg_control = c.cast();
+                    h.msg_controllen = libc::CMSG_SPACE(size_of::<u16>() as u32) as _;
+                }
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+        }
+        let runs = self.runs.len();
+        let mut out = SendOutcome::default();
+        let mut k = 0;
+        while k < runs {
+            // SAFETY: hdrs[k..runs] point at iovecs, sockaddrs and control
+            // buffers owned by self and at slots of `bufs`, alive for the call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    sock.as_raw_fd(),
+                    self.msgs.hdrs[k..].as_mut_ptr(),
+                    (runs - k) as libc::c_uint,
+                    0,
+                )
+            };
+            if r > 0 {
+                for &(start, count) in &self.runs[k..k + r as usize] {
+                    out.sent += count;
+                    out.bytes += msgs[start..start + count]
+                        .iter()
+                        .map(|m| u64::from(m.len))
+                        .sum::<u64>();
+                }
+                k += r as usize;
+                continue;
+            }
+            let err = io::Error::last_os_error();
+            let (start, count) = self.runs[k];
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EIO) if count > 1 => {
+                    tracing::warn!("the kernel refuses UDP GSO on this path (EIO); sending datagrams one by one from now on");
+                    self.gso = false;
+                    out.add(self.send_each(sock, bufs, &msgs[start..]));
+                    return out;
+                }
+                Some(libc::EAGAIN) => {
+                    // Buffer full for the whole send timeout: drop the rest.
+                    out.last_error = err.raw_os_error();
+                    out.failed += n - start;
+                    break;
+                }
+                _ => {
+                    // This run is refused (EMSGSIZE, ENETUNREACH,
+                    // ECONNREFUSED from an earlier ICMP, …): drop it alone.
+                    out.last_error = err.raw_os_error();
+                    out.failed += count;
+                    k += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// `send` without GSO: one datagram per message.
+    fn send_each(&mut self, sock: &UdpSocket, bufs: &PacketBufs, msgs: &[OutMsg]) -> SendOutcome {
         let n = msgs.len().min(self.msgs.len());
         for (i, m) in msgs[..n].iter().enumerate() {
             let slot = bufs.slot(m.slot as usize);
@@ -233,14 +398,7 @@ impl Sender {
             // sendmmsg only reads through this pointer.
             self.msgs
                 .set(i, payload.as_ptr() as *mut libc::c_void, payload.len());
-            self.msgs.addrs[i] = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: m.dst.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*m.dst.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
+            self.msgs.addrs[i] = sockaddr(m.dst);
         }
         let mut out = SendOutcome::default();
         let mut i = 0;
@@ -281,5 +439,16 @@ impl Sender {
             }
         }
         out
+    }
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
     }
 }

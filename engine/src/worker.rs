@@ -9,6 +9,7 @@
 
 use crate::bufs::PacketBufs;
 use crate::device::Queue;
+use crate::device::VIRTIO_NET_HDR_LEN;
 use crate::metrics::{BatchStats, WorkerStats};
 use crate::udp_io::{OutMsg, Receiver, Sender};
 use arc_swap::ArcSwap;
@@ -28,6 +29,18 @@ use weft_routes::ForwardingTable;
 
 /// Packets per batch in each direction.
 pub const BATCH: usize = 64;
+/// Packet slots on the device-read side with offloads: one 64 KiB TCP
+/// super-packet splits into up to ~47 MTU-sized packets (more with a small
+/// MSS), so reads go on while this many slots are free.
+const SPLIT_ROOM: usize = 128;
+/// Slots on the device-read side with offloads: a few super-packets each.
+const OFFLOAD_SLOTS: usize = 256;
+/// With offloads, each received datagram lands this far into its buffer,
+/// leaving room for the `virtio_net_hdr` in front of the inner packet.
+const RX_OFFSET: usize = 16;
+/// Receive buffers with offloads hold one datagram, but may grow into a
+/// coalesced 64 KiB super-packet when written to the device.
+const RX_CAP: usize = RX_OFFSET + 65536 + 256;
 
 const DEVICE: Token = Token(0);
 const SOCKET: Token = Token(1);
@@ -105,6 +118,14 @@ impl RateLimited {
 struct State {
     txbufs: PacketBufs,
     rxbufs: PacketBufs,
+    /// With offloads: the device read buffer (virtio_net_hdr + 64 KiB).
+    vnet_in: Vec<u8>,
+    /// With offloads: the size of each packet split into `txbufs`.
+    sizes: Vec<usize>,
+    /// With offloads: receive buffers that can grow into super-packets,
+    /// and the coalescing state for writing them.
+    rx_vecs: Vec<Vec<u8>>,
+    gro: tun_rs::GROTable,
     out: Vec<OutMsg>,
     /// Socket index of each entry of `out` (VXLAN only).
     out_sock: Vec<u8>,
@@ -130,14 +151,28 @@ impl Worker {
         // Room for the largest datagram the underlay carries, plus a frame
         // header; larger datagrams are detected with MSG_TRUNC and dropped.
         let payload = self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN;
+        let offload = self.queue.offload();
         let mut st = State {
-            txbufs: PacketBufs::new(BATCH, payload),
-            rxbufs: PacketBufs::new(BATCH, payload),
-            out: Vec::with_capacity(BATCH),
-            out_sock: Vec::with_capacity(BATCH),
-            grouped: Vec::with_capacity(BATCH),
+            txbufs: PacketBufs::new(if offload { OFFLOAD_SLOTS } else { BATCH }, payload),
+            rxbufs: PacketBufs::new(if offload { 0 } else { BATCH }, payload),
+            vnet_in: vec![
+                0;
+                if offload {
+                    VIRTIO_NET_HDR_LEN + 65536
+                } else {
+                    0
+                }
+            ],
+            sizes: vec![0; if offload { OFFLOAD_SLOTS } else { 0 }],
+            rx_vecs: (0..if offload { BATCH } else { 0 })
+                .map(|_| vec![0; RX_CAP])
+                .collect(),
+            gro: tun_rs::GROTable::default(),
+            out: Vec::with_capacity(OFFLOAD_SLOTS),
+            out_sock: Vec::with_capacity(OFFLOAD_SLOTS),
+            grouped: Vec::with_capacity(OFFLOAD_SLOTS),
             receiver: Receiver::new(BATCH),
-            sender: Sender::new(BATCH),
+            sender: Sender::new(OFFLOAD_SLOTS, offload),
             scratch: [0; icmp::MAX_ERROR_LEN],
             batch: BatchStats::default(),
             send_log: RateLimited::new(),
@@ -162,10 +197,18 @@ impl Worker {
                 continue;
             }
             if dev_ready {
-                dev_ready = self.device_to_peers(&mut st);
+                dev_ready = if offload {
+                    self.device_to_peers_offload(&mut st)
+                } else {
+                    self.device_to_peers(&mut st)
+                };
             }
             if sock_ready {
-                sock_ready = self.peers_to_device(&mut st);
+                sock_ready = if offload {
+                    self.peers_to_device_offload(&mut st)
+                } else {
+                    self.peers_to_device(&mut st)
+                };
             }
             st.batch.flush(&self.stats);
         }
@@ -204,6 +247,151 @@ impl Worker {
         }
         self.send_batch(st);
         more
+    }
+
+    /// `device_to_peers` with offloads: each read returns a super-packet,
+    /// split into MTU-sized packets with complete checksums; reads go on
+    /// while `SPLIT_ROOM` slots are free, and the sends use UDP GSO.
+    fn device_to_peers_offload(&self, st: &mut State) -> bool {
+        let table = self.table.load();
+        st.out.clear();
+        st.out_sock.clear();
+        let mut n = 0;
+        let mut more = false;
+        while n + SPLIT_ROOM <= st.txbufs.count() {
+            let k = match self.queue.recv_multiple(
+                &mut st.vnet_in,
+                st.txbufs.slots_mut(n),
+                &mut st.sizes[n..],
+                HEADROOM,
+            ) {
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // A super-packet the splitter refuses (too many segments,
+                // bad header): drop it, keep reading.
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput || e.raw_os_error().is_none() => {
+                    st.batch.drop(DropReason::DeviceError);
+                    if let Some(suppressed) = st.device_log.allow() {
+                        tracing::warn!(worker = self.id, suppressed, error = %e, "cannot split a packet from the device");
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    self.device_error(st, "read", &e);
+                    break;
+                }
+            };
+            for j in n..n + k {
+                let pkt = HEADROOM..HEADROOM + st.sizes[j];
+                match self.encapsulate(st, &table, j, pkt) {
+                    Ok((msg, sock)) => {
+                        st.out.push(msg);
+                        st.out_sock.push(sock);
+                    }
+                    Err(r) => st.batch.drop(r),
+                }
+            }
+            n += k;
+            more = n + SPLIT_ROOM > st.txbufs.count();
+        }
+        self.send_batch(st);
+        more
+    }
+
+    /// `peers_to_device` with offloads: decapsulates in place, then writes
+    /// the batch with runs of one TCP flow coalesced into super-packets
+    /// (one device write for up to 64 KiB).
+    fn peers_to_device_offload(&self, st: &mut State) -> bool {
+        let n = match st
+            .receiver
+            .recv_into(&self.socket, &mut st.rx_vecs, RX_OFFSET)
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(e) => {
+                st.batch.drop(DropReason::SendError);
+                if let Some(suppressed) = st.send_log.allow() {
+                    tracing::warn!(worker = self.id, suppressed, error = %e, "UDP receive error");
+                }
+                return true;
+            }
+        };
+        // Every inner packet goes to one offset, as the writer wants.
+        let at = RX_OFFSET
+            + match self.mode {
+                Mode::VxlanTun(_) => vxlan::HEADER_LEN + ethernet::HEADER_LEN,
+                _ => 0,
+            };
+        let mut good = 0;
+        for i in 0..n {
+            let meta = st.receiver.meta[i];
+            if meta.truncated || meta.len > self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN {
+                st.batch.drop(DropReason::Oversize);
+                continue;
+            }
+            let datagram = &mut st.rx_vecs[i][RX_OFFSET..RX_OFFSET + meta.len];
+            let inner = match self.mode {
+                Mode::Udp => {
+                    if meta.len > self.mtu {
+                        st.batch.drop(DropReason::Oversize);
+                        continue;
+                    }
+                    match udp::decapsulate(datagram) {
+                        Ok(len) => 0..len,
+                        Err(DropReason::TtlExpired) => {
+                            let v = std::mem::take(&mut st.rx_vecs[i]);
+                            self.icmp_to_peer_from(
+                                st,
+                                &v[RX_OFFSET..RX_OFFSET + meta.len],
+                                meta.src,
+                            );
+                            st.rx_vecs[i] = v;
+                            st.batch.drop(DropReason::TtlExpired);
+                            continue;
+                        }
+                        Err(r) => {
+                            st.batch.drop(r);
+                            continue;
+                        }
+                    }
+                }
+                Mode::VxlanTun(ep) => match ep.decapsulate(datagram) {
+                    Ok(inner) => inner.ip,
+                    Err(r) => {
+                        st.batch.drop(r);
+                        continue;
+                    }
+                },
+                // TAP devices never run with offloads.
+                Mode::VxlanTap(_) => continue,
+            };
+            let v = &mut st.rx_vecs[i];
+            let start = RX_OFFSET + inner.start;
+            let len = inner.len();
+            if start != at {
+                v.copy_within(start..start + len, at);
+            }
+            // The bytes are initialized (the buffer was zero-filled once and
+            // only ever written); set the length the writer reads.
+            v.truncate(at + len);
+            st.batch.rx(len);
+            st.rx_vecs.swap(good, i);
+            good += 1;
+        }
+        if good > 0 {
+            if let Err(e) = self
+                .queue
+                .send_multiple(&mut st.gro, &mut st.rx_vecs[..good], at)
+            {
+                self.device_error(st, "write", &e);
+            }
+        }
+        for v in &mut st.rx_vecs[..n.max(good)] {
+            restore_len(v);
+        }
+        n == BATCH
     }
 
     /// Turns the packet at `slot[pkt]` into a datagram, or says why not.
@@ -420,7 +608,13 @@ impl Worker {
     /// Answers a received packet whose TTL ran out with ICMP time exceeded,
     /// sent back to the peer it came from (udp backend).
     fn icmp_to_peer(&self, st: &mut State, slot: usize, len: usize, to: SocketAddrV4) {
-        let Ok(off) = Packet::new_checked(&st.rxbufs.slot(slot)[..len]) else {
+        let rx = std::mem::replace(&mut st.rxbufs, PacketBufs::new(0, 0));
+        self.icmp_to_peer_from(st, &rx.slot(slot)[..len], to);
+        st.rxbufs = rx;
+    }
+
+    fn icmp_to_peer_from(&self, st: &mut State, packet: &[u8], to: SocketAddrV4) {
+        let Ok(off) = Packet::new_checked(packet) else {
             return;
         };
         if let Some(n) = icmp::emit_error(ErrorKind::TtlExceeded, &off, self.local, &mut st.scratch)
@@ -441,5 +635,20 @@ impl Worker {
         if matches!(e.raw_os_error(), Some(libc::EIO | libc::EBADFD)) {
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// Gives a receive buffer back its full length after a write shortened or
+/// coalesced it.
+fn restore_len(v: &mut Vec<u8>) {
+    if v.len() >= RX_CAP {
+        v.truncate(RX_CAP);
+    } else if v.capacity() >= RX_CAP {
+        // SAFETY: the buffer was created zero-filled to RX_CAP bytes and is
+        // never reallocated while its capacity suffices, so all RX_CAP
+        // bytes are initialized (a truncate does not de-initialize them).
+        unsafe { v.set_len(RX_CAP) }
+    } else {
+        v.resize(RX_CAP, 0);
     }
 }

@@ -1,17 +1,24 @@
-//! weft to weft on every backend: ping, and a hash-checked 20 MB TCP
+//! weft to weft on every backend, with and without offloads: ping, and a hash-checked 20 MB TCP
 //! transfer in both directions, then a clean shutdown.
 
 mod common;
 use common::*;
 use weft::testbed::Cluster;
 
-fn two_nodes(tag: &str, backend: &str, device: &str) {
+fn two_nodes(tag: &str, backend: &str, device: &str, offload: &str) {
     let mut c = Cluster::new(tag, 2, &net_conf(backend)).expect("testbed");
     for i in 0..2 {
         c.start(
             i,
             weft(),
-            &["--device", device, "--metrics-addr", "127.0.0.1:9153"],
+            &[
+                "--device",
+                device,
+                "--offload",
+                offload,
+                "--metrics-addr",
+                "127.0.0.1:9153",
+            ],
         )
         .expect("weft starts");
         c.nodes[i].add_pod_bridge().expect("pod bridge");
@@ -78,15 +85,25 @@ fn two_nodes(tag: &str, backend: &str, device: &str) {
 
 #[test]
 fn udp_backend() {
-    two_nodes("u", "udp", "tun");
+    two_nodes("u", "udp", "tun", "on");
+}
+
+#[test]
+fn udp_backend_without_offloads() {
+    two_nodes("uo", "udp", "tun", "off");
 }
 
 #[test]
 fn vxlan_tap() {
-    two_nodes("xa", "vxlan", "tap");
+    two_nodes("xa", "vxlan", "tap", "on");
 }
 
 #[test]
 fn vxlan_tun() {
-    two_nodes("xu", "vxlan", "tun");
+    two_nodes("xu", "vxlan", "tun", "on");
+}
+
+#[test]
+fn vxlan_tun_without_offloads() {
+    two_nodes("xuo", "vxlan", "tun", "off");
 }

@@ -1300,3 +1300,113 @@ mod tests {
         assert_eq!(sort(arp), None);
     }
 }
+
+/// Captures whole UDP datagrams to one port as the hosts put them on the
+/// test wire (entering the hub at their bridge ports), for tests that look
+/// inside them. A datagram sent with UDP GSO crosses a veth unsegmented, so
+/// one capture may hold many datagrams' payloads back to back.
+pub struct UdpCapture {
+    frames: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpCapture {
+    /// Starts capturing IPv4 UDP frames to `port` from `c`'s hosts, up to
+    /// `max` frames.
+    pub fn start(c: &Cluster, port: u16, max: usize) -> io::Result<UdpCapture> {
+        use std::os::fd::FromRawFd;
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let ports: Vec<String> = (0..c.nodes.len()).map(|i| format!("p{i}")).collect();
+        let (fd, indices) = c.hub.enter(move || -> io::Result<_> {
+            let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+            // SAFETY: plain socket(2); the result is checked and owned below.
+            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+            if raw < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `raw` is a fresh descriptor nobody else owns.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+            let sock = socket2::SockRef::from(&fd);
+            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let _ = sock.set_recv_buffer_size(32 << 20);
+            let mut indices = Vec::new();
+            for p in &ports {
+                let name = std::ffi::CString::new(p.as_str()).map_err(io::Error::other)?;
+                // SAFETY: a valid NUL-terminated name.
+                let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+                if i != 0 {
+                    indices.push(i as i32);
+                }
+            }
+            Ok((fd, indices))
+        })??;
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (frames, stop) = (frames.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 17];
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: zeroed sockaddr_ll is a valid out-parameter.
+                    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                    // SAFETY: buf and from are valid for the sizes given.
+                    let n = unsafe {
+                        libc::recvfrom(
+                            fd.as_raw_fd(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                            0,
+                            (&mut from as *mut libc::sockaddr_ll).cast(),
+                            &mut len,
+                        )
+                    };
+                    if n <= 0
+                        || from.sll_pkttype == libc::PACKET_OUTGOING
+                        || !indices.contains(&from.sll_ifindex)
+                    {
+                        continue;
+                    }
+                    let f = &buf[..n as usize];
+                    if f.len() < 14 + 28 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 17 {
+                        continue;
+                    }
+                    let ihl = usize::from(f[14] & 0x0f) * 4;
+                    if f.len() >= 14 + ihl + 8
+                        && f[14 + ihl + 2..14 + ihl + 4] == port.to_be_bytes()
+                    {
+                        let mut v = frames.lock().unwrap();
+                        if v.len() < max {
+                            v.push(f.to_vec());
+                        }
+                    }
+                }
+            })
+        };
+        Ok(UdpCapture {
+            frames,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops and returns the frames (Ethernet onwards).
+    pub fn finish(mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.frames.lock().unwrap())
+    }
+}
+
+impl Drop for UdpCapture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1251,56 +1251,6 @@ fn classify(f: &[u8], router_macs: &[[u8; 6]], pods: Ipv4Net) -> Option<(Hop, Ca
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(dst_mac: [u8; 6], proto: u8, dst: [u8; 4], dport: u16) -> Vec<u8> {
-        let mut f = Vec::new();
-        f.extend_from_slice(&dst_mac);
-        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
-        let mut ip = [0u8; 20];
-        ip[0] = 0x45;
-        ip[9] = proto;
-        ip[16..20].copy_from_slice(&dst);
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&[0x80, 0x00]);
-        f.extend_from_slice(&dport.to_be_bytes());
-        f.extend_from_slice(&[0; 4]);
-        f
-    }
-
-    #[test]
-    fn wire_tap_sorts_frames() {
-        let router = [2, 0xaa, 0, 0, 0, 1];
-        let host = [2, 0xbb, 0, 0, 0, 2];
-        let pods: Ipv4Net = "10.244.0.0/16".parse().unwrap();
-        let sort = |f: Vec<u8>| classify(&f, &[router], pods);
-        let underlay = [192, 168, 100, 2];
-        assert_eq!(
-            sort(frame(host, 17, underlay, 8472)),
-            Some((Hop::Bridged, Carried::Vxlan))
-        );
-        assert_eq!(
-            sort(frame(router, 17, underlay, 8472)),
-            Some((Hop::Routed, Carried::Vxlan))
-        );
-        assert_eq!(
-            sort(frame(host, 6, [10, 244, 3, 1], 80)),
-            Some((Hop::Bridged, Carried::Plain))
-        );
-        assert_eq!(
-            sort(frame(router, 1, [10, 244, 3, 1], 0)),
-            Some((Hop::Routed, Carried::Plain))
-        );
-        assert_eq!(sort(frame(host, 17, underlay, 8285)), None);
-        assert_eq!(sort(frame(host, 6, underlay, 8472)), None);
-        let mut arp = frame(host, 0, underlay, 0);
-        arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(sort(arp), None);
-    }
-}
-
 /// Captures whole UDP datagrams to one port as the hosts put them on the
 /// test wire (entering the hub at their bridge ports), for tests that look
 /// inside them. A datagram sent with UDP GSO crosses a veth unsegmented, so
@@ -1408,5 +1358,55 @@ impl Drop for UdpCapture {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(dst_mac: [u8; 6], proto: u8, dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst_mac);
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[9] = proto;
+        ip[16..20].copy_from_slice(&dst);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&[0x80, 0x00]);
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&[0; 4]);
+        f
+    }
+
+    #[test]
+    fn wire_tap_sorts_frames() {
+        let router = [2, 0xaa, 0, 0, 0, 1];
+        let host = [2, 0xbb, 0, 0, 0, 2];
+        let pods: Ipv4Net = "10.244.0.0/16".parse().unwrap();
+        let sort = |f: Vec<u8>| classify(&f, &[router], pods);
+        let underlay = [192, 168, 100, 2];
+        assert_eq!(
+            sort(frame(host, 17, underlay, 8472)),
+            Some((Hop::Bridged, Carried::Vxlan))
+        );
+        assert_eq!(
+            sort(frame(router, 17, underlay, 8472)),
+            Some((Hop::Routed, Carried::Vxlan))
+        );
+        assert_eq!(
+            sort(frame(host, 6, [10, 244, 3, 1], 80)),
+            Some((Hop::Bridged, Carried::Plain))
+        );
+        assert_eq!(
+            sort(frame(router, 1, [10, 244, 3, 1], 0)),
+            Some((Hop::Routed, Carried::Plain))
+        );
+        assert_eq!(sort(frame(host, 17, underlay, 8285)), None);
+        assert_eq!(sort(frame(host, 6, underlay, 8472)), None);
+        let mut arp = frame(host, 0, underlay, 0);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(sort(arp), None);
     }
 }

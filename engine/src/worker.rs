@@ -35,12 +35,16 @@ pub const BATCH: usize = 64;
 const SPLIT_ROOM: usize = 128;
 /// Slots on the device-read side with offloads: a few super-packets each.
 const OFFLOAD_SLOTS: usize = 256;
-/// With offloads, each received datagram lands this far into its buffer,
-/// leaving room for the `virtio_net_hdr` in front of the inner packet.
-const RX_OFFSET: usize = 16;
-/// Receive buffers with offloads hold one datagram, but may grow into a
-/// coalesced 64 KiB super-packet when written to the device.
-const RX_CAP: usize = RX_OFFSET + 65536 + 256;
+/// With offloads, where received datagrams start in their buffers.
+const RX_OFFSET: usize = 0;
+/// Receive buffers with offloads hold a UDP GRO run: up to 64 KiB.
+const RX_CAP: usize = 65536;
+/// Write buffers: each holds one inner packet after room for the
+/// `virtio_net_hdr`, and may grow into a coalesced 64 KiB super-packet.
+const W_OFFSET: usize = 16;
+const W_CAP: usize = W_OFFSET + 65536 + 256;
+/// Inner packets written per device batch with offloads.
+const W_SLOTS: usize = 128;
 
 const DEVICE: Token = Token(0);
 const SOCKET: Token = Token(1);
@@ -122,9 +126,10 @@ struct State {
     vnet_in: Vec<u8>,
     /// With offloads: the size of each packet split into `txbufs`.
     sizes: Vec<usize>,
-    /// With offloads: receive buffers that can grow into super-packets,
-    /// and the coalescing state for writing them.
+    /// With offloads: receive buffers for UDP GRO runs, write buffers that
+    /// can grow into super-packets, and the coalescing state.
     rx_vecs: Vec<Vec<u8>>,
+    wbufs: Vec<Vec<u8>>,
     gro: tun_rs::GROTable,
     out: Vec<OutMsg>,
     /// Socket index of each entry of `out` (VXLAN only).
@@ -152,6 +157,12 @@ impl Worker {
         // header; larger datagrams are detected with MSG_TRUNC and dropped.
         let payload = self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN;
         let offload = self.queue.offload();
+        if offload && !crate::udp_io::enable_gro(&self.socket) {
+            tracing::info!(
+                worker = self.id,
+                "the kernel has no UDP GRO; receiving datagrams one by one"
+            );
+        }
         let mut st = State {
             txbufs: PacketBufs::new(if offload { OFFLOAD_SLOTS } else { BATCH }, payload),
             rxbufs: PacketBufs::new(if offload { 0 } else { BATCH }, payload),
@@ -166,6 +177,13 @@ impl Worker {
             sizes: vec![0; if offload { OFFLOAD_SLOTS } else { 0 }],
             rx_vecs: (0..if offload { BATCH } else { 0 })
                 .map(|_| vec![0; RX_CAP])
+                .collect(),
+            wbufs: (0..if offload { W_SLOTS } else { 0 })
+                .map(|_| {
+                    let mut v = Vec::with_capacity(W_CAP);
+                    v.resize(W_OFFSET, 0);
+                    v
+                })
                 .collect(),
             gro: tun_rs::GROTable::default(),
             out: Vec::with_capacity(OFFLOAD_SLOTS),
@@ -299,9 +317,11 @@ impl Worker {
         more
     }
 
-    /// `peers_to_device` with offloads: decapsulates in place, then writes
-    /// the batch with runs of one TCP flow coalesced into super-packets
-    /// (one device write for up to 64 KiB).
+    /// `peers_to_device` with offloads. The socket runs UDP GRO, so one
+    /// received buffer can hold a run of datagrams from one peer. Each is
+    /// decapsulated in place and its inner packet copied into a write
+    /// buffer; the write buffers go to the device with runs of one TCP flow
+    /// coalesced into super-packets (one write for up to 64 KiB).
     fn peers_to_device_offload(&self, st: &mut State) -> bool {
         let n = match st
             .receiver
@@ -318,80 +338,97 @@ impl Worker {
                 return true;
             }
         };
-        // Every inner packet goes to one offset, as the writer wants.
-        let at = RX_OFFSET
-            + match self.mode {
-                Mode::VxlanTun(_) => vxlan::HEADER_LEN + ethernet::HEADER_LEN,
-                _ => 0,
-            };
-        let mut good = 0;
+        let max_datagram = self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN;
+        let mut m = 0;
         for i in 0..n {
             let meta = st.receiver.meta[i];
-            if meta.truncated || meta.len > self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN {
+            if meta.truncated {
                 st.batch.drop(DropReason::Oversize);
                 continue;
             }
-            let datagram = &mut st.rx_vecs[i][RX_OFFSET..RX_OFFSET + meta.len];
-            let inner = match self.mode {
-                Mode::Udp => {
-                    if meta.len > self.mtu {
-                        st.batch.drop(DropReason::Oversize);
-                        continue;
-                    }
-                    match udp::decapsulate(datagram) {
-                        Ok(len) => 0..len,
-                        Err(DropReason::TtlExpired) => {
-                            let v = std::mem::take(&mut st.rx_vecs[i]);
-                            self.icmp_to_peer_from(
-                                st,
-                                &v[RX_OFFSET..RX_OFFSET + meta.len],
-                                meta.src,
-                            );
-                            st.rx_vecs[i] = v;
-                            st.batch.drop(DropReason::TtlExpired);
-                            continue;
-                        }
-                        Err(r) => {
-                            st.batch.drop(r);
-                            continue;
-                        }
-                    }
-                }
-                Mode::VxlanTun(ep) => match ep.decapsulate(datagram) {
-                    Ok(inner) => inner.ip,
-                    Err(r) => {
-                        st.batch.drop(r);
-                        continue;
-                    }
-                },
-                // TAP devices never run with offloads.
-                Mode::VxlanTap(_) => continue,
+            let seg = if meta.segment == 0 {
+                meta.len
+            } else {
+                meta.segment
             };
-            let v = &mut st.rx_vecs[i];
-            let start = RX_OFFSET + inner.start;
-            let len = inner.len();
-            if start != at {
-                v.copy_within(start..start + len, at);
+            let mut off = 0;
+            while off < meta.len {
+                let len = seg.min(meta.len - off);
+                let at = RX_OFFSET + off;
+                off += len;
+                if len > max_datagram {
+                    st.batch.drop(DropReason::Oversize);
+                    continue;
+                }
+                let Some(inner) = self.decapsulate_offload(st, i, at..at + len, meta.src) else {
+                    continue;
+                };
+                if m == st.wbufs.len() {
+                    self.write_coalesced(st, m);
+                    m = 0;
+                }
+                let (rx, w) = (&st.rx_vecs[i], &mut st.wbufs[m]);
+                let ilen = inner.len();
+                // Within capacity: no reallocation, only the length moves.
+                w.truncate(W_OFFSET);
+                w.extend_from_slice(&rx[at + inner.start..at + inner.end]);
+                st.batch.rx(ilen);
+                m += 1;
             }
-            // The bytes are initialized (the buffer was zero-filled once and
-            // only ever written); set the length the writer reads.
-            v.truncate(at + len);
-            st.batch.rx(len);
-            st.rx_vecs.swap(good, i);
-            good += 1;
         }
-        if good > 0 {
-            if let Err(e) = self
-                .queue
-                .send_multiple(&mut st.gro, &mut st.rx_vecs[..good], at)
-            {
-                self.device_error(st, "write", &e);
-            }
-        }
-        for v in &mut st.rx_vecs[..n.max(good)] {
-            restore_len(v);
-        }
+        self.write_coalesced(st, m);
         n == BATCH
+    }
+
+    /// Decapsulates the datagram at `rx_vecs[i][range]` in place; returns
+    /// the inner packet's range within it, or counts the drop.
+    fn decapsulate_offload(
+        &self,
+        st: &mut State,
+        i: usize,
+        range: std::ops::Range<usize>,
+        src: SocketAddrV4,
+    ) -> Option<std::ops::Range<usize>> {
+        let datagram = &mut st.rx_vecs[i][range.clone()];
+        let r = match self.mode {
+            Mode::Udp => {
+                if datagram.len() > self.mtu {
+                    Err(DropReason::Oversize)
+                } else {
+                    udp::decapsulate(datagram).map(|len| 0..len)
+                }
+            }
+            Mode::VxlanTun(ep) => ep.decapsulate(datagram).map(|inner| inner.ip),
+            // TAP devices never run with offloads.
+            Mode::VxlanTap(_) => Err(DropReason::InnerTruncated),
+        };
+        match r {
+            Ok(inner) => Some(inner),
+            Err(DropReason::TtlExpired) => {
+                let v = std::mem::take(&mut st.rx_vecs[i]);
+                self.icmp_to_peer_from(st, &v[range], src);
+                st.rx_vecs[i] = v;
+                st.batch.drop(DropReason::TtlExpired);
+                None
+            }
+            Err(r) => {
+                st.batch.drop(r);
+                None
+            }
+        }
+    }
+
+    /// Writes `wbufs[..m]` to the device, coalescing what it can.
+    fn write_coalesced(&self, st: &mut State, m: usize) {
+        if m == 0 {
+            return;
+        }
+        if let Err(e) = self
+            .queue
+            .send_multiple(&mut st.gro, &mut st.wbufs[..m], W_OFFSET)
+        {
+            self.device_error(st, "write", &e);
+        }
     }
 
     /// Turns the packet at `slot[pkt]` into a datagram, or says why not.
@@ -635,20 +672,5 @@ impl Worker {
         if matches!(e.raw_os_error(), Some(libc::EIO | libc::EBADFD)) {
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-/// Gives a receive buffer back its full length after a write shortened or
-/// coalesced it.
-fn restore_len(v: &mut Vec<u8>) {
-    if v.len() >= RX_CAP {
-        v.truncate(RX_CAP);
-    } else if v.capacity() >= RX_CAP {
-        // SAFETY: the buffer was created zero-filled to RX_CAP bytes and is
-        // never reallocated while its capacity suffices, so all RX_CAP
-        // bytes are initialized (a truncate does not de-initialize them).
-        unsafe { v.set_len(RX_CAP) }
-    } else {
-        v.resize(RX_CAP, 0);
     }
 }

@@ -122,14 +122,16 @@ fn main() -> anyhow::Result<()> {
     let mut seconds = 5u64;
     let mut rounds = 2usize;
     let mut only: Option<String> = None;
+    let mut skip_kernel = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seconds" => seconds = args.next().context("--seconds N")?.parse()?,
             "--rounds" => rounds = args.next().context("--rounds N")?.parse()?,
-            "--only" => only = Some(args.next().context("--only TEXT")?),
+            "--only" => only = Some(args.next().context("--only NAME,…")?),
+            "--skip-kernel" => skip_kernel = true,
             "-h" | "--help" => {
-                println!("e2e [--seconds N (5)] [--rounds N (2)] [--only TEXT (configs whose name contains it, plus the kernel)]");
+                println!("e2e [--seconds N (5)] [--rounds N (2)] [--only NAME,NAME… (these configurations, plus the kernel's)] [--skip-kernel (for profiling)]");
                 return Ok(());
             }
             other => bail!("unknown argument {other}"),
@@ -143,7 +145,10 @@ fn main() -> anyhow::Result<()> {
     let configs: Vec<&Config> = CONFIGS
         .iter()
         .filter(|c| {
-            matches!(c.setup, Setup::Kernel) || only.as_deref().is_none_or(|o| c.name.contains(o))
+            (matches!(c.setup, Setup::Kernel) && !skip_kernel)
+                || only
+                    .as_deref()
+                    .is_none_or(|o| o.split(',').any(|n| n.trim() == c.name))
         })
         .collect();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];

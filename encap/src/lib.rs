@@ -17,6 +17,7 @@ pub mod checksum;
 pub mod drop;
 pub mod ethernet;
 pub mod flow;
+pub mod gro;
 #[doc(hidden)]
 pub mod harness;
 pub mod icmp;

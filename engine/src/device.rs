@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 pub use tun_rs::VIRTIO_NET_HDR_LEN;
-use tun_rs::{DeviceBuilder, GROTable, Layer, SyncDevice};
+use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 /// Which kind of device weft reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,6 +78,13 @@ impl Queue {
             .map(|n| n.saturating_sub(VIRTIO_NET_HDR_LEN))
     }
 
+    /// Writes one packet made of `parts` (with offloads, the first part
+    /// must be its `virtio_net_hdr`).
+    #[inline]
+    pub fn writev(&self, parts: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        self.dev.send_vectored(parts)
+    }
+
     /// Reads one (super-)packet and splits it into MTU-sized packets with
     /// complete checksums, each written into `bufs[i][offset..]` with its
     /// length in `sizes[i]`. Returns how many. With offloads only.
@@ -90,19 +97,6 @@ impl Queue {
         offset: usize,
     ) -> std::io::Result<usize> {
         self.dev.recv_multiple(scratch, bufs, sizes, offset)
-    }
-
-    /// Writes packets at `bufs[i][offset..]` (each with `VIRTIO_NET_HDR_LEN`
-    /// bytes free before `offset`), coalescing runs of one flow into
-    /// super-packets. With offloads only.
-    #[inline]
-    pub fn send_multiple(
-        &self,
-        gro: &mut GROTable,
-        bufs: &mut [Vec<u8>],
-        offset: usize,
-    ) -> std::io::Result<usize> {
-        self.dev.send_multiple(gro, bufs, offset)
     }
 }
 

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use weft_encap::ethernet::{self, Frame};
 use weft_encap::icmp::{self, ErrorKind};
 use weft_encap::ipv4::Packet;
-use weft_encap::{flow, udp, vxlan, DropReason, HEADROOM};
+use weft_encap::{flow, gro, udp, vxlan, DropReason, HEADROOM};
 use weft_routes::ForwardingTable;
 
 /// Packets per batch in each direction.
@@ -39,12 +39,9 @@ const OFFLOAD_SLOTS: usize = 256;
 const RX_OFFSET: usize = 0;
 /// Receive buffers with offloads hold a UDP GRO run: up to 64 KiB.
 const RX_CAP: usize = 65536;
-/// Write buffers: each holds one inner packet after room for the
-/// `virtio_net_hdr`, and may grow into a coalesced 64 KiB super-packet.
-const W_OFFSET: usize = 16;
-const W_CAP: usize = W_OFFSET + 65536 + 256;
-/// Inner packets written per device batch with offloads.
-const W_SLOTS: usize = 128;
+/// Inner packets tracked per receive batch with offloads (a batch of GRO
+/// runs); more are written out in several rounds.
+const INNER_SLOTS: usize = 1024;
 
 const DEVICE: Token = Token(0);
 const SOCKET: Token = Token(1);
@@ -126,11 +123,12 @@ struct State {
     vnet_in: Vec<u8>,
     /// With offloads: the size of each packet split into `txbufs`.
     sizes: Vec<usize>,
-    /// With offloads: receive buffers for UDP GRO runs, write buffers that
-    /// can grow into super-packets, and the coalescing state.
+    /// With offloads: receive buffers for UDP GRO runs, where each inner
+    /// packet sits after decapsulation (buffer, start, end), and the
+    /// scratch for a merged packet's headers.
     rx_vecs: Vec<Vec<u8>>,
-    wbufs: Vec<Vec<u8>>,
-    gro: tun_rs::GROTable,
+    inner: Vec<(u32, u32, u32)>,
+    gro_hdr: [u8; gro::SUPER_HEADER_MAX],
     out: Vec<OutMsg>,
     /// Socket index of each entry of `out` (VXLAN only).
     out_sock: Vec<u8>,
@@ -178,14 +176,8 @@ impl Worker {
             rx_vecs: (0..if offload { BATCH } else { 0 })
                 .map(|_| vec![0; RX_CAP])
                 .collect(),
-            wbufs: (0..if offload { W_SLOTS } else { 0 })
-                .map(|_| {
-                    let mut v = Vec::with_capacity(W_CAP);
-                    v.resize(W_OFFSET, 0);
-                    v
-                })
-                .collect(),
-            gro: tun_rs::GROTable::default(),
+            inner: Vec::with_capacity(if offload { INNER_SLOTS } else { 0 }),
+            gro_hdr: [0; gro::SUPER_HEADER_MAX],
             out: Vec::with_capacity(OFFLOAD_SLOTS),
             out_sock: Vec::with_capacity(OFFLOAD_SLOTS),
             grouped: Vec::with_capacity(OFFLOAD_SLOTS),
@@ -319,9 +311,9 @@ impl Worker {
 
     /// `peers_to_device` with offloads. The socket runs UDP GRO, so one
     /// received buffer can hold a run of datagrams from one peer. Each is
-    /// decapsulated in place and its inner packet copied into a write
-    /// buffer; the write buffers go to the device with runs of one TCP flow
-    /// coalesced into super-packets (one write for up to 64 KiB).
+    /// decapsulated in place; then runs of one TCP flow are written to the
+    /// device as one super-packet (`gro`), their payloads gathered from
+    /// where they were received: no copy in userspace.
     fn peers_to_device_offload(&self, st: &mut State) -> bool {
         let n = match st
             .receiver
@@ -339,7 +331,7 @@ impl Worker {
             }
         };
         let max_datagram = self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN;
-        let mut m = 0;
+        st.inner.clear();
         for i in 0..n {
             let meta = st.receiver.meta[i];
             if meta.truncated {
@@ -363,20 +355,16 @@ impl Worker {
                 let Some(inner) = self.decapsulate_offload(st, i, at..at + len, meta.src) else {
                     continue;
                 };
-                if m == st.wbufs.len() {
-                    self.write_coalesced(st, m);
-                    m = 0;
+                if st.inner.len() == INNER_SLOTS {
+                    self.write_runs(st);
+                    st.inner.clear();
                 }
-                let (rx, w) = (&st.rx_vecs[i], &mut st.wbufs[m]);
-                let ilen = inner.len();
-                // Within capacity: no reallocation, only the length moves.
-                w.truncate(W_OFFSET);
-                w.extend_from_slice(&rx[at + inner.start..at + inner.end]);
-                st.batch.rx(ilen);
-                m += 1;
+                st.batch.rx(inner.len());
+                st.inner
+                    .push((i as u32, (at + inner.start) as u32, (at + inner.end) as u32));
             }
         }
-        self.write_coalesced(st, m);
+        self.write_runs(st);
         n == BATCH
     }
 
@@ -418,16 +406,77 @@ impl Worker {
         }
     }
 
-    /// Writes `wbufs[..m]` to the device, coalescing what it can.
-    fn write_coalesced(&self, st: &mut State, m: usize) {
-        if m == 0 {
-            return;
-        }
-        if let Err(e) = self
-            .queue
-            .send_multiple(&mut st.gro, &mut st.wbufs[..m], W_OFFSET)
-        {
-            self.device_error(st, "write", &e);
+    /// Writes the inner packets in `st.inner` to the device, each run of
+    /// mergeable TCP segments as one super-packet.
+    fn write_runs(&self, st: &mut State) {
+        let State {
+            rx_vecs,
+            inner,
+            gro_hdr,
+            batch,
+            device_log,
+            ..
+        } = st;
+        let pkt = |k: usize| {
+            let (b, s, e) = inner[k];
+            &rx_vecs[b as usize][s as usize..e as usize]
+        };
+        let mut k = 0;
+        // The next packet's Segment, when the previous run already parsed it.
+        let mut next_seg: Option<Option<gro::Segment>> = None;
+        const EMPTY_VNET_HDR: [u8; gro::VNET_HDR_LEN] = [0; gro::VNET_HDR_LEN];
+        while k < inner.len() {
+            let mut iov = [io::IoSlice::new(&[]); 2 + gro::MAX_SEGMENTS];
+            let first = pkt(k);
+            let seg = next_seg.take().unwrap_or_else(|| gro::segment(first));
+            let mut end = k + 1;
+            let parts = match seg {
+                Some(s) => {
+                    let mut run = gro::Run::new(s);
+                    let mut last = first;
+                    while end < inner.len() {
+                        let p = pkt(end);
+                        let sp = gro::segment(p);
+                        match sp {
+                            Some(sn) if run.push(last, sn, p) => {
+                                last = p;
+                                end += 1;
+                            }
+                            _ => {
+                                next_seg = Some(sp);
+                                break;
+                            }
+                        }
+                    }
+                    let h = run.super_header(first, gro_hdr);
+                    iov[0] = io::IoSlice::new(&gro_hdr[..h]);
+                    if run.count() == 1 {
+                        iov[1] = io::IoSlice::new(first);
+                        2
+                    } else {
+                        let hl = s.header_len();
+                        for (j, m) in (k..end).enumerate() {
+                            iov[1 + j] = io::IoSlice::new(&pkt(m)[hl..]);
+                        }
+                        1 + (end - k)
+                    }
+                }
+                None => {
+                    iov[0] = io::IoSlice::new(&EMPTY_VNET_HDR);
+                    iov[1] = io::IoSlice::new(first);
+                    2
+                }
+            };
+            if let Err(e) = self.queue.writev(&iov[..parts]) {
+                batch.drop(DropReason::DeviceError);
+                if let Some(suppressed) = device_log.allow() {
+                    tracing::warn!(worker = self.id, suppressed, error = %e, "device write failed");
+                }
+                if matches!(e.raw_os_error(), Some(libc::EIO | libc::EBADFD)) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            k = end;
         }
     }
 

@@ -235,12 +235,30 @@ mod tests {
         for (i, b) in t[32..].iter_mut().enumerate() {
             *b = (seq as usize + i) as u8;
         }
+        fix_tcp_checksum(&mut p);
+        p
+    }
+
+    fn fix_tcp_checksum(p: &mut [u8]) {
+        p[36..38].fill(0);
         let mut pseudo = [0u8; 12];
         pseudo[..8].copy_from_slice(&p[12..20]);
         pseudo[9] = 6;
-        pseudo[10..].copy_from_slice(&((total - 20) as u16).to_be_bytes());
+        pseudo[10..].copy_from_slice(&((p.len() - 20) as u16).to_be_bytes());
         let c = !checksum::fold(checksum::sum(&p[20..], checksum::sum(&pseudo, 0)));
         p[36..38].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// `seg` with one byte changed (the checksum fixed up again).
+    fn changed(seq: u32, at: usize, v: u8) -> Vec<u8> {
+        let mut p = seg(seq, 1400, TCP_ACK);
+        p[at] = v;
+        if at < 20 {
+            p[10..12].fill(0);
+            let c = checksum::checksum(&p[..20]);
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+        fix_tcp_checksum(&mut p);
         p
     }
 
@@ -282,18 +300,21 @@ mod tests {
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("gap in sequence", seg(2401, 1400, TCP_ACK)),
             ("longer than the first", seg(2400, 1401, TCP_ACK)),
-            ("other ACK", {
-                let mut p = seg(2400, 1400, TCP_ACK);
-                p[28] = 1;
-                p
-            }),
+            ("other ACK", changed(2400, 28, 1)),
+            ("other window", changed(2400, 34, 9)),
+            ("other source port", changed(2400, 20, 9)),
+            ("other destination", changed(2400, 19, 9)),
+            ("other TTL", changed(2400, 8, 9)),
+            ("other TOS", changed(2400, 1, 4)),
+            ("other timestamp option", changed(2400, 47, 4)),
         ];
         for (why, p) in &cases {
-            match segment(p) {
-                Some(s) => assert!(!Run::new(sa).push(&a, s, p), "{why}"),
-                None => {} // refused earlier (e.g. the checksum no longer fits)
-            }
+            let s = segment(p).unwrap_or_else(|| panic!("{why}: not a segment"));
+            assert!(!Run::new(sa).push(&a, s, p), "{why}");
         }
+        // The control: the unchanged next segment does join.
+        let b = seg(2400, 1400, TCP_ACK);
+        assert!(Run::new(sa).push(&a, segment(&b).unwrap(), &b));
         // After a shorter segment nothing may follow.
         let b = seg(2400, 700, TCP_ACK);
         let c = seg(3100, 700, TCP_ACK);

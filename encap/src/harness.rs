@@ -5,7 +5,7 @@
 
 use crate::ipv4::Packet;
 use crate::vxlan::{Endpoint, Vni, HEADER_LEN};
-use crate::{udp, MacAddr, HEADROOM};
+use crate::{checksum, gro, udp, MacAddr, HEADROOM};
 
 /// The endpoint the VXLAN harness decapsulates for: VNI 1 and the VtepMAC
 /// of node B in `vectors`, so the captured kernel datagrams are accepted.
@@ -46,6 +46,59 @@ pub fn udp_decap(data: &[u8]) {
     assert_eq!(after.ttl() + 1, before.ttl());
 }
 
+/// The coalescer never panics, and what it merges is right: the input is
+/// a sequence of packets, each behind a 2-byte big-endian length. Runs are
+/// built as the worker builds them; for each merged run the header plus
+/// the payloads form one IPv4 packet with the summed length and a valid
+/// header checksum, whose TCP checksum, completed as the kernel completes
+/// CHECKSUM_PARTIAL, is valid, and whose payload is the inputs' payloads
+/// in order.
+pub fn tcp_gro(data: &[u8]) {
+    let mut pkts = Vec::new();
+    let mut rest = data;
+    while rest.len() >= 2 {
+        let n = usize::from(u16::from_be_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+        pkts.push(&rest[2..2 + n]);
+        rest = &rest[2 + n..];
+    }
+    let mut k = 0;
+    while k < pkts.len() {
+        let Some(first) = gro::segment(pkts[k]) else {
+            k += 1;
+            continue;
+        };
+        let mut run = gro::Run::new(first);
+        let mut end = k + 1;
+        while end < pkts.len() {
+            match gro::segment(pkts[end]) {
+                Some(s) if run.push(pkts[end - 1], s, pkts[end]) => end += 1,
+                _ => break,
+            }
+        }
+        let mut hdr = [0u8; gro::SUPER_HEADER_MAX];
+        let h = run.super_header(pkts[k], &mut hdr);
+        if run.count() > 1 {
+            let hl = first.header_len();
+            let mut merged = hdr[gro::VNET_HDR_LEN..h].to_vec();
+            for p in &pkts[k..end] {
+                merged.extend_from_slice(&p[hl..]);
+            }
+            assert!(merged.len() <= gro::MAX_MERGED);
+            assert_eq!(
+                usize::from(u16::from_be_bytes([merged[2], merged[3]])),
+                merged.len()
+            );
+            assert_eq!(checksum::checksum(&merged[..20]), 0);
+            let c = checksum::checksum(&merged[20..]);
+            merged[36..38].copy_from_slice(&c.to_be_bytes());
+            assert!(gro::segment(&merged).is_some(), "merged packet invalid");
+        } else {
+            assert_eq!(h, gro::VNET_HDR_LEN);
+        }
+        k = end;
+    }
+}
+
 /// Runs `f` over every file in `fuzz/seeds/<target>` and
 /// `fuzz/regressions/<target>` under `fuzz_dir`; returns how many. Unit
 /// tests call this so the committed inputs are replayed by `cargo test`.
@@ -78,6 +131,11 @@ mod tests {
     #[test]
     fn vxlan_corpus() {
         replay("vxlan_decap", super::vxlan_decap);
+    }
+
+    #[test]
+    fn gro_corpus() {
+        replay("tcp_gro", super::tcp_gro);
     }
 
     #[test]

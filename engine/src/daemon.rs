@@ -429,7 +429,12 @@ async fn start_data_plane(
         let socket = udp_io::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, plan.port), true)
             .with_context(|| format!("cannot bind UDP port {}", plan.port))?;
         let tx_sockets = if plan.vtep.is_some() {
-            (0..VXLAN_TX_SOCKETS)
+            let n = if crate::tuning::get().flow_ports {
+                VXLAN_TX_SOCKETS
+            } else {
+                1
+            };
+            (0..n)
                 .map(|_| bind_tx(public_ip))
                 .collect::<std::io::Result<Vec<_>>>()
                 .context("cannot open VXLAN send sockets")?

@@ -13,5 +13,6 @@ pub mod device;
 pub mod metrics;
 pub mod netlink;
 pub mod testbed;
+pub mod tuning;
 pub mod udp_io;
 pub mod worker;

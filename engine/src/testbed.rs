@@ -353,6 +353,8 @@ pub struct Cluster {
     pub etcd: Option<Child>,
     /// PEM files when etcd serves TLS with client certificates.
     pub etcd_tls: Option<EtcdTls>,
+    /// Environment variables every weft started here gets.
+    pub env: Vec<(String, String)>,
 }
 
 /// A throwaway CA and the certificates a TLS etcd test uses.
@@ -401,6 +403,7 @@ impl Cluster {
             net_conf: net_conf.to_string(),
             etcd: None,
             etcd_tls: None,
+            env: Vec::new(),
         };
         for _ in 0..n {
             c.add_node(tag)?;
@@ -711,6 +714,7 @@ impl Cluster {
             .arg(&node.subnet_file)
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

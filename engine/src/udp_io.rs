@@ -27,7 +27,9 @@ pub fn bind(addr: SocketAddrV4, reuse_port: bool) -> io::Result<UdpSocket> {
     if reuse_port {
         s.set_reuse_port(true)?;
     }
-    set_buffers(&s);
+    if crate::tuning::get().socket_buffers {
+        set_buffers(&s);
+    }
     s.set_write_timeout(Some(SEND_TIMEOUT))?;
     s.bind(&SocketAddr::V4(addr).into())?;
     Ok(s.into())
@@ -166,6 +168,12 @@ impl Receiver {
         }
     }
 
+    /// The most datagrams one `recv` returns: a full batch means more may
+    /// be waiting.
+    pub fn capacity(&self) -> usize {
+        self.msgs.len()
+    }
+
     /// Receives up to `bufs.count()` datagrams without blocking, each into
     /// its slot from `offset` on. Returns how many; `meta` describes them.
     pub fn recv(
@@ -269,6 +277,8 @@ impl SendOutcome {
 /// Reusable `sendmmsg` state.
 pub struct Sender {
     msgs: Mmsg,
+    /// Datagrams (or GSO runs) per `sendmmsg` call.
+    per_call: usize,
     /// Send runs of equal-size datagrams to one destination as one UDP GSO
     /// message; cleared for good when the kernel refuses it.
     gso: bool,
@@ -282,6 +292,7 @@ impl Sender {
     pub fn new(n: usize, gso: bool) -> Sender {
         Sender {
             msgs: Mmsg::new(n),
+            per_call: if crate::tuning::get().mmsg { n } else { 1 },
             gso,
             cmsgs: vec![[0; 4]; n],
             runs: Vec::with_capacity(n),
@@ -375,7 +386,7 @@ impl Sender {
                 libc::sendmmsg(
                     sock.as_raw_fd(),
                     self.msgs.hdrs[k..].as_mut_ptr(),
-                    (runs - k) as libc::c_uint,
+                    (runs - k).min(self.per_call) as libc::c_uint,
                     0,
                 )
             };
@@ -438,7 +449,7 @@ impl Sender {
                 libc::sendmmsg(
                     sock.as_raw_fd(),
                     self.msgs.hdrs[i..].as_mut_ptr(),
-                    (n - i) as libc::c_uint,
+                    (n - i).min(self.per_call) as libc::c_uint,
                     0,
                 )
             };

@@ -155,7 +155,8 @@ impl Worker {
         // header; larger datagrams are detected with MSG_TRUNC and dropped.
         let payload = self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN;
         let offload = self.queue.offload();
-        if offload && !crate::udp_io::enable_gro(&self.socket) {
+        let tuning = crate::tuning::get();
+        if offload && tuning.gro && !crate::udp_io::enable_gro(&self.socket) {
             tracing::info!(
                 worker = self.id,
                 "the kernel has no UDP GRO; receiving datagrams one by one"
@@ -181,8 +182,8 @@ impl Worker {
             out: Vec::with_capacity(OFFLOAD_SLOTS),
             out_sock: Vec::with_capacity(OFFLOAD_SLOTS),
             grouped: Vec::with_capacity(OFFLOAD_SLOTS),
-            receiver: Receiver::new(BATCH),
-            sender: Sender::new(OFFLOAD_SLOTS, offload),
+            receiver: Receiver::new(if tuning.mmsg { BATCH } else { 1 }),
+            sender: Sender::new(OFFLOAD_SLOTS, offload && tuning.gso),
             scratch: [0; icmp::MAX_ERROR_LEN],
             batch: BatchStats::default(),
             send_log: RateLimited::new(),
@@ -365,7 +366,7 @@ impl Worker {
             }
         }
         self.write_runs(st);
-        n == BATCH
+        n == st.receiver.capacity()
     }
 
     /// Decapsulates the datagram at `rx_vecs[i][range]` in place; returns
@@ -663,7 +664,7 @@ impl Worker {
                 Err(e) => self.device_error(st, "write", &e),
             }
         }
-        n == BATCH
+        n == st.receiver.capacity()
     }
 
     /// Writes an ICMP error about the packet in `txbufs[slot][pkt]` back

@@ -32,6 +32,8 @@ enum Setup {
         device: &'static str,
         offload: bool,
         threads: usize,
+        /// `WEFT_DISABLE`: techniques turned off for this configuration.
+        disable: &'static str,
     },
 }
 
@@ -56,6 +58,7 @@ const CONFIGS: &[Config] = &[
             device: "tun",
             offload: true,
             threads: 1,
+            disable: "",
         },
     },
     Config {
@@ -65,6 +68,7 @@ const CONFIGS: &[Config] = &[
             device: "tun",
             offload: false,
             threads: 1,
+            disable: "",
         },
     },
     Config {
@@ -74,6 +78,7 @@ const CONFIGS: &[Config] = &[
             device: "tap",
             offload: true,
             threads: 1,
+            disable: "",
         },
     },
     Config {
@@ -83,6 +88,7 @@ const CONFIGS: &[Config] = &[
             device: "tun",
             offload: true,
             threads: 1,
+            disable: "",
         },
     },
     Config {
@@ -92,6 +98,57 @@ const CONFIGS: &[Config] = &[
             device: "tun",
             offload: false,
             threads: 1,
+            disable: "",
+        },
+    },
+    Config {
+        name: "weft vxlan/tun −gso",
+        setup: Setup::Weft {
+            backend: "vxlan",
+            device: "tun",
+            offload: true,
+            threads: 1,
+            disable: "gso",
+        },
+    },
+    Config {
+        name: "weft vxlan/tun −gro",
+        setup: Setup::Weft {
+            backend: "vxlan",
+            device: "tun",
+            offload: true,
+            threads: 1,
+            disable: "gro",
+        },
+    },
+    Config {
+        name: "weft vxlan/tun −mmsg",
+        setup: Setup::Weft {
+            backend: "vxlan",
+            device: "tun",
+            offload: true,
+            threads: 1,
+            disable: "mmsg",
+        },
+    },
+    Config {
+        name: "weft vxlan/tun −flowports",
+        setup: Setup::Weft {
+            backend: "vxlan",
+            device: "tun",
+            offload: true,
+            threads: 1,
+            disable: "flowports",
+        },
+    },
+    Config {
+        name: "weft vxlan/tun −sockbuf",
+        setup: Setup::Weft {
+            backend: "vxlan",
+            device: "tun",
+            offload: true,
+            threads: 1,
+            disable: "sockbuf",
         },
     },
     Config {
@@ -101,6 +158,7 @@ const CONFIGS: &[Config] = &[
             device: "tun",
             offload: true,
             threads: 4,
+            disable: "",
         },
     },
 ];
@@ -152,8 +210,16 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
+    // Ctrl-C finishes the configuration in progress (so its namespaces are
+    // removed) and stops.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     for round in 0..rounds {
         for (i, c) in configs.iter().enumerate() {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                bail!("interrupted; everything it made has been removed");
+            }
             eprint!("round {}/{rounds}: {:<28} ", round + 1, c.name);
             let s = measure(&weft, c.setup, seconds)
                 .with_context(|| format!("measuring {}", c.name))?;
@@ -264,9 +330,13 @@ fn measure(weft: &Path, setup: Setup, seconds: u64) -> anyhow::Result<Sample> {
             device,
             offload,
             threads,
+            disable,
             ..
         } => {
             let threads = threads.to_string();
+            if !disable.is_empty() {
+                c.env.push(("WEFT_DISABLE".into(), disable.into()));
+            }
             for i in 0..2 {
                 c.start(
                     i,
@@ -537,7 +607,8 @@ fn chart(path: &Path, configs: &[&Config], means: &[Sample]) -> anyhow::Result<(
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font)
         .map_err(|_| anyhow::anyhow!("bad font"))?;
-    let root = BitMapBackend::new(path, (1100, 560)).into_drawing_area();
+    let width = (110 * configs.len() as u32 + 200).max(800);
+    let root = BitMapBackend::new(path, (width, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let n = configs.len();
     let top = means.iter().map(|m| m.tcp1.max(m.tcp4)).fold(1.0, f64::max) * 1.15;

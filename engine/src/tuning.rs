@@ -34,7 +34,10 @@ pub fn get() -> Tuning {
             socket_buffers: on("sockbuf"),
         };
         if !off.is_empty() {
-            tracing::warn!(?t, "WEFT_DISABLE is set: some data-path techniques are off (benchmarking only)");
+            tracing::warn!(
+                ?t,
+                "WEFT_DISABLE is set: some data-path techniques are off (benchmarking only)"
+            );
         }
         t
     })

@@ -40,11 +40,17 @@ pub enum DropReason {
     SendError,
     /// The TUN/TAP device refused the packet.
     DeviceError,
+    /// Encapsulated traffic from an address that holds no lease.
+    UnknownSender,
+    /// Inner source outside the sending node's subnet: spoofed.
+    SpoofedSource,
+    /// Inner destination outside our subnet: not ours to deliver.
+    NotForUs,
 }
 
 impl DropReason {
     /// Every reason, in label order, for metric exposition.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::ShortHeader,
         DropReason::FlagsInvalid,
         DropReason::ReservedBits,
@@ -62,6 +68,9 @@ impl DropReason {
         DropReason::UnknownMac,
         DropReason::SendError,
         DropReason::DeviceError,
+        DropReason::UnknownSender,
+        DropReason::SpoofedSource,
+        DropReason::NotForUs,
     ];
 
     /// Number of reasons, for counter arrays.
@@ -92,6 +101,9 @@ impl DropReason {
             DropReason::UnknownMac => "unknown_mac",
             DropReason::SendError => "send_error",
             DropReason::DeviceError => "device_error",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NotForUs => "not_for_us",
         }
     }
 }

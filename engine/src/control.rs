@@ -340,12 +340,19 @@ impl Peers {
             .values()
             .filter(|v| matches!(v, Via::Direct { .. }))
             .count();
+        // Every lease may send to us, also peers we route to directly.
+        let senders: Vec<(Ipv4Addr, Ipv4Net)> = self
+            .wanted
+            .values()
+            .map(|p| (*p.endpoint.ip(), p.subnet))
+            .collect();
         let m = &self.metrics;
         m.peers.store(self.wanted.len() as u64, Relaxed);
         m.peers_direct.store(direct as u64, Relaxed);
         m.peers_unreachable
             .store(self.failing.len() as u64, Relaxed);
-        self.table.store(Arc::new(ForwardingTable::new(peers)));
+        self.table
+            .store(Arc::new(ForwardingTable::with_senders(peers, &senders)));
     }
 
     /// The route `program` installs for `p`, if it installs one per peer.

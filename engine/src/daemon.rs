@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub threads: usize,
     /// TUN offloads and UDP GSO.
     pub offload: bool,
+    /// Accept encapsulated traffic from outer sources that hold no lease
+    /// (peers behind NAT); the inner source must still be a lease's.
+    pub allow_nat_peers: bool,
 }
 
 /// Runs the daemon until a signal; Ok means a clean shutdown.
@@ -175,6 +178,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
                 &conf,
                 &table,
                 opts.offload,
+                opts.allow_nat_peers,
             )
             .await?,
         ),
@@ -401,6 +405,7 @@ async fn start_data_plane(
     conf: &weft_routes::NetConf,
     table: &Arc<ArcSwap<ForwardingTable>>,
     offload: bool,
+    allow_nat_peers: bool,
 ) -> anyhow::Result<DataPlane> {
     let queues = device::create(name, kind, threads, offload)?;
     let (index, _) = nl
@@ -452,6 +457,8 @@ async fn start_data_plane(
             id,
             mode,
             local,
+            subnet,
+            allow_nat_peers,
             gateway: conf.network.network(),
             mtu: plan.mtu as usize,
             queue,

@@ -89,6 +89,12 @@ struct RunArgs {
     /// write (for comparison). TAP devices never use them.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     offload: Switch,
+    /// Accept encapsulated traffic from addresses that hold no lease, for
+    /// peers behind NAT whose packets arrive from another address than
+    /// their PublicIP. The inner source must still lie in some lease's
+    /// subnet and the inner destination in ours.
+    #[arg(long)]
+    allow_nat_peers: bool,
     /// Worker threads, one device queue and socket each.
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
@@ -130,6 +136,7 @@ fn main() -> std::process::ExitCode {
             metrics_addr: a.metrics_addr,
             threads: a.threads,
             offload: a.offload == Switch::On,
+            allow_nat_peers: a.allow_nat_peers,
         }),
         Command::Demo(a) => weft::demo::run(a.seconds),
     };

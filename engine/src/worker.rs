@@ -70,6 +70,11 @@ pub struct Worker {
     /// first address, which no node holds. An error from a local address
     /// (as flannel's proxy sends it) is dropped by the kernel as a martian.
     pub gateway: Ipv4Addr,
+    /// Our subnet: inner destinations of received packets must lie in it.
+    pub subnet: ipnet::Ipv4Net,
+    /// Accept encapsulated traffic from any outer source whose inner
+    /// source lies in some lease's subnet (peers behind NAT).
+    pub allow_nat_peers: bool,
     /// Device MTU; larger received packets are dropped as oversize.
     pub mtu: usize,
     /// Our device queue.
@@ -332,6 +337,7 @@ impl Worker {
             }
         };
         let max_datagram = self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN;
+        let table = self.table.load();
         st.inner.clear();
         for i in 0..n {
             let meta = st.receiver.meta[i];
@@ -353,7 +359,8 @@ impl Worker {
                     st.batch.drop(DropReason::Oversize);
                     continue;
                 }
-                let Some(inner) = self.decapsulate_offload(st, i, at..at + len, meta.src) else {
+                let Some(inner) = self.decapsulate_offload(st, &table, i, at..at + len, meta.src)
+                else {
                     continue;
                 };
                 if st.inner.len() == INNER_SLOTS {
@@ -374,6 +381,7 @@ impl Worker {
     fn decapsulate_offload(
         &self,
         st: &mut State,
+        table: &ForwardingTable,
         i: usize,
         range: std::ops::Range<usize>,
         src: SocketAddrV4,
@@ -391,13 +399,24 @@ impl Worker {
             // TAP devices never run with offloads.
             Mode::VxlanTap(_) => Err(DropReason::InnerTruncated),
         };
+        let r = r.and_then(|inner| {
+            let ip = range.start + inner.start..range.start + inner.end;
+            self.authorize(table, *src.ip(), &st.rx_vecs[i][ip])
+                .map(|()| inner)
+        });
         match r {
             Ok(inner) => Some(inner),
             Err(DropReason::TtlExpired) => {
+                // Answer only senders we accept: never reflect.
                 let v = std::mem::take(&mut st.rx_vecs[i]);
-                self.icmp_to_peer_from(st, &v[range], src);
+                match self.authorize(table, *src.ip(), &v[range.clone()]) {
+                    Ok(()) => {
+                        self.icmp_to_peer_from(st, &v[range], src);
+                        st.batch.drop(DropReason::TtlExpired);
+                    }
+                    Err(r) => st.batch.drop(r),
+                }
                 st.rx_vecs[i] = v;
-                st.batch.drop(DropReason::TtlExpired);
                 None
             }
             Err(r) => {
@@ -405,6 +424,40 @@ impl Worker {
                 None
             }
         }
+    }
+
+    /// Source authentication, before anything reaches the device: the outer
+    /// source must hold a lease (unless `allow_nat_peers`), the inner
+    /// source must lie in that node's subnet (with `allow_nat_peers`: in
+    /// some node's), and the inner destination in ours. `ip` is the inner
+    /// packet; for non-IPv4 packets only the first check applies.
+    #[inline]
+    fn authorize(
+        &self,
+        table: &ForwardingTable,
+        from: Ipv4Addr,
+        ip: &[u8],
+    ) -> Result<(), DropReason> {
+        let sender = table.sender(from);
+        if sender.is_none() && !self.allow_nat_peers {
+            return Err(DropReason::UnknownSender);
+        }
+        if ip.len() < 20 || ip[0] >> 4 != 4 {
+            return Ok(());
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let src_ok = match sender {
+            Some(net) => net.contains(&src),
+            None => table.is_sender_subnet(src),
+        };
+        if !src_ok {
+            return Err(DropReason::SpoofedSource);
+        }
+        if !self.subnet.contains(&dst) {
+            return Err(DropReason::NotForUs);
+        }
+        Ok(())
     }
 
     /// Writes the inner packets in `st.inner` to the device, each run of
@@ -616,6 +669,7 @@ impl Worker {
                 return true;
             }
         };
+        let table = self.table.load();
         for i in 0..n {
             let meta = st.receiver.meta[i];
             if meta.truncated {
@@ -624,17 +678,24 @@ impl Worker {
             }
             let slot = st.rxbufs.slot_mut(i);
             let datagram = &mut slot[..meta.len];
-            let inner = match self.mode {
+            let (inner, ip) = match self.mode {
                 Mode::Udp => {
                     if meta.len > self.mtu {
                         st.batch.drop(DropReason::Oversize);
                         continue;
                     }
                     match udp::decapsulate(datagram) {
-                        Ok(len) => 0..len,
+                        Ok(len) => (0..len, 0..len),
                         Err(DropReason::TtlExpired) => {
-                            self.icmp_to_peer(st, i, meta.len, meta.src);
-                            st.batch.drop(DropReason::TtlExpired);
+                            // Answer only senders we accept: never reflect.
+                            let r = self.authorize(&table, *meta.src.ip(), datagram);
+                            match r {
+                                Ok(()) => {
+                                    self.icmp_to_peer(st, i, meta.len, meta.src);
+                                    st.batch.drop(DropReason::TtlExpired);
+                                }
+                                Err(r) => st.batch.drop(r),
+                            }
                             continue;
                         }
                         Err(r) => {
@@ -644,20 +705,24 @@ impl Worker {
                     }
                 }
                 Mode::VxlanTun(ep) => match ep.decapsulate(datagram) {
-                    Ok(inner) => inner.ip,
+                    Ok(inner) => (inner.ip.clone(), inner.ip),
                     Err(r) => {
                         st.batch.drop(r);
                         continue;
                     }
                 },
                 Mode::VxlanTap(ep) => match ep.decapsulate(datagram) {
-                    Ok(inner) => inner.frame,
+                    Ok(inner) => (inner.frame, inner.ip),
                     Err(r) => {
                         st.batch.drop(r);
                         continue;
                     }
                 },
             };
+            if let Err(r) = self.authorize(&table, *meta.src.ip(), &st.rxbufs.slot(i)[ip]) {
+                st.batch.drop(r);
+                continue;
+            }
             let len = inner.len();
             match self.queue.send(&st.rxbufs.slot(i)[inner]) {
                 Ok(_) => st.batch.rx(len),

@@ -1,7 +1,9 @@
 //! Crafted datagrams sent to a running weft: every malformed case of
 //! hardening.md's first table is dropped, counted under its own reason, and
-//! never reaches the device. (Source authentication is the hardening
-//! issue's.)
+//! never reaches the device. The captured vectors' inner addresses are
+//! 10.244.1.0 -> 10.244.2.0, so the leases are pinned to match: node 0
+//! (weft) holds 10.244.2.0/24, node 1 (the sender) 10.244.1.0/24, and the
+//! datagrams pass source authentication unless a case says otherwise.
 
 mod common;
 use common::*;
@@ -23,6 +25,31 @@ fn send_all(c: &Cluster, to: SocketAddr, datagrams: Vec<Vec<u8>>) {
         .unwrap();
 }
 
+/// Pins node 0 (weft) to 10.244.2.0/24 and node 1 (the sender of the
+/// crafted datagrams, running no weft) to 10.244.1.0/24.
+fn pin_leases(c: &Cluster, vxlan: bool) {
+    let attrs = |ip: &str, mac: &str| {
+        if vxlan {
+            format!(
+                r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+            )
+        } else {
+            format!(r#"{{"PublicIP":"{ip}","PublicIPv6":null}}"#)
+        }
+    };
+    let dir = c.registry.join("subnets");
+    std::fs::write(
+        dir.join("10.244.2.0-24"),
+        attrs("192.168.100.1", "0e:11:22:33:44:55"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("10.244.1.0-24"),
+        attrs("192.168.100.2", "c6:d2:32:6f:8f:44"),
+    )
+    .unwrap();
+}
+
 fn wait_metric(c: &Cluster, name: &str, want: u64) -> bool {
     Cluster::wait_for(Duration::from_secs(3), || {
         metric(&metrics(&c.nodes[0].ns, 9153), name) == Some(want)
@@ -32,6 +59,7 @@ fn wait_metric(c: &Cluster, name: &str, want: u64) -> bool {
 #[test]
 fn vxlan_drops_each_malformed_case_by_reason() {
     let mut c = Cluster::new("mv", 2, &net_conf("vxlan")).unwrap();
+    pin_leases(&c, true);
     c.start(
         0,
         weft(),
@@ -111,6 +139,7 @@ fn vxlan_drops_each_malformed_case_by_reason() {
 #[test]
 fn udp_backend_drops_malformed_and_answers_expired_ttl() {
     let mut c = Cluster::new("mu", 2, &net_conf("udp")).unwrap();
+    pin_leases(&c, false);
     c.start(0, weft(), &["--metrics-addr", "127.0.0.1:9153"])
         .unwrap();
     let good = KERNEL_REQUEST[22..].to_vec();

@@ -27,11 +27,27 @@ pub struct ForwardingTable {
     /// cluster has one SubnetLen, so this is usually a single hash probe.
     by_prefix: Vec<(u32, FxHashMap<u32, u32>)>,
     by_mac: FxHashMap<MacAddr, u32>,
+    /// Every node whose encapsulated traffic we accept: PublicIP to its
+    /// subnet. This is every lease, also peers we route to directly (they
+    /// may still send to us over the tunnel).
+    senders: FxHashMap<u32, Ipv4Net>,
+    /// The senders' subnets, for `is_sender_subnet`: one map per prefix
+    /// length, longest first.
+    sender_nets: Vec<(u32, FxHashMap<u32, ()>)>,
 }
 
 impl ForwardingTable {
-    /// Indexes `peers`. Later entries with the same subnet or MAC win.
+    /// Indexes `peers`, who are also the only senders accepted. Later
+    /// entries with the same subnet or MAC win.
     pub fn new(peers: Vec<Peer>) -> ForwardingTable {
+        let senders: Vec<(Ipv4Addr, Ipv4Net)> =
+            peers.iter().map(|p| (*p.endpoint.ip(), p.subnet)).collect();
+        ForwardingTable::with_senders(peers, &senders)
+    }
+
+    /// Indexes `peers` to forward to, and `senders` (PublicIP, subnet) to
+    /// accept encapsulated traffic from.
+    pub fn with_senders(peers: Vec<Peer>, senders: &[(Ipv4Addr, Ipv4Net)]) -> ForwardingTable {
         let mut by_len: FxHashMap<u8, FxHashMap<u32, u32>> = FxHashMap::default();
         let mut by_mac = FxHashMap::default();
         for (i, p) in peers.iter().enumerate() {
@@ -50,11 +66,39 @@ impl ForwardingTable {
             .into_iter()
             .map(|(len, m)| (prefix_mask(len), m))
             .collect();
+        let mut nets: FxHashMap<u8, FxHashMap<u32, ()>> = FxHashMap::default();
+        for (_, n) in senders {
+            nets.entry(n.prefix_len())
+                .or_default()
+                .insert(u32::from(n.network()), ());
+        }
+        let mut sender_nets: Vec<(u8, FxHashMap<u32, ()>)> = nets.into_iter().collect();
+        sender_nets.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         ForwardingTable {
             peers,
             by_prefix,
             by_mac,
+            senders: senders.iter().map(|(ip, n)| (u32::from(*ip), *n)).collect(),
+            sender_nets: sender_nets
+                .into_iter()
+                .map(|(len, m)| (prefix_mask(len), m))
+                .collect(),
         }
+    }
+
+    /// The subnet of the node whose PublicIP is `ip`, if it holds a lease.
+    #[inline]
+    pub fn sender(&self, ip: Ipv4Addr) -> Option<Ipv4Net> {
+        self.senders.get(&u32::from(ip)).copied()
+    }
+
+    /// True if `ip` lies in some lease holder's subnet.
+    #[inline]
+    pub fn is_sender_subnet(&self, ip: Ipv4Addr) -> bool {
+        let a = u32::from(ip);
+        self.sender_nets
+            .iter()
+            .any(|(mask, m)| m.contains_key(&(a & mask)))
     }
 
     /// The peer whose subnet is the longest match for `dst`.
@@ -114,6 +158,29 @@ mod tests {
         assert_eq!(hit([10, 244, 2, 5]), Some(2));
         assert_eq!(hit([10, 244, 9, 5]), Some(1));
         assert_eq!(hit([10, 245, 0, 1]), None);
+    }
+
+    #[test]
+    fn senders_include_peers_not_routed_through_the_tunnel() {
+        let direct: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let t = ForwardingTable::with_senders(
+            vec![peer("10.244.2.0/24", [192, 0, 2, 2], 2)],
+            &[
+                ([192, 0, 2, 2].into(), "10.244.2.0/24".parse().unwrap()),
+                ([192, 0, 2, 3].into(), direct),
+            ],
+        );
+        assert_eq!(t.sender([192, 0, 2, 3].into()), Some(direct));
+        assert_eq!(t.sender([192, 0, 2, 9].into()), None);
+        assert!(
+            t.lookup([10, 244, 3, 1].into()).is_none(),
+            "not forwarded to"
+        );
+        assert!(t.is_sender_subnet([10, 244, 3, 1].into()));
+        assert!(t.is_sender_subnet([10, 244, 2, 0].into()));
+        assert!(!t.is_sender_subnet([10, 244, 4, 1].into()));
+        let plain = ForwardingTable::new(vec![peer("10.244.2.0/24", [192, 0, 2, 2], 2)]);
+        assert!(plain.sender([192, 0, 2, 2].into()).is_some());
     }
 
     #[test]

@@ -181,6 +181,7 @@ fn main() -> anyhow::Result<()> {
     let mut rounds = 2usize;
     let mut only: Option<String> = None;
     let mut skip_kernel = false;
+    let mut soak: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -188,8 +189,10 @@ fn main() -> anyhow::Result<()> {
             "--rounds" => rounds = args.next().context("--rounds N")?.parse()?,
             "--only" => only = Some(args.next().context("--only NAME,…")?),
             "--skip-kernel" => skip_kernel = true,
+            "--soak" => soak = Some(args.next().context("--soak SECONDS")?.parse()?),
             "-h" | "--help" => {
-                println!("e2e [--seconds N (5)] [--rounds N (2)] [--only NAME,NAME… (these configurations, plus the kernel's)] [--skip-kernel (for profiling)]");
+                println!("e2e [--seconds N (5)] [--rounds N (2)] [--only NAME,NAME… (these configurations, plus the kernel's)] [--skip-kernel (for profiling)]\n\
+                          e2e --soak SECONDS   (one iperf3 stream through weft vxlan/tun for SECONDS, RSS sampled every second)");
                 return Ok(());
             }
             other => bail!("unknown argument {other}"),
@@ -200,6 +203,9 @@ fn main() -> anyhow::Result<()> {
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let weft = build_weft(&root)?;
+    if let Some(secs) = soak {
+        return soak_test(&weft, secs);
+    }
     let configs: Vec<&Config> = CONFIGS
         .iter()
         .filter(|c| {
@@ -260,6 +266,64 @@ fn main() -> anyhow::Result<()> {
     match chart(&out.join("chart.png"), &configs, &means) {
         Ok(()) => eprintln!("wrote {0}/results.json and {0}/chart.png", out.display()),
         Err(e) => eprintln!("wrote {}/results.json; no chart: {e:#}", out.display()),
+    }
+    Ok(())
+}
+
+/// The soak: weft vxlan/tun between two hosts, one iperf3 stream for
+/// `secs`, both weft processes' RSS sampled every second. Reports the growth
+/// from the first minute's peak to the last minute's peak (target < 5 %).
+fn soak_test(weft: &Path, secs: u64) -> anyhow::Result<()> {
+    let mut c = Cluster::new(
+        "soak",
+        2,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )?;
+    for i in 0..2 {
+        c.start(i, weft, &["--metrics-addr", "127.0.0.1:9153"])?;
+        c.nodes[i].add_pod_bridge()?;
+    }
+    let (src, dst) = (pod_ip(&c, 0)?, pod_ip(&c, 1)?);
+    let pids: Vec<u32> = c
+        .nodes
+        .iter()
+        .filter_map(|n| n.daemon.as_ref().map(|d| d.id()))
+        .collect();
+    let (from, to) = (c.nodes[0].ns.handle(), c.nodes[1].ns.handle());
+    let run = std::thread::spawn(move || iperf(&from, &to, src, dst, secs, &["-P", "1"]));
+    let mut samples: Vec<f64> = Vec::new();
+    for s in 0..secs {
+        std::thread::sleep(Duration::from_secs(1));
+        let rss: f64 = pids.iter().filter_map(|p| rss_mib(*p)).sum();
+        samples.push(rss);
+        if s % 60 == 0 {
+            eprintln!("{s:>5} s: RSS of both weft processes {rss:.1} MiB");
+        }
+    }
+    let r = run
+        .join()
+        .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
+    let gbit = r["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9;
+    let minute = samples.len().min(60);
+    let first = samples[..minute].iter().cloned().fold(0.0, f64::max);
+    let last = samples[samples.len() - minute..]
+        .iter()
+        .cloned()
+        .fold(0.0, f64::max);
+    let growth = (last - first) / first * 100.0;
+    println!(
+        "soak: {secs} s of one TCP stream through weft vxlan/tun at {gbit:.2} Gbit/s (retransmits {})\n\
+         RSS (both processes): first-minute peak {first:.1} MiB, last-minute peak {last:.1} MiB, growth {growth:+.1} % (target < 5 %)",
+        r["end"]["sum_sent"]["retransmits"]
+    );
+    for n in c.nodes.iter_mut() {
+        let status = n.stop()?;
+        if !status.success() {
+            bail!("weft exited with {status}:\n{}", n.log_text());
+        }
     }
     Ok(())
 }

@@ -1095,10 +1095,8 @@ impl WireTap {
     /// Starts counting on the ports of `c`'s hosts; `pods` is the pod
     /// network (net-conf.json's Network).
     pub fn start(c: &Cluster, pods: Ipv4Net) -> io::Result<WireTap> {
-        use std::os::fd::FromRawFd;
         use std::sync::atomic::AtomicBool;
         use std::sync::Arc;
-        let ports: Vec<String> = (0..c.nodes.len()).map(|i| format!("p{i}")).collect();
         let mut router_macs = Vec::new();
         for br in ["br0", "br1"] {
             if let Ok(o) = c.hub.ip(&["-o", "link", "show", br]) {
@@ -1113,29 +1111,7 @@ impl WireTap {
                 }
             }
         }
-        let (fd, indices) = c.hub.enter(move || -> io::Result<_> {
-            let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-            // SAFETY: plain socket(2); the result is checked and owned below.
-            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
-            if raw < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `raw` is a fresh descriptor nobody else owns.
-            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-            let sock = socket2::SockRef::from(&fd);
-            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
-            let _ = sock.set_recv_buffer_size(32 << 20);
-            let mut indices = Vec::new();
-            for p in &ports {
-                let name = std::ffi::CString::new(p.as_str()).map_err(io::Error::other)?;
-                // SAFETY: a valid NUL-terminated name.
-                let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                if i != 0 {
-                    indices.push(i as i32);
-                }
-            }
-            Ok((fd, indices))
-        })??;
+        let (fd, indices) = hub_packet_socket(c)?;
         let fd = Arc::new(fd);
         let counts: Arc<[[(AtomicU64, AtomicU64); 2]; 2]> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -1233,6 +1209,36 @@ impl Drop for WireTap {
     }
 }
 
+/// A packet socket in `c`'s hub (all protocols, 50 ms receive timeout, a
+/// 32 MiB buffer) and the interface indices of the hosts' bridge ports.
+fn hub_packet_socket(c: &Cluster) -> io::Result<(std::os::fd::OwnedFd, Vec<i32>)> {
+    use std::os::fd::FromRawFd;
+    let ports: Vec<String> = (0..c.nodes.len()).map(|i| format!("p{i}")).collect();
+    c.hub.enter(move || -> io::Result<_> {
+        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+        // SAFETY: plain socket(2); the result is checked and owned below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let sock = socket2::SockRef::from(&fd);
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let _ = sock.set_recv_buffer_size(32 << 20);
+        let mut indices = Vec::new();
+        for p in &ports {
+            let name = std::ffi::CString::new(p.as_str()).map_err(io::Error::other)?;
+            // SAFETY: a valid NUL-terminated name.
+            let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if i != 0 {
+                indices.push(i as i32);
+            }
+        }
+        Ok((fd, indices))
+    })?
+}
+
 /// Sorts one Ethernet frame (at least its first 64 bytes) for `WireTap`.
 fn classify(f: &[u8], router_macs: &[[u8; 6]], pods: Ipv4Net) -> Option<(Hop, Carried)> {
     if f.len() < 14 + 20 || f[12..14] != [0x08, 0x00] {
@@ -1269,33 +1275,9 @@ impl UdpCapture {
     /// Starts capturing IPv4 UDP frames to `port` from `c`'s hosts, up to
     /// `max` frames.
     pub fn start(c: &Cluster, port: u16, max: usize) -> io::Result<UdpCapture> {
-        use std::os::fd::FromRawFd;
         use std::sync::atomic::AtomicBool;
         use std::sync::{Arc, Mutex};
-        let ports: Vec<String> = (0..c.nodes.len()).map(|i| format!("p{i}")).collect();
-        let (fd, indices) = c.hub.enter(move || -> io::Result<_> {
-            let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-            // SAFETY: plain socket(2); the result is checked and owned below.
-            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
-            if raw < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `raw` is a fresh descriptor nobody else owns.
-            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-            let sock = socket2::SockRef::from(&fd);
-            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
-            let _ = sock.set_recv_buffer_size(32 << 20);
-            let mut indices = Vec::new();
-            for p in &ports {
-                let name = std::ffi::CString::new(p.as_str()).map_err(io::Error::other)?;
-                // SAFETY: a valid NUL-terminated name.
-                let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                if i != 0 {
-                    indices.push(i as i32);
-                }
-            }
-            Ok((fd, indices))
-        })??;
+        let (fd, indices) = hub_packet_socket(c)?;
         let frames = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {

@@ -9,6 +9,29 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use weft_encap::DropReason;
 
+/// The OS errors counted by name in `weft_os_errors_total`; any other is
+/// counted as "other".
+pub const ERRNOS: [(i32, &str); 9] = [
+    (libc::ECONNREFUSED, "ECONNREFUSED"),
+    (libc::ENOBUFS, "ENOBUFS"),
+    (libc::EAGAIN, "EAGAIN"),
+    (libc::EMSGSIZE, "EMSGSIZE"),
+    (libc::EPERM, "EPERM"),
+    (libc::ENETUNREACH, "ENETUNREACH"),
+    (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+    (libc::EIO, "EIO"),
+    (libc::EBADFD, "EBADFD"),
+];
+/// Counter slots for OS errors: the named ones, then "other".
+pub const ERRNO_SLOTS: usize = ERRNOS.len() + 1;
+
+/// The counter slot of an OS error.
+#[inline]
+pub fn errno_slot(e: Option<i32>) -> usize {
+    e.and_then(|e| ERRNOS.iter().position(|(n, _)| *n == e))
+        .unwrap_or(ERRNOS.len())
+}
+
 /// One worker's counters, on its own cache lines.
 #[repr(align(64))]
 #[derive(Default)]
@@ -23,6 +46,8 @@ pub struct WorkerStats {
     pub tx_bytes: AtomicU64,
     /// Drops by reason.
     pub drops: [AtomicU64; DropReason::COUNT],
+    /// OS errors from socket and device calls, by `errno_slot`.
+    pub os_errors: [AtomicU64; ERRNO_SLOTS],
 }
 
 /// A worker's counts for the batch in progress; published by `flush`.
@@ -38,6 +63,8 @@ pub struct BatchStats {
     pub tx_bytes: u64,
     /// See `WorkerStats`.
     pub drops: [u64; DropReason::COUNT],
+    /// See `WorkerStats`.
+    pub os_errors: [u64; ERRNO_SLOTS],
     dirty: bool,
 }
 
@@ -46,6 +73,22 @@ impl BatchStats {
     #[inline]
     pub fn drop(&mut self, r: DropReason) {
         self.drops[r.index()] += 1;
+        self.dirty = true;
+    }
+
+    /// Counts `n` failures with OS error `e`.
+    #[inline]
+    pub fn os_error(&mut self, e: Option<i32>, n: u64) {
+        self.os_errors[errno_slot(e)] += n;
+        self.dirty = true;
+    }
+
+    /// Counts failures already sorted by `errno_slot`.
+    #[inline]
+    pub fn os_errors(&mut self, by_slot: &[u64; ERRNO_SLOTS]) {
+        for (c, n) in self.os_errors.iter_mut().zip(by_slot) {
+            *c += n;
+        }
         self.dirty = true;
     }
 
@@ -82,6 +125,9 @@ impl BatchStats {
         add(&to.tx_packets, self.tx_packets);
         add(&to.tx_bytes, self.tx_bytes);
         for (c, n) in to.drops.iter().zip(self.drops) {
+            add(c, n);
+        }
+        for (c, n) in to.os_errors.iter().zip(self.os_errors) {
             add(c, n);
         }
         *self = BatchStats::default();
@@ -159,6 +205,17 @@ impl Metrics {
                 "weft_dropped_packets_total{{reason=\"{}\"}} {}",
                 r.label(),
                 self.dropped(r)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP weft_os_errors_total Failed socket and device calls, by OS error.\n# TYPE weft_os_errors_total counter"
+        );
+        for (i, name) in ERRNOS.iter().map(|(_, n)| *n).chain(["other"]).enumerate() {
+            let _ = writeln!(
+                s,
+                "weft_os_errors_total{{errno=\"{name}\"}} {}",
+                self.sum(|w| &w.os_errors[i])
             );
         }
         let mut gauge = |name: &str, help: &str, v: u64| {
@@ -261,6 +318,8 @@ mod tests {
         b.rx(100);
         b.tx(3, 300);
         b.drop(DropReason::VniMismatch);
+        b.os_error(Some(libc::ECONNREFUSED), 2);
+        b.os_error(Some(12345), 1);
         b.flush(&w);
         b.flush(&w);
         let text = m.render();
@@ -268,5 +327,11 @@ mod tests {
         assert!(text.contains("weft_tx_packets_total 3\n"));
         assert!(text.contains("weft_dropped_packets_total{reason=\"vni_mismatch\"} 1\n"));
         assert!(text.contains("weft_dropped_packets_total{reason=\"no_route\"} 0\n"));
+        assert!(
+            text.contains("weft_os_errors_total{errno=\"ECONNREFUSED\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("weft_os_errors_total{errno=\"other\"} 1\n"));
+        assert!(text.contains("weft_os_errors_total{errno=\"EPERM\"} 0\n"));
     }
 }

@@ -255,6 +255,8 @@ pub struct SendOutcome {
     pub failed: usize,
     /// The last error seen, for the log.
     pub last_error: Option<i32>,
+    /// Failed datagrams by `metrics::errno_slot`.
+    pub errors: [u64; crate::metrics::ERRNO_SLOTS],
 }
 
 /// The most segments one UDP GSO send carries (the kernel's older limit).
@@ -271,6 +273,9 @@ impl SendOutcome {
         self.bytes += o.bytes;
         self.failed += o.failed;
         self.last_error = o.last_error.or(self.last_error);
+        for (c, n) in self.errors.iter_mut().zip(o.errors) {
+            *c += n;
+        }
     }
 }
 
@@ -415,6 +420,8 @@ impl Sender {
                     // Buffer full for the whole send timeout: drop the rest.
                     out.last_error = err.raw_os_error();
                     out.failed += n - start;
+                    out.errors[crate::metrics::errno_slot(err.raw_os_error())] +=
+                        (n - start) as u64;
                     break;
                 }
                 _ => {
@@ -422,6 +429,7 @@ impl Sender {
                     // ECONNREFUSED from an earlier ICMP, …): drop it alone.
                     out.last_error = err.raw_os_error();
                     out.failed += count;
+                    out.errors[crate::metrics::errno_slot(err.raw_os_error())] += count as u64;
                     k += 1;
                 }
             }
@@ -468,12 +476,14 @@ impl Sender {
                 io::ErrorKind::WouldBlock => {
                     // Buffer full for the whole send timeout: drop the rest.
                     out.failed += n - i;
+                    out.errors[crate::metrics::errno_slot(err.raw_os_error())] += (n - i) as u64;
                     break;
                 }
                 _ => {
                     // This datagram is refused (EMSGSIZE, ENETUNREACH,
                     // ECONNREFUSED from an earlier ICMP, …): drop it alone.
                     out.failed += 1;
+                    out.errors[crate::metrics::errno_slot(err.raw_os_error())] += 1;
                     i += 1;
                 }
             }

@@ -330,6 +330,7 @@ impl Worker {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
             Err(e) => {
                 st.batch.drop(DropReason::SendError);
+                st.batch.os_error(e.raw_os_error(), 1);
                 if let Some(suppressed) = st.send_log.allow() {
                     tracing::warn!(worker = self.id, suppressed, error = %e, "UDP receive error");
                 }
@@ -523,6 +524,7 @@ impl Worker {
             };
             if let Err(e) = self.queue.writev(&iov[..parts]) {
                 batch.drop(DropReason::DeviceError);
+                batch.os_error(e.raw_os_error(), 1);
                 if let Some(suppressed) = device_log.allow() {
                     tracing::warn!(worker = self.id, suppressed, error = %e, "device write failed");
                 }
@@ -645,6 +647,7 @@ impl Worker {
         st.batch.tx(o.sent, o.bytes);
         if o.failed > 0 {
             st.batch.drops[DropReason::SendError.index()] += o.failed as u64;
+            st.batch.os_errors(&o.errors);
             if let Some(suppressed) = st.send_log.allow() {
                 let err = o.last_error.map(io::Error::from_raw_os_error);
                 tracing::warn!(worker = self.id, dropped = o.failed, suppressed, error = ?err, "UDP send failed");
@@ -663,6 +666,7 @@ impl Worker {
                 // ECONNREFUSED and friends are per-datagram reports queued on
                 // the socket; reading them clears them. Count, keep going.
                 st.batch.drop(DropReason::SendError);
+                st.batch.os_error(e.raw_os_error(), 1);
                 if let Some(suppressed) = st.send_log.allow() {
                     tracing::warn!(worker = self.id, suppressed, error = %e, "UDP receive error");
                 }
@@ -779,6 +783,7 @@ impl Worker {
 
     fn device_error(&self, st: &mut State, what: &str, e: &io::Error) {
         st.batch.drop(DropReason::DeviceError);
+        st.batch.os_error(e.raw_os_error(), 1);
         if let Some(suppressed) = st.device_log.allow() {
             tracing::warn!(worker = self.id, suppressed, error = %e, "device {what} failed");
         }

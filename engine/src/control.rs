@@ -12,7 +12,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use weft_encap::{MacAddr, Vni};
-use weft_routes::{Backend, ForwardingTable, Lease, LeaseAttrs, Peer, SubnetKey};
+use weft_routes::{
+    Backend, ForwardingTable, Lease, LeaseAttrs, Peer, PeerCounters, Sender, SubnetKey,
+};
 
 /// How peers are reached, which decides what is programmed per peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +86,8 @@ pub struct Peers {
     failing: BTreeMap<SubnetKey, String>,
     /// Leases we ignore, remembered so each is warned about once per change.
     ignored: BTreeMap<SubnetKey, LeaseAttrs>,
+    /// Each peer's traffic counters, kept for as long as its lease.
+    counters: BTreeMap<SubnetKey, Arc<PeerCounters>>,
 }
 
 impl Peers {
@@ -122,7 +126,23 @@ impl Peers {
             routed: BTreeMap::new(),
             failing: BTreeMap::new(),
             ignored: BTreeMap::new(),
+            counters: BTreeMap::new(),
         }
+    }
+
+    /// Points tunnel peers at a new device (after it was recreated): their
+    /// kernel state went with the old one, so every one is programmed
+    /// again. Peers reached directly are left alone.
+    pub async fn set_device(&mut self, device: u32) {
+        self.device = Some(device);
+        self.routed.retain(|_, via| *via != Via::Tunnel);
+        let keys: Vec<SubnetKey> = self.wanted.keys().copied().collect();
+        for k in keys {
+            if !self.routed.contains_key(&k) {
+                self.apply(k).await;
+            }
+        }
+        self.publish();
     }
 
     /// The peers, each with how it is reached (`None`: not routable now).
@@ -328,7 +348,11 @@ impl Peers {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.counters.retain(|k, _| self.wanted.contains_key(k));
+        for k in self.wanted.keys() {
+            self.counters.entry(*k).or_default();
+        }
         let peers: Vec<Peer> = self
             .wanted
             .iter()
@@ -341,18 +365,37 @@ impl Peers {
             .filter(|v| matches!(v, Via::Direct { .. }))
             .count();
         // Every lease may send to us, also peers we route to directly.
-        let senders: Vec<(Ipv4Addr, Ipv4Net)> = self
+        let senders: Vec<Sender> = self
             .wanted
-            .values()
-            .map(|p| (*p.endpoint.ip(), p.subnet))
+            .iter()
+            .map(|(k, p)| Sender {
+                public_ip: *p.endpoint.ip(),
+                subnet: p.subnet,
+                counters: self.counters[k].clone(),
+            })
             .collect();
         let m = &self.metrics;
+        *m.peer_views.lock().unwrap_or_else(|e| e.into_inner()) = self
+            .wanted
+            .iter()
+            .map(|(k, p)| crate::metrics::PeerView {
+                subnet: p.subnet,
+                public_ip: *p.endpoint.ip(),
+                vtep_mac: p.vtep_mac,
+                via: match self.routed.get(k) {
+                    Some(Via::Tunnel) => "tunnel",
+                    Some(Via::Direct { .. }) => "direct",
+                    None => "unreachable",
+                },
+                counters: self.counters[k].clone(),
+            })
+            .collect();
         m.peers.store(self.wanted.len() as u64, Relaxed);
         m.peers_direct.store(direct as u64, Relaxed);
         m.peers_unreachable
             .store(self.failing.len() as u64, Relaxed);
         self.table
-            .store(Arc::new(ForwardingTable::with_senders(peers, &senders)));
+            .store(Arc::new(ForwardingTable::with_senders(peers, senders)));
     }
 
     /// The route `program` installs for `p`, if it installs one per peer.

@@ -29,6 +29,9 @@ const RECHECK: Duration = Duration::from_secs(10);
 const RENEW_RETRY: Duration = Duration::from_secs(60);
 /// VXLAN send sockets per worker (outer source ports picked by flow hash).
 const VXLAN_TX_SOCKETS: usize = 4;
+/// Backoff between tries to recreate a deleted device: 1 s doubling to 30 s.
+const RECREATE_FIRST: Duration = Duration::from_secs(1);
+const RECREATE_MAX: Duration = Duration::from_secs(30);
 
 /// Options of `weft run`.
 #[derive(Debug, Clone)]
@@ -165,31 +168,27 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         &conf.backend,
         plan.device.as_ref().map_or(DeviceKind::Tun, |d| d.1),
     );
+    // One set of counters per worker slot, kept across device recreations.
+    let stats: Vec<Arc<WorkerStats>> = match plan.device {
+        Some(_) => (0..threads).map(|_| Arc::default()).collect(),
+        None => Vec::new(),
+    };
+    let dp_config = DataPlaneConfig {
+        plan: &plan,
+        subnet,
+        public_ip,
+        conf: &conf,
+        table: &table,
+        offload: opts.offload,
+        allow_nat_peers: opts.allow_nat_peers,
+        stats: &stats,
+    };
     let mut data_plane = match &plan.device {
-        Some((name, kind)) => Some(
-            start_data_plane(
-                &nl,
-                &plan,
-                name,
-                *kind,
-                threads,
-                subnet,
-                public_ip,
-                &conf,
-                &table,
-                opts.offload,
-                opts.allow_nat_peers,
-            )
-            .await?,
-        ),
+        Some((name, kind)) => Some(start_data_plane(&nl, &dp_config, name, *kind).await?),
         None => None,
     };
-    let stats = data_plane
-        .as_ref()
-        .map(|d| d.stats.clone())
-        .unwrap_or_default();
     let metrics = Arc::new(Metrics {
-        workers: stats,
+        workers: stats.clone(),
         ..Default::default()
     });
     if let Some(addr) = opts.metrics_addr {
@@ -206,7 +205,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         conf.backend.clone(),
         plan.port,
         lease.key,
-        table,
+        table.clone(),
         metrics.clone(),
     );
     peers.sync(&reg.leases().await?).await;
@@ -262,10 +261,24 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
                 continue;
             }
         }
-        if let Some(dp) = data_plane.as_mut() {
+        if let (Some(dp), Some((name, kind))) = (data_plane.as_mut(), &plan.device) {
             if let Some(i) = dp.handles.iter().position(|h| h.is_finished()) {
                 let r = dp.handles.remove(i).join();
                 break Err(anyhow::anyhow!("worker {i} stopped: {r:?}"));
+            }
+            if let Some(index) = dp.watch(&nl, name).await {
+                match start_data_plane(&nl, &dp_config, name, *kind).await {
+                    Ok(new) => {
+                        tracing::warn!(device = %name, old_index = index, index = new.index, "device recreated; restoring routes");
+                        *dp = new;
+                        metrics.device_recreations.fetch_add(1, Ordering::Relaxed);
+                        peers.set_device(dp.index).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(device = %name, error = format!("{e:#}"), retry_in = ?dp.backoff, "cannot recreate the device");
+                        dp.retry_later();
+                    }
+                }
             }
         }
         let leases = match reg.leases().await {
@@ -338,13 +351,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     metrics.ready.store(false, Ordering::Relaxed);
     if let Some(dp) = data_plane.as_mut() {
-        dp.stop.store(true, Ordering::Relaxed);
-        for h in dp.handles.drain(..) {
-            let _ = h.join();
-        }
+        dp.stop_workers();
     }
     peers.clear().await;
-    if let Some(dp) = data_plane {
+    if let Some(dp) = data_plane.filter(|dp| dp.lost.is_none()) {
         if programming == Programming::NetworkRoute {
             let _ = nl.delete_route(conf.network, dp.index).await;
         }
@@ -387,27 +397,89 @@ struct DataPlane {
     index: u32,
     guard: LinkGuard,
     handles: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
-    stats: Vec<Arc<WorkerStats>>,
     stop: Arc<AtomicBool>,
+    /// Set once the device was found deleted: when, and the next try to
+    /// recreate it.
+    lost: Option<(std::time::Instant, std::time::Instant)>,
+    /// The wait after the next failed try.
+    backoff: Duration,
+}
+
+impl DataPlane {
+    fn stop_workers(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+
+    /// Checks that our device still exists. Once it has been deleted (or
+    /// replaced by another link of its name), stops the workers and returns
+    /// the old index whenever a try to recreate it is due.
+    async fn watch(&mut self, nl: &Netlink, name: &str) -> Option<u32> {
+        let now = std::time::Instant::now();
+        if self.lost.is_none() {
+            match nl.link(name).await {
+                Ok(Some((index, _))) if index == self.index => return None,
+                Ok(_) => {
+                    tracing::warn!(device = %name, index = self.index, "the device was deleted; recreating it");
+                    self.stop_workers();
+                    self.lost = Some((now, now));
+                    self.backoff = RECREATE_FIRST;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot check the device");
+                    return None;
+                }
+            }
+        }
+        match self.lost {
+            Some((_, next)) if now >= next => Some(self.index),
+            _ => None,
+        }
+    }
+
+    /// Schedules the next try after a failed one, doubling the wait.
+    fn retry_later(&mut self) {
+        if let Some((_, next)) = self.lost.as_mut() {
+            *next = std::time::Instant::now() + self.backoff;
+        }
+        self.backoff = (self.backoff * 2).min(RECREATE_MAX);
+    }
+}
+
+/// What a data plane is built from, at start and on every recreation.
+struct DataPlaneConfig<'a> {
+    plan: &'a Plan,
+    subnet: ipnet::Ipv4Net,
+    public_ip: Ipv4Addr,
+    conf: &'a weft_routes::NetConf,
+    table: &'a Arc<ArcSwap<ForwardingTable>>,
+    offload: bool,
+    allow_nat_peers: bool,
+    /// One per worker; its length is the number of workers.
+    stats: &'a [Arc<WorkerStats>],
 }
 
 /// Creates the device (one queue per worker), configures it and starts the
 /// workers.
-#[allow(clippy::too_many_arguments)]
 async fn start_data_plane(
     nl: &Netlink,
-    plan: &Plan,
+    c: &DataPlaneConfig<'_>,
     name: &str,
     kind: DeviceKind,
-    threads: usize,
-    subnet: ipnet::Ipv4Net,
-    public_ip: Ipv4Addr,
-    conf: &weft_routes::NetConf,
-    table: &Arc<ArcSwap<ForwardingTable>>,
-    offload: bool,
-    allow_nat_peers: bool,
 ) -> anyhow::Result<DataPlane> {
-    let queues = device::create(name, kind, threads, offload)?;
+    let DataPlaneConfig {
+        plan,
+        subnet,
+        public_ip,
+        conf,
+        table,
+        offload,
+        allow_nat_peers,
+        stats,
+    } = *c;
+    let queues = device::create(name, kind, stats.len(), offload)?;
     let (index, _) = nl
         .link(name)
         .await?
@@ -428,9 +500,8 @@ async fn start_data_plane(
         nl.replace_route(conf.network, index, None, false).await?;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let mut stats = Vec::new();
     let mut handles = Vec::new();
-    for (id, queue) in queues.into_iter().enumerate() {
+    for (id, (queue, s)) in queues.into_iter().zip(stats).enumerate() {
         let socket = udp_io::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, plan.port), true)
             .with_context(|| format!("cannot bind UDP port {}", plan.port))?;
         let tx_sockets = if plan.vtep.is_some() {
@@ -451,8 +522,6 @@ async fn start_data_plane(
             (Some(ep), DeviceKind::Tun) => Mode::VxlanTun(ep),
             (Some(ep), DeviceKind::Tap) => Mode::VxlanTap(ep),
         };
-        let s = Arc::new(WorkerStats::default());
-        stats.push(s.clone());
         let w = Worker {
             id,
             mode,
@@ -465,7 +534,7 @@ async fn start_data_plane(
             socket,
             tx_sockets,
             table: table.clone(),
-            stats: s,
+            stats: s.clone(),
             stop: stop.clone(),
         };
         handles.push(
@@ -479,8 +548,9 @@ async fn start_data_plane(
         index,
         guard,
         handles,
-        stats,
         stop,
+        lost: None,
+        backoff: RECREATE_FIRST,
     })
 }
 

@@ -123,7 +123,7 @@ pub fn create(
         match create_with(name, kind, queues, true) {
             Ok(q) => return Ok(q),
             Err(e) => {
-                tracing::warn!(error = %e, "the kernel refuses TUN offloads; using a plain device")
+                tracing::warn!(error = %e, "cannot open the device with offloads; trying a plain device")
             }
         }
     }

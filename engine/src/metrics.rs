@@ -6,8 +6,9 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use weft_encap::DropReason;
+use std::sync::{Arc, Mutex};
+use weft_encap::{DropReason, MacAddr};
+use weft_routes::PeerCounters;
 
 /// The OS errors counted by name in `weft_os_errors_total`; any other is
 /// counted as "other".
@@ -134,6 +135,20 @@ impl BatchStats {
     }
 }
 
+/// One peer as `/metrics` shows it.
+pub struct PeerView {
+    /// Its subnet.
+    pub subnet: ipnet::Ipv4Net,
+    /// Its PublicIP.
+    pub public_ip: std::net::Ipv4Addr,
+    /// Its VtepMAC (vxlan).
+    pub vtep_mac: Option<MacAddr>,
+    /// How it is reached: "tunnel", "direct" or "unreachable".
+    pub via: &'static str,
+    /// Its traffic.
+    pub counters: Arc<PeerCounters>,
+}
+
 /// Everything `/metrics`, `/healthz` and `/readyz` report.
 #[derive(Default)]
 pub struct Metrics {
@@ -147,6 +162,11 @@ pub struct Metrics {
     pub peers_unreachable: AtomicU64,
     /// Routes of ours found missing and put back.
     pub routes_recovered: AtomicU64,
+    /// Times the device was found deleted and created again.
+    pub device_recreations: AtomicU64,
+    /// The peers, as the control plane last published them. Locked by the
+    /// control plane and the scraper only, never by the data path.
+    pub peer_views: Mutex<Vec<PeerView>>,
     /// Our lease's expiry, seconds since the epoch.
     pub lease_expiry: AtomicU64,
     /// Lease held, device and routes in place, subnet.env written.
@@ -195,6 +215,12 @@ impl Metrics {
             "Routes of ours found missing (deleted by someone else) and put back.",
             self.routes_recovered.load(Relaxed),
         );
+        counter(
+            "weft_device_recreations_total",
+            "Times weft's device was found deleted and created again.",
+            self.device_recreations.load(Relaxed),
+        );
+        self.render_peers(&mut s);
         let _ = writeln!(
             s,
             "# HELP weft_dropped_packets_total Packets dropped, by reason.\n# TYPE weft_dropped_packets_total counter"
@@ -247,6 +273,59 @@ impl Metrics {
             u8::from(self.ready.load(Relaxed))
         );
         s
+    }
+
+    /// The per-peer series: one info gauge (how the peer is reached) and
+    /// four counters per peer, labelled by subnet and PublicIP.
+    fn render_peers(&self, s: &mut String) {
+        let views = self.peer_views.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(
+            s,
+            "# HELP weft_peer_info A peer: its subnet, PublicIP, VtepMAC and how it is reached (tunnel, direct, unreachable).\n# TYPE weft_peer_info gauge"
+        );
+        for v in views.iter() {
+            let mac = v.vtep_mac.map(|m| m.to_string()).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "weft_peer_info{{subnet=\"{}\",public_ip=\"{}\",vtep_mac=\"{mac}\",via=\"{}\"}} 1",
+                v.subnet, v.public_ip, v.via
+            );
+        }
+        type Field = fn(&PeerCounters) -> &AtomicU64;
+        let series: [(&str, &str, Field); 4] = [
+            (
+                "weft_peer_rx_packets_total",
+                "Packets from the peer delivered to the device.",
+                |c| &c.rx_packets,
+            ),
+            (
+                "weft_peer_rx_bytes_total",
+                "Bytes from the peer delivered to the device.",
+                |c| &c.rx_bytes,
+            ),
+            (
+                "weft_peer_tx_packets_total",
+                "Packets encapsulated toward the peer and handed to the socket.",
+                |c| &c.tx_packets,
+            ),
+            (
+                "weft_peer_tx_bytes_total",
+                "UDP payload bytes encapsulated toward the peer.",
+                |c| &c.tx_bytes,
+            ),
+        ];
+        for (name, help, field) in series {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            for v in views.iter() {
+                let _ = writeln!(
+                    s,
+                    "{name}{{subnet=\"{}\",public_ip=\"{}\"}} {}",
+                    v.subnet,
+                    v.public_ip,
+                    field(&v.counters).load(Relaxed)
+                );
+            }
+        }
     }
 }
 
@@ -333,5 +412,30 @@ mod tests {
         );
         assert!(text.contains("weft_os_errors_total{errno=\"other\"} 1\n"));
         assert!(text.contains("weft_os_errors_total{errno=\"EPERM\"} 0\n"));
+        assert!(text.contains("weft_device_recreations_total 0\n"));
+    }
+
+    #[test]
+    fn peers_render_with_labels() {
+        let c = Arc::new(PeerCounters::default());
+        c.rx_packets.store(7, Relaxed);
+        c.tx_bytes.store(1400, Relaxed);
+        let m = Metrics::default();
+        *m.peer_views.lock().unwrap() = vec![PeerView {
+            subnet: "10.244.2.0/24".parse().unwrap(),
+            public_ip: [192, 0, 2, 2].into(),
+            vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
+            via: "tunnel",
+            counters: c,
+        }];
+        let text = m.render();
+        for line in [
+            "weft_peer_info{subnet=\"10.244.2.0/24\",public_ip=\"192.0.2.2\",vtep_mac=\"02:00:00:00:00:02\",via=\"tunnel\"} 1\n",
+            "weft_peer_rx_packets_total{subnet=\"10.244.2.0/24\",public_ip=\"192.0.2.2\"} 7\n",
+            "weft_peer_tx_bytes_total{subnet=\"10.244.2.0/24\",public_ip=\"192.0.2.2\"} 1400\n",
+            "weft_peer_tx_packets_total{subnet=\"10.244.2.0/24\",public_ip=\"192.0.2.2\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

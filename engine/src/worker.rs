@@ -25,7 +25,7 @@ use weft_encap::ethernet::{self, Frame};
 use weft_encap::icmp::{self, ErrorKind};
 use weft_encap::ipv4::Packet;
 use weft_encap::{flow, gro, udp, vxlan, DropReason, HEADROOM};
-use weft_routes::ForwardingTable;
+use weft_routes::{Direction, ForwardingTable, PeerId, PeerTally};
 
 /// Packets per batch in each direction.
 pub const BATCH: usize = 64;
@@ -142,6 +142,10 @@ struct State {
     sender: Sender,
     scratch: [u8; icmp::MAX_ERROR_LEN],
     batch: BatchStats,
+    /// Per-peer counts for the batch in progress, flushed before the
+    /// table snapshot they index is let go.
+    rx_peer: PeerTally,
+    tx_peer: PeerTally,
     send_log: RateLimited,
     device_log: RateLimited,
 }
@@ -191,6 +195,8 @@ impl Worker {
             sender: Sender::new(OFFLOAD_SLOTS, offload && tuning.gso),
             scratch: [0; icmp::MAX_ERROR_LEN],
             batch: BatchStats::default(),
+            rx_peer: PeerTally::default(),
+            tx_peer: PeerTally::default(),
             send_log: RateLimited::new(),
             device_log: RateLimited::new(),
         };
@@ -252,7 +258,9 @@ impl Worker {
             };
             let pkt = HEADROOM..HEADROOM + len;
             match self.encapsulate(st, &table, n, pkt) {
-                Ok((msg, sock)) => {
+                Ok((msg, sock, peer)) => {
+                    st.tx_peer
+                        .add(&table, Direction::Tx, peer, msg.len as usize);
                     st.out.push(msg);
                     st.out_sock.push(sock);
                 }
@@ -261,6 +269,7 @@ impl Worker {
             n += 1;
             more = n == BATCH;
         }
+        st.tx_peer.flush(&table, Direction::Tx);
         self.send_batch(st);
         more
     }
@@ -301,7 +310,9 @@ impl Worker {
             for j in n..n + k {
                 let pkt = HEADROOM..HEADROOM + st.sizes[j];
                 match self.encapsulate(st, &table, j, pkt) {
-                    Ok((msg, sock)) => {
+                    Ok((msg, sock, peer)) => {
+                        st.tx_peer
+                            .add(&table, Direction::Tx, peer, msg.len as usize);
                         st.out.push(msg);
                         st.out_sock.push(sock);
                     }
@@ -311,6 +322,7 @@ impl Worker {
             n += k;
             more = n + SPLIT_ROOM > st.txbufs.count();
         }
+        st.tx_peer.flush(&table, Direction::Tx);
         self.send_batch(st);
         more
     }
@@ -360,7 +372,8 @@ impl Worker {
                     st.batch.drop(DropReason::Oversize);
                     continue;
                 }
-                let Some(inner) = self.decapsulate_offload(st, &table, i, at..at + len, meta.src)
+                let Some((inner, peer)) =
+                    self.decapsulate_offload(st, &table, i, at..at + len, meta.src)
                 else {
                     continue;
                 };
@@ -369,16 +382,21 @@ impl Worker {
                     st.inner.clear();
                 }
                 st.batch.rx(inner.len());
+                if let Some(p) = peer {
+                    st.rx_peer.add(&table, Direction::Rx, p, inner.len());
+                }
                 st.inner
                     .push((i as u32, (at + inner.start) as u32, (at + inner.end) as u32));
             }
         }
         self.write_runs(st);
+        st.rx_peer.flush(&table, Direction::Rx);
         n == st.receiver.capacity()
     }
 
     /// Decapsulates the datagram at `rx_vecs[i][range]` in place; returns
-    /// the inner packet's range within it, or counts the drop.
+    /// the inner packet's range within it and the sending peer (none for an
+    /// accepted NAT peer), or counts the drop.
     fn decapsulate_offload(
         &self,
         st: &mut State,
@@ -386,7 +404,7 @@ impl Worker {
         i: usize,
         range: std::ops::Range<usize>,
         src: SocketAddrV4,
-    ) -> Option<std::ops::Range<usize>> {
+    ) -> Option<(std::ops::Range<usize>, Option<PeerId>)> {
         let datagram = &mut st.rx_vecs[i][range.clone()];
         let r = match self.mode {
             Mode::Udp => {
@@ -403,15 +421,15 @@ impl Worker {
         let r = r.and_then(|inner| {
             let ip = range.start + inner.start..range.start + inner.end;
             self.authorize(table, *src.ip(), &st.rx_vecs[i][ip])
-                .map(|()| inner)
+                .map(|peer| (inner, peer))
         });
         match r {
-            Ok(inner) => Some(inner),
+            Ok(r) => Some(r),
             Err(DropReason::TtlExpired) => {
                 // Answer only senders we accept: never reflect.
                 let v = std::mem::take(&mut st.rx_vecs[i]);
                 match self.authorize(table, *src.ip(), &v[range.clone()]) {
-                    Ok(()) => {
+                    Ok(_) => {
                         self.icmp_to_peer_from(st, &v[range], src);
                         st.batch.drop(DropReason::TtlExpired);
                     }
@@ -431,20 +449,25 @@ impl Worker {
     /// source must hold a lease (unless `allow_nat_peers`), the inner
     /// source must lie in that node's subnet (with `allow_nat_peers`: in
     /// some node's), and the inner destination in ours. `ip` is the inner
-    /// packet; for non-IPv4 packets only the first check applies.
+    /// packet; for non-IPv4 packets only the first check applies. Returns
+    /// the sender, when it holds a lease.
     #[inline]
     fn authorize(
         &self,
         table: &ForwardingTable,
         from: Ipv4Addr,
         ip: &[u8],
-    ) -> Result<(), DropReason> {
-        let sender = table.sender(from);
-        if sender.is_none() && !self.allow_nat_peers {
+    ) -> Result<Option<PeerId>, DropReason> {
+        let entry = table.sender_entry(from);
+        if entry.is_none() && !self.allow_nat_peers {
             return Err(DropReason::UnknownSender);
         }
+        let (sender, id) = match entry {
+            Some((net, id)) => (Some(net), Some(id)),
+            None => (None, None),
+        };
         if ip.len() < 20 || ip[0] >> 4 != 4 {
-            return Ok(());
+            return Ok(id);
         }
         let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
         let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
@@ -458,7 +481,7 @@ impl Worker {
         if !self.subnet.contains(&dst) {
             return Err(DropReason::NotForUs);
         }
-        Ok(())
+        Ok(id)
     }
 
     /// Writes the inner packets in `st.inner` to the device, each run of
@@ -543,7 +566,7 @@ impl Worker {
         table: &ForwardingTable,
         slot: usize,
         pkt: std::ops::Range<usize>,
-    ) -> Result<(OutMsg, u8), DropReason> {
+    ) -> Result<(OutMsg, u8, PeerId), DropReason> {
         let msg = |range: std::ops::Range<usize>, dst: SocketAddrV4| OutMsg {
             slot: slot as u32,
             start: range.start as u32,
@@ -560,13 +583,13 @@ impl Worker {
                 let dst = Packet::new_checked(&buf[..])
                     .map_err(|_| DropReason::Ipv4Malformed)?
                     .dst();
-                let Some(peer) = table.lookup(dst) else {
+                let Some((peer, id)) = table.route(dst) else {
                     self.icmp_to_device(st, ErrorKind::NetUnreachable, slot, pkt);
                     return Err(DropReason::NoRoute);
                 };
                 let endpoint = peer.endpoint;
                 match udp::prepare_send(buf) {
-                    Ok(len) => Ok((msg(pkt.start..pkt.start + len, endpoint), 0)),
+                    Ok(len) => Ok((msg(pkt.start..pkt.start + len, endpoint), 0, id)),
                     Err(DropReason::TtlExpired) => {
                         self.icmp_to_device(st, ErrorKind::TtlExceeded, slot, pkt);
                         Err(DropReason::TtlExpired)
@@ -584,7 +607,7 @@ impl Worker {
                 let dst = Packet::new_checked(ip)
                     .map_err(|_| DropReason::Ipv4Malformed)?
                     .dst();
-                let Some(peer) = table.lookup(dst) else {
+                let Some((peer, id)) = table.route(dst) else {
                     self.icmp_to_device(st, ErrorKind::NetUnreachable, slot, pkt);
                     return Err(DropReason::NoRoute);
                 };
@@ -592,19 +615,17 @@ impl Worker {
                 let sock = self.pick_socket(&buf[pkt.clone()]);
                 let endpoint = peer.endpoint;
                 let range = ep.encapsulate_ip(buf, pkt, mac)?;
-                Ok((msg(range, endpoint), sock))
+                Ok((msg(range, endpoint), sock, id))
             }
             Mode::VxlanTap(ep) => {
                 let buf = st.txbufs.slot_mut(slot);
                 let frame = Frame::new_checked(&buf[pkt.clone()])
                     .map_err(|_| DropReason::InnerTruncated)?;
-                let peer = table
-                    .lookup_mac(frame.dst())
-                    .ok_or(DropReason::UnknownMac)?;
+                let (peer, id) = table.route_mac(frame.dst()).ok_or(DropReason::UnknownMac)?;
                 let endpoint = peer.endpoint;
                 let sock = self.pick_socket(&buf[pkt.start + ethernet::HEADER_LEN..pkt.end]);
                 let range = ep.encapsulate_frame(buf, pkt)?;
-                Ok((msg(range, endpoint), sock))
+                Ok((msg(range, endpoint), sock, id))
             }
         }
     }
@@ -694,7 +715,7 @@ impl Worker {
                             // Answer only senders we accept: never reflect.
                             let r = self.authorize(&table, *meta.src.ip(), datagram);
                             match r {
-                                Ok(()) => {
+                                Ok(_) => {
                                     self.icmp_to_peer(st, i, meta.len, meta.src);
                                     st.batch.drop(DropReason::TtlExpired);
                                 }
@@ -723,16 +744,25 @@ impl Worker {
                     }
                 },
             };
-            if let Err(r) = self.authorize(&table, *meta.src.ip(), &st.rxbufs.slot(i)[ip]) {
-                st.batch.drop(r);
-                continue;
-            }
+            let peer = match self.authorize(&table, *meta.src.ip(), &st.rxbufs.slot(i)[ip]) {
+                Ok(peer) => peer,
+                Err(r) => {
+                    st.batch.drop(r);
+                    continue;
+                }
+            };
             let len = inner.len();
             match self.queue.send(&st.rxbufs.slot(i)[inner]) {
-                Ok(_) => st.batch.rx(len),
+                Ok(_) => {
+                    st.batch.rx(len);
+                    if let Some(p) = peer {
+                        st.rx_peer.add(&table, Direction::Rx, p, len);
+                    }
+                }
                 Err(e) => self.device_error(st, "write", &e),
             }
         }
+        st.rx_peer.flush(&table, Direction::Rx);
         n == st.receiver.capacity()
     }
 

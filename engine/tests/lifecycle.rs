@@ -119,3 +119,133 @@ fn sigkilled_peer_restarts_on_its_subnet_and_traffic_resumes() {
     eprintln!("traffic resumed {:?} after ready", ready.elapsed());
     transfer(&c, 0, 1, 4, 5001);
 }
+
+/// Deletes node 0's device by hand while traffic flows, on one backend and
+/// device kind: weft notices within a poll, recreates the device, restores
+/// its address and every peer's route, and traffic resumes.
+fn device_deleted_by_hand(tag: &str, backend: &str, device: &str) {
+    let dev = if backend == "udp" {
+        "flannel0"
+    } else {
+        "flannel.1"
+    };
+    let mut c = Cluster::new(tag, 2, &net_conf(backend)).unwrap();
+    for i in 0..2 {
+        c.start(
+            i,
+            weft(),
+            &["--device", device, "--metrics-addr", "127.0.0.1:9153"],
+        )
+        .unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let pod1 = c.nodes[1].pod_ip().unwrap();
+    let subnet1 = c.nodes[1].subnet().unwrap().to_string();
+    assert!(wait_ping(&c.nodes[0].ns, pod1));
+    c.nodes[0].ns.ip(&["link", "del", dev]).unwrap();
+    let back = Cluster::wait_for(Duration::from_secs(5), || ping(&c.nodes[0].ns, pod1, 1));
+    assert!(
+        back,
+        "no traffic after the device was deleted\n{}",
+        c.nodes[0].log_text()
+    );
+    let m = metrics(&c.nodes[0].ns, 9153);
+    assert_eq!(metric(&m, "weft_device_recreations_total"), Some(1), "{m}");
+    let log = c.nodes[0].log_text();
+    assert!(
+        log.contains("the device was deleted; recreating it"),
+        "{log}"
+    );
+    assert!(log.contains("device recreated"), "{log}");
+    // The address and the peer's route are back on the new device.
+    let addr = c.nodes[0].ns.ip(&["-4", "addr", "show", dev]).unwrap();
+    let addr = String::from_utf8_lossy(&addr.stdout).into_owned();
+    let own = c.nodes[0].subnet().unwrap().network().to_string();
+    assert!(addr.contains(&format!("inet {own}/32")), "{addr}");
+    let route = c.nodes[0]
+        .ns
+        .ip(&["route", "get", &pod1.to_string()])
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).into_owned();
+    assert!(route.contains(&format!("dev {dev}")), "{route}");
+    transfer(&c, 0, 1, 8, 5001);
+    transfer(&c, 1, 0, 8, 5002);
+    // Per-peer counters saw the traffic both ways.
+    let m = metrics(&c.nodes[0].ns, 9153);
+    let public1 = "192.168.100.2";
+    for name in ["weft_peer_tx_packets_total", "weft_peer_rx_packets_total"] {
+        let line = format!("{name}{{subnet=\"{subnet1}\",public_ip=\"{public1}\"}}");
+        assert!(
+            metric(&m, &line).is_some_and(|n| n > 1000),
+            "{line} in\n{m}"
+        );
+    }
+    assert!(m.contains(&format!(
+        "weft_peer_info{{subnet=\"{subnet1}\",public_ip=\"{public1}\""
+    )));
+    for i in 0..2 {
+        assert!(c.nodes[i].stop().unwrap().success());
+    }
+    // A clean stop removes the recreated device too.
+    assert!(c.nodes[0].ns.ip(&["link", "show", dev]).is_err());
+}
+
+#[test]
+fn deleted_vxlan_tun_device_is_recreated() {
+    device_deleted_by_hand("dt", "vxlan", "tun");
+}
+
+#[test]
+fn deleted_vxlan_tap_device_is_recreated() {
+    device_deleted_by_hand("dp", "vxlan", "tap");
+}
+
+#[test]
+fn deleted_udp_device_is_recreated() {
+    device_deleted_by_hand("du", "udp", "tun");
+}
+
+/// While another link holds the device's name, recreation fails and is
+/// retried with backoff (1 s, 2 s, …); once the name is free the device
+/// comes back.
+#[test]
+fn device_recreation_retries_with_backoff() {
+    let mut c = Cluster::new("db", 2, &net_conf("vxlan")).unwrap();
+    for i in 0..2 {
+        c.start(i, weft(), &["--metrics-addr", "127.0.0.1:9153"])
+            .unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let pod1 = c.nodes[1].pod_ip().unwrap();
+    assert!(wait_ping(&c.nodes[0].ns, pod1));
+    // Delete the device and take its name in one go, before weft looks.
+    let batch = c.registry.join("squat.batch");
+    std::fs::write(
+        &batch,
+        "link del flannel.1\nlink add flannel.1 type bridge\n",
+    )
+    .unwrap();
+    let out = c.nodes[0]
+        .ns
+        .ip(&["-batch", batch.to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let refused = Cluster::wait_for(Duration::from_secs(5), || {
+        c.nodes[0]
+            .log_text()
+            .matches("cannot recreate the device")
+            .count()
+            >= 2
+    });
+    assert!(refused, "{}", c.nodes[0].log_text());
+    assert!(!ping(&c.nodes[0].ns, pod1, 1));
+    c.nodes[0].ns.ip(&["link", "del", "flannel.1"]).unwrap();
+    // The next try is at most 4 s away at this point (1 s, 2 s, then 4 s).
+    let back = Cluster::wait_for(Duration::from_secs(8), || ping(&c.nodes[0].ns, pod1, 1));
+    assert!(back, "{}", c.nodes[0].log_text());
+    let m = metrics(&c.nodes[0].ns, 9153);
+    assert_eq!(metric(&m, "weft_device_recreations_total"), Some(1), "{m}");
+    for i in 0..2 {
+        assert!(c.nodes[i].stop().unwrap().success());
+    }
+}

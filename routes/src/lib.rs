@@ -21,4 +21,4 @@ pub mod table;
 pub use config::{Backend, NetConf};
 pub use lease::{Lease, LeaseAttrs, SubnetKey};
 pub use registry::{EtcdConfig, FileRegistry, Registry, RegistryError};
-pub use table::{ForwardingTable, Peer};
+pub use table::{Direction, ForwardingTable, Peer, PeerCounters, PeerId, PeerTally, Sender};

@@ -6,7 +6,87 @@
 use ipnet::Ipv4Net;
 use rustc_hash::FxHashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use weft_encap::MacAddr;
+
+/// One peer's traffic counters. The control plane keeps them for as long as
+/// the peer's lease lives, so they survive every new snapshot; workers add a
+/// run of packets at a time, never one by one.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    /// Packets from the peer delivered to the device.
+    pub rx_packets: AtomicU64,
+    /// Bytes of those packets.
+    pub rx_bytes: AtomicU64,
+    /// Packets encapsulated toward the peer and handed to the socket.
+    pub tx_packets: AtomicU64,
+    /// Bytes of those datagrams (UDP payload).
+    pub tx_bytes: AtomicU64,
+}
+
+/// A peer's place in one snapshot, for `ForwardingTable::counters`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerId(u32);
+
+/// A node whose encapsulated traffic we accept.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    /// Its PublicIP: the outer source of its datagrams.
+    pub public_ip: Ipv4Addr,
+    /// Its subnet: the inner sources it may use.
+    pub subnet: Ipv4Net,
+    /// Its counters.
+    pub counters: Arc<PeerCounters>,
+}
+
+/// Packets counted against one peer until the peer changes, so a batch
+/// touches each peer's shared counters once per run rather than per packet.
+#[derive(Debug, Default)]
+pub struct PeerTally {
+    peer: Option<PeerId>,
+    packets: u64,
+    bytes: u64,
+}
+
+/// Which way a tally counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    /// From the peer.
+    Rx,
+    /// To the peer.
+    Tx,
+}
+
+impl PeerTally {
+    /// Counts one packet of `bytes` for `peer`, publishing the previous
+    /// peer's run into `table` when the peer changes.
+    #[inline]
+    pub fn add(&mut self, table: &ForwardingTable, dir: Direction, peer: PeerId, bytes: usize) {
+        if self.peer != Some(peer) {
+            self.flush(table, dir);
+            self.peer = Some(peer);
+        }
+        self.packets += 1;
+        self.bytes += bytes as u64;
+    }
+
+    /// Publishes the run in progress. Call before `table` is let go.
+    #[inline]
+    pub fn flush(&mut self, table: &ForwardingTable, dir: Direction) {
+        if let Some(p) = self.peer.take() {
+            let c = table.counters(p);
+            let (packets, bytes) = match dir {
+                Direction::Rx => (&c.rx_packets, &c.rx_bytes),
+                Direction::Tx => (&c.tx_packets, &c.tx_bytes),
+            };
+            packets.fetch_add(self.packets, Relaxed);
+            bytes.fetch_add(self.bytes, Relaxed);
+        }
+        self.packets = 0;
+        self.bytes = 0;
+    }
+}
 
 /// A remote node as the data path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,14 +103,18 @@ pub struct Peer {
 #[derive(Debug, Default)]
 pub struct ForwardingTable {
     peers: Vec<Peer>,
+    /// Each peer's index into `counters`.
+    peer_ids: Vec<PeerId>,
+    /// Every sender's counters; a `PeerId` indexes this.
+    counters: Vec<Arc<PeerCounters>>,
     /// One exact-match map per prefix length present, longest first. A
     /// cluster has one SubnetLen, so this is usually a single hash probe.
     by_prefix: Vec<(u32, FxHashMap<u32, u32>)>,
     by_mac: FxHashMap<MacAddr, u32>,
     /// Every node whose encapsulated traffic we accept: PublicIP to its
-    /// subnet. This is every lease, also peers we route to directly (they
-    /// may still send to us over the tunnel).
-    senders: FxHashMap<u32, Ipv4Net>,
+    /// subnet and counters. This is every lease, also peers we route to
+    /// directly (they may still send to us over the tunnel).
+    senders: FxHashMap<u32, (Ipv4Net, PeerId)>,
     /// The senders' subnets, for `is_sender_subnet`: one map per prefix
     /// length, longest first.
     sender_nets: Vec<(u32, FxHashMap<u32, ()>)>,
@@ -40,14 +124,39 @@ impl ForwardingTable {
     /// Indexes `peers`, who are also the only senders accepted. Later
     /// entries with the same subnet or MAC win.
     pub fn new(peers: Vec<Peer>) -> ForwardingTable {
-        let senders: Vec<(Ipv4Addr, Ipv4Net)> =
-            peers.iter().map(|p| (*p.endpoint.ip(), p.subnet)).collect();
-        ForwardingTable::with_senders(peers, &senders)
+        let senders: Vec<Sender> = peers
+            .iter()
+            .map(|p| Sender {
+                public_ip: *p.endpoint.ip(),
+                subnet: p.subnet,
+                counters: Arc::default(),
+            })
+            .collect();
+        ForwardingTable::with_senders(peers, senders)
     }
 
-    /// Indexes `peers` to forward to, and `senders` (PublicIP, subnet) to
-    /// accept encapsulated traffic from.
-    pub fn with_senders(peers: Vec<Peer>, senders: &[(Ipv4Addr, Ipv4Net)]) -> ForwardingTable {
+    /// Indexes `peers` to forward to, and `senders` to accept encapsulated
+    /// traffic from. A peer counts its traffic in the counters of the sender
+    /// with its subnet (fresh ones if there is none).
+    pub fn with_senders(peers: Vec<Peer>, senders: Vec<Sender>) -> ForwardingTable {
+        let mut counters: Vec<Arc<PeerCounters>> = Vec::with_capacity(senders.len());
+        let mut by_subnet: FxHashMap<Ipv4Net, PeerId> = FxHashMap::default();
+        let mut sender_map = FxHashMap::default();
+        for s in &senders {
+            let id = PeerId(counters.len() as u32);
+            counters.push(s.counters.clone());
+            by_subnet.insert(s.subnet, id);
+            sender_map.insert(u32::from(s.public_ip), (s.subnet, id));
+        }
+        let peer_ids = peers
+            .iter()
+            .map(|p| {
+                *by_subnet.entry(p.subnet).or_insert_with(|| {
+                    counters.push(Arc::default());
+                    PeerId(counters.len() as u32 - 1)
+                })
+            })
+            .collect();
         let mut by_len: FxHashMap<u8, FxHashMap<u32, u32>> = FxHashMap::default();
         let mut by_mac = FxHashMap::default();
         for (i, p) in peers.iter().enumerate() {
@@ -67,7 +176,7 @@ impl ForwardingTable {
             .map(|(len, m)| (prefix_mask(len), m))
             .collect();
         let mut nets: FxHashMap<u8, FxHashMap<u32, ()>> = FxHashMap::default();
-        for (_, n) in senders {
+        for n in senders.iter().map(|s| s.subnet) {
             nets.entry(n.prefix_len())
                 .or_default()
                 .insert(u32::from(n.network()), ());
@@ -76,9 +185,11 @@ impl ForwardingTable {
         sender_nets.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         ForwardingTable {
             peers,
+            peer_ids,
+            counters,
             by_prefix,
             by_mac,
-            senders: senders.iter().map(|(ip, n)| (u32::from(*ip), *n)).collect(),
+            senders: sender_map,
             sender_nets: sender_nets
                 .into_iter()
                 .map(|(len, m)| (prefix_mask(len), m))
@@ -89,7 +200,19 @@ impl ForwardingTable {
     /// The subnet of the node whose PublicIP is `ip`, if it holds a lease.
     #[inline]
     pub fn sender(&self, ip: Ipv4Addr) -> Option<Ipv4Net> {
+        self.sender_entry(ip).map(|(net, _)| net)
+    }
+
+    /// The subnet and counters of the node whose PublicIP is `ip`.
+    #[inline]
+    pub fn sender_entry(&self, ip: Ipv4Addr) -> Option<(Ipv4Net, PeerId)> {
         self.senders.get(&u32::from(ip)).copied()
+    }
+
+    /// The counters behind `id`, an id from this snapshot.
+    #[inline]
+    pub fn counters(&self, id: PeerId) -> &PeerCounters {
+        &self.counters[id.0 as usize]
     }
 
     /// True if `ip` lies in some lease holder's subnet.
@@ -104,17 +227,34 @@ impl ForwardingTable {
     /// The peer whose subnet is the longest match for `dst`.
     #[inline]
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Peer> {
+        self.route(dst).map(|(p, _)| p)
+    }
+
+    /// `lookup`, with the peer's counters.
+    #[inline]
+    pub fn route(&self, dst: Ipv4Addr) -> Option<(&Peer, PeerId)> {
         let a = u32::from(dst);
         self.by_prefix
             .iter()
             .find_map(|(mask, m)| m.get(&(a & mask)))
-            .map(|&i| &self.peers[i as usize])
+            .map(|&i| self.entry(i))
     }
 
     /// The peer that owns VtepMAC `mac`.
     #[inline]
     pub fn lookup_mac(&self, mac: MacAddr) -> Option<&Peer> {
-        self.by_mac.get(&mac).map(|&i| &self.peers[i as usize])
+        self.route_mac(mac).map(|(p, _)| p)
+    }
+
+    /// `lookup_mac`, with the peer's counters.
+    #[inline]
+    pub fn route_mac(&self, mac: MacAddr) -> Option<(&Peer, PeerId)> {
+        self.by_mac.get(&mac).map(|&i| self.entry(i))
+    }
+
+    #[inline]
+    fn entry(&self, i: u32) -> (&Peer, PeerId) {
+        (&self.peers[i as usize], self.peer_ids[i as usize])
     }
 
     /// All peers.
@@ -163,11 +303,16 @@ mod tests {
     #[test]
     fn senders_include_peers_not_routed_through_the_tunnel() {
         let direct: Ipv4Net = "10.244.3.0/24".parse().unwrap();
+        let sender = |ip: [u8; 4], subnet: Ipv4Net| Sender {
+            public_ip: ip.into(),
+            subnet,
+            counters: Arc::default(),
+        };
         let t = ForwardingTable::with_senders(
             vec![peer("10.244.2.0/24", [192, 0, 2, 2], 2)],
-            &[
-                ([192, 0, 2, 2].into(), "10.244.2.0/24".parse().unwrap()),
-                ([192, 0, 2, 3].into(), direct),
+            vec![
+                sender([192, 0, 2, 2], "10.244.2.0/24".parse().unwrap()),
+                sender([192, 0, 2, 3], direct),
             ],
         );
         assert_eq!(t.sender([192, 0, 2, 3].into()), Some(direct));
@@ -181,6 +326,47 @@ mod tests {
         assert!(!t.is_sender_subnet([10, 244, 4, 1].into()));
         let plain = ForwardingTable::new(vec![peer("10.244.2.0/24", [192, 0, 2, 2], 2)]);
         assert!(plain.sender([192, 0, 2, 2].into()).is_some());
+    }
+
+    #[test]
+    fn tallies_count_runs_into_the_shared_counters() {
+        let a = Arc::new(PeerCounters::default());
+        let b = Arc::new(PeerCounters::default());
+        let sender = |ip: [u8; 4], net: &str, c: &Arc<PeerCounters>| Sender {
+            public_ip: ip.into(),
+            subnet: net.parse().unwrap(),
+            counters: c.clone(),
+        };
+        let t = ForwardingTable::with_senders(
+            vec![
+                peer("10.244.2.0/24", [192, 0, 2, 2], 2),
+                peer("10.244.3.0/24", [192, 0, 2, 3], 3),
+            ],
+            vec![
+                sender([192, 0, 2, 2], "10.244.2.0/24", &a),
+                sender([192, 0, 2, 3], "10.244.3.0/24", &b),
+            ],
+        );
+        let (_, pa) = t.route([10, 244, 2, 9].into()).unwrap();
+        let (_, pb) = t.route_mac(MacAddr([2, 0, 0, 0, 0, 3])).unwrap();
+        let mut tx = PeerTally::default();
+        for (p, len) in [(pa, 100), (pa, 50), (pb, 10), (pa, 1)] {
+            tx.add(&t, Direction::Tx, p, len);
+        }
+        tx.flush(&t, Direction::Tx);
+        tx.flush(&t, Direction::Tx);
+        assert_eq!(a.tx_packets.load(Relaxed), 3);
+        assert_eq!(a.tx_bytes.load(Relaxed), 151);
+        assert_eq!(b.tx_packets.load(Relaxed), 1);
+        assert_eq!(b.tx_bytes.load(Relaxed), 10);
+        let (_, sb) = t.sender_entry([192, 0, 2, 3].into()).unwrap();
+        assert_eq!(sb, pb, "a peer and its sender entry share counters");
+        let mut rx = PeerTally::default();
+        rx.add(&t, Direction::Rx, sb, 70);
+        rx.flush(&t, Direction::Rx);
+        assert_eq!(b.rx_packets.load(Relaxed), 1);
+        assert_eq!(b.rx_bytes.load(Relaxed), 70);
+        assert_eq!(a.rx_packets.load(Relaxed), 0);
     }
 
     #[test]

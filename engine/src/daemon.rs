@@ -52,6 +52,9 @@ pub struct RunOptions {
     pub device: DeviceKind,
     /// Where to serve metrics.
     pub metrics_addr: Option<SocketAddr>,
+    /// A metrics address that cannot be bound is fatal (it was asked for),
+    /// rather than a warning (it is the default).
+    pub metrics_required: bool,
     /// Worker threads (device queues).
     pub threads: usize,
     /// TUN offloads and UDP GSO.
@@ -191,11 +194,30 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         workers: stats.clone(),
         ..Default::default()
     });
+    let _ = metrics.node.set(crate::metrics::NodeView {
+        subnet,
+        public_ip,
+        backend: conf.backend.type_name(),
+        device: plan
+            .device
+            .as_ref()
+            .map(|d| d.0.clone())
+            .unwrap_or_default(),
+        mtu: plan.mtu,
+    });
     if let Some(addr) = opts.metrics_addr {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
-        tokio::spawn(crate::metrics::serve(l, metrics.clone()));
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+                tokio::spawn(crate::metrics::serve(l, metrics.clone()));
+            }
+            Err(e) if !opts.metrics_required => {
+                tracing::warn!(%addr, error = %e, "cannot serve metrics on the default address; pass --metrics-addr to choose another")
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot listen on --metrics-addr {addr}"))
+            }
+        }
     }
     let mut peers = Peers::new(
         nl.clone(),

@@ -12,6 +12,7 @@ pub mod demo;
 pub mod device;
 pub mod metrics;
 pub mod netlink;
+pub mod status;
 pub mod testbed;
 pub mod tuning;
 pub mod udp_io;

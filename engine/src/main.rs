@@ -21,10 +21,13 @@ enum Command {
     /// etcd), create the device and routes, forward traffic, and clean up
     /// on SIGTERM/SIGINT.
     Run(Box<RunArgs>),
-    /// Build two nodes in network namespaces on this host, measure ping and
-    /// throughput through the tunnel for each backend, print a table, and
-    /// remove everything (needs root).
+    /// Build a small cluster in network namespaces on this host, run weft on
+    /// every node, show live per-peer traffic, compare ping and throughput
+    /// with the kernel's VXLAN, and remove everything (needs root).
     Demo(DemoArgs),
+    /// Show a running node's lease, peers, counters and drops, read from its
+    /// metrics endpoint.
+    Status(StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -79,10 +82,11 @@ struct RunArgs {
     /// Ethernet header). The udp backend always uses a TUN.
     #[arg(long, value_enum, default_value_t = DeviceKind::Tun)]
     device: DeviceKind,
-    /// Serve Prometheus metrics at /metrics (and /healthz, /readyz) here,
-    /// e.g. 127.0.0.1:9153.
-    #[arg(long, value_name = "ADDR")]
-    metrics_addr: Option<SocketAddr>,
+    /// Serve Prometheus metrics at /metrics (and /healthz, /readyz) here;
+    /// `off` serves nothing. `weft status` reads it. Default
+    /// 127.0.0.1:9474 (a node keeps running if that port is taken).
+    #[arg(long, value_name = "ADDR|off")]
+    metrics_addr: Option<String>,
     /// Segmentation offloads: the TUN device hands weft 64 KiB TCP
     /// super-packets (IFF_VNET_HDR, TSO) and takes coalesced ones, and the
     /// UDP sockets send with GSO. `off` moves one packet per device read and
@@ -102,9 +106,29 @@ struct RunArgs {
 
 #[derive(clap::Args)]
 struct DemoArgs {
-    /// Seconds of throughput measurement per backend.
-    #[arg(long, default_value_t = 3)]
+    /// The backend every node runs.
+    #[arg(long, value_enum, default_value_t = weft::demo::DemoBackend::Vxlan)]
+    backend: weft::demo::DemoBackend,
+    /// How many nodes (2 to 20).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=20))]
+    nodes: u16,
+    /// Device kind for the vxlan backend.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Tun)]
+    device: DeviceKind,
+    /// Seconds of traffic in the live phase, and of each throughput
+    /// measurement.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     seconds: u64,
+    /// Skip the kernel-VXLAN reference measurement.
+    #[arg(long)]
+    no_reference: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Where the node serves its metrics (its --metrics-addr).
+    #[arg(long, value_name = "ADDR", default_value = weft::status::DEFAULT_METRICS_ADDR)]
+    metrics_addr: SocketAddr,
 }
 
 fn main() -> std::process::ExitCode {
@@ -117,28 +141,15 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(a) => weft::daemon::run(weft::daemon::RunOptions {
-            etcd: (!a.etcd_endpoints.is_empty()).then_some(weft_routes::EtcdConfig {
-                endpoints: a.etcd_endpoints,
-                prefix: a.etcd_prefix,
-                ca_file: a.etcd_cafile,
-                cert_file: a.etcd_certfile,
-                key_file: a.etcd_keyfile,
-                username: a.etcd_username,
-                password: a.etcd_password,
-            }),
-            registry_dir: a.registry_dir,
-            renew_margin: std::time::Duration::from_secs(a.subnet_lease_renew_margin * 60),
-            public_ip: a.public_ip,
-            iface: a.iface,
-            subnet_file: a.subnet_file,
+        Command::Run(a) => run(*a),
+        Command::Demo(a) => weft::demo::run(weft::demo::DemoOptions {
+            backend: a.backend,
+            nodes: usize::from(a.nodes),
             device: a.device,
-            metrics_addr: a.metrics_addr,
-            threads: a.threads,
-            offload: a.offload == Switch::On,
-            allow_nat_peers: a.allow_nat_peers,
+            seconds: a.seconds,
+            reference: !a.no_reference,
         }),
-        Command::Demo(a) => weft::demo::run(a.seconds),
+        Command::Status(a) => weft::status::run(a.metrics_addr),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -147,6 +158,41 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<()> {
+    let (metrics_addr, metrics_required) = match a.metrics_addr.as_deref() {
+        Some("off") => (None, false),
+        Some(addr) => (
+            Some(addr.parse::<SocketAddr>().map_err(|e| {
+                anyhow::anyhow!("--metrics-addr {addr}: {e} (want IP:PORT or off)")
+            })?),
+            true,
+        ),
+        None => (weft::status::DEFAULT_METRICS_ADDR.parse().ok(), false),
+    };
+    weft::daemon::run(weft::daemon::RunOptions {
+        etcd: (!a.etcd_endpoints.is_empty()).then_some(weft_routes::EtcdConfig {
+            endpoints: a.etcd_endpoints,
+            prefix: a.etcd_prefix,
+            ca_file: a.etcd_cafile,
+            cert_file: a.etcd_certfile,
+            key_file: a.etcd_keyfile,
+            username: a.etcd_username,
+            password: a.etcd_password,
+        }),
+        registry_dir: a.registry_dir,
+        renew_margin: std::time::Duration::from_secs(a.subnet_lease_renew_margin * 60),
+        public_ip: a.public_ip,
+        iface: a.iface,
+        subnet_file: a.subnet_file,
+        device: a.device,
+        metrics_addr,
+        metrics_required,
+        threads: a.threads,
+        offload: a.offload == Switch::On,
+        allow_nat_peers: a.allow_nat_peers,
+    })
 }
 
 /// On or off.

@@ -149,6 +149,21 @@ pub struct PeerView {
     pub counters: Arc<PeerCounters>,
 }
 
+/// This node, as `/metrics` shows it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// Our subnet.
+    pub subnet: ipnet::Ipv4Net,
+    /// Our PublicIP.
+    pub public_ip: std::net::Ipv4Addr,
+    /// The backend's name as flannel spells it ("udp", "vxlan", "host-gw").
+    pub backend: &'static str,
+    /// weft's device ("" for host-gw).
+    pub device: String,
+    /// The MTU in subnet.env.
+    pub mtu: u32,
+}
+
 /// Everything `/metrics`, `/healthz` and `/readyz` report.
 #[derive(Default)]
 pub struct Metrics {
@@ -171,6 +186,8 @@ pub struct Metrics {
     pub lease_expiry: AtomicU64,
     /// Lease held, device and routes in place, subnet.env written.
     pub ready: AtomicBool,
+    /// This node, once its lease is held.
+    pub node: std::sync::OnceLock<NodeView>,
 }
 
 impl Metrics {
@@ -262,6 +279,13 @@ impl Metrics {
             "Peers whose routes the kernel refused (e.g. a host-gw gateway behind a router).",
             self.peers_unreachable.load(Relaxed),
         );
+        if let Some(n) = self.node.get() {
+            let _ = writeln!(
+                s,
+                "# HELP weft_node_info This node: its subnet, PublicIP, backend, device and MTU.\n# TYPE weft_node_info gauge\nweft_node_info{{subnet=\"{}\",public_ip=\"{}\",backend=\"{}\",device=\"{}\",mtu=\"{}\"}} 1",
+                n.subnet, n.public_ip, n.backend, n.device, n.mtu
+            );
+        }
         let _ = writeln!(
             s,
             "# HELP weft_lease_expiry_seconds When our subnet lease expires (Unix time).\n# TYPE weft_lease_expiry_seconds gauge\nweft_lease_expiry_seconds {}",

@@ -893,44 +893,79 @@ impl Fnv {
 }
 
 /// Sends a TCP stream from `from` to `to_ip:port` (listening in `to`) for
-/// `duration` and returns the receiver's goodput in Gbit/s.
+/// `duration`, or until `stop` is set, and returns the receiver's goodput
+/// in Gbit/s. Either side gives up after 10 s without progress.
 pub fn tcp_stream(
     from: &Netns,
     to: &Netns,
     to_ip: Ipv4Addr,
     port: u16,
     duration: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> io::Result<f64> {
     use std::io::{Read, Write};
+    const TICK: Duration = Duration::from_millis(200);
+    const STALL: Duration = Duration::from_secs(10);
+    let stalled = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+        )
+    };
     let listener = to.enter(move || std::net::TcpListener::bind((to_ip, port)))??;
+    let rx_stop = stop.clone();
     let server = std::thread::spawn(move || -> io::Result<(u64, Duration)> {
         let (mut s, _) = listener.accept()?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_read_timeout(Some(TICK))?;
         let start = Instant::now();
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
+        let mut progress = Instant::now();
         loop {
-            match s.read(&mut buf)? {
-                0 => break,
-                n => total += n as u64,
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n as u64;
+                    progress = Instant::now();
+                }
+                Err(e) if stalled(&e) => {
+                    if rx_stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if progress.elapsed() > STALL {
+                        return Err(io::Error::other("the TCP stream stalled for 10 s"));
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok((total, start.elapsed()))
     });
-    from.enter(move || -> io::Result<()> {
+    let sent = from.enter(move || -> io::Result<()> {
         let mut s =
             std::net::TcpStream::connect_timeout(&(to_ip, port).into(), Duration::from_secs(5))?;
-        s.set_write_timeout(Some(Duration::from_secs(10)))?;
+        s.set_write_timeout(Some(TICK))?;
         let chunk = vec![0x5au8; 256 * 1024];
         let end = Instant::now() + duration;
-        while Instant::now() < end {
-            s.write_all(&chunk)?;
+        let mut progress = Instant::now();
+        while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+            match s.write(&chunk) {
+                Ok(_) => progress = Instant::now(),
+                Err(e) if stalled(&e) => {
+                    if progress.elapsed() > STALL {
+                        return Err(io::Error::other("the TCP stream stalled for 10 s"));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
         s.shutdown(std::net::Shutdown::Write)
-    })??;
-    let (bytes, elapsed) = server
+    });
+    let received = server
         .join()
-        .map_err(|_| io::Error::other("receiver panicked"))??;
+        .map_err(|_| io::Error::other("receiver panicked"))?;
+    sent??;
+    let (bytes, elapsed) = received?;
     Ok(bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9)
 }
 

@@ -53,7 +53,7 @@ fn demo_runs_and_cleans_up() {
 
 #[test]
 fn demo_exits_cleanly_on_ctrl_c() {
-    let mut child = Command::new(weft())
+    let child = Command::new(weft())
         .args([
             "demo",
             "--backend",

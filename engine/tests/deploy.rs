@@ -1,0 +1,106 @@
+//! The files in `deploy/` stay true to the binary: every flag they pass is
+//! one `weft run` accepts, and the CNI config reads the subnet.env weft
+//! writes.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn deploy(name: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// `weft run ARGS --help` exits 0 only if clap accepted every flag before
+/// `--help`.
+fn accepted(args: &[String]) {
+    let out = Command::new(weft())
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weft rejects {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rejecting_a_flag_is_noticed() {
+    let out = Command::new(weft())
+        .args(["run", "--no-such-flag", "--help"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn systemd_unit_flags_are_weft_flags() {
+    let unit = deploy("weft.service");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let mut args: Vec<String> = exec
+        .split_whitespace()
+        .skip(1)
+        .filter(|a| *a != "$WEFT_ARGS")
+        .map(str::to_string)
+        .collect();
+    assert_eq!(args[0], "run");
+    assert!(args.contains(&"--subnet-file=/run/flannel/subnet.env".to_string()));
+    // Each documented WEFT_ARGS example, too.
+    let examples: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   WEFT_ARGS="))
+        .collect();
+    assert_eq!(examples.len(), 2, "{unit}");
+    for e in examples {
+        let mut with = args.clone();
+        with.extend(e.split_whitespace().map(str::to_string));
+        accepted(&with);
+    }
+    args.push("--registry-dir=/var/lib/weft".into());
+    accepted(&args);
+}
+
+#[test]
+fn daemonset_args_are_weft_flags_and_cni_config_matches() {
+    let yaml = deploy("kube-weft.yaml");
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "args:").skip(1);
+    let mut args = Vec::new();
+    for l in lines.by_ref() {
+        match l.trim().strip_prefix("- ") {
+            Some(a) => args.push(a.replace("$(ETCD_ENDPOINTS)", "https://10.0.0.1:2379")),
+            None => break,
+        }
+    }
+    assert_eq!(args.first().map(String::as_str), Some("run"), "{args:?}");
+    assert!(args.iter().any(|a| a.starts_with("--etcd-endpoints=")));
+    accepted(&args);
+    // The ConfigMap's CNI config is deploy/10-flannel.conflist, and it
+    // reads the subnet.env weft writes.
+    let embedded: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("cni-conf.json: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let embedded: serde_json::Value = serde_json::from_str(&embedded).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&deploy("10-flannel.conflist")).unwrap();
+    assert_eq!(embedded, file);
+    assert_eq!(file["plugins"][0]["type"], "flannel");
+    let subnet_file = file["plugins"][0]["subnetFile"].as_str().unwrap();
+    assert!(
+        args.contains(&format!("--subnet-file={subnet_file}")),
+        "{args:?}"
+    );
+    // Probes hit the metrics address weft is given.
+    assert!(args.contains(&"--metrics-addr=127.0.0.1:9474".to_string()));
+    assert!(yaml.contains("port: 9474") && yaml.contains("path: /readyz"));
+}

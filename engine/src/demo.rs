@@ -161,7 +161,7 @@ fn demo(weft: &Path, opts: &DemoOptions, stop: &Arc<AtomicBool>) -> anyhow::Resu
             interrupted(stop)?;
         }
     }
-    print!("{paths}/{paths} reachable,");
+    print!("{paths}/{paths} reachable, ");
     done(t);
 
     heading(
@@ -228,7 +228,7 @@ fn heading(n: u32, what: &str) {
 }
 
 fn done(t: Instant) {
-    println!(" done ({:.1} s)", t.elapsed().as_secs_f64());
+    println!("done ({:.1} s)", t.elapsed().as_secs_f64());
 }
 
 fn interrupted(stop: &AtomicBool) -> anyhow::Result<()> {

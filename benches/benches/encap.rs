@@ -128,5 +128,19 @@ fn tcp_gro(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, vxlan, flannel_udp, lookup, tcp_gro);
+/// The Internet checksum over a packet's worth of bytes.
+fn checksum(c: &mut Criterion) {
+    use weft_encap::checksum;
+    let mut g = c.benchmark_group("checksum");
+    for size in [64usize, 512, 1448, 9000] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 + 7) as u8).collect();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("sum_{size}"), |bn| {
+            bn.iter(|| checksum::fold(checksum::sum(black_box(&data), 0)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, vxlan, flannel_udp, lookup, tcp_gro, checksum);
 criterion_main!(benches);

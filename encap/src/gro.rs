@@ -19,9 +19,12 @@ use crate::checksum;
 
 /// Bytes of a `virtio_net_hdr` (without `num_buffers`).
 pub const VNET_HDR_LEN: usize = 10;
-/// Room for the header `super_header` writes: the vnet header plus IPv4
-/// (20 bytes) and TCP (at most 60) headers.
-pub const SUPER_HEADER_MAX: usize = VNET_HDR_LEN + 20 + 60;
+/// The longest link-layer header `super_header_after` puts in front of the
+/// merged packet (Ethernet, for a TAP device).
+pub const L2_MAX: usize = 14;
+/// Room for the header `super_header_after` writes: the vnet header, a
+/// link-layer header, and IPv4 (20 bytes) and TCP (at most 60) headers.
+pub const SUPER_HEADER_MAX: usize = VNET_HDR_LEN + L2_MAX + 20 + 60;
 /// The most bytes a merged IPv4 packet may have.
 pub const MAX_MERGED: usize = 65535;
 /// The most segments merged into one packet (as Linux's GRO).
@@ -167,25 +170,41 @@ impl Run {
     /// payloads follow it on the wire. Returns the bytes written. For a run
     /// of one, writes an empty vnet header only (the packet goes as is).
     pub fn super_header(&self, first_pkt: &[u8], out: &mut [u8; SUPER_HEADER_MAX]) -> usize {
+        self.super_header_after(&[], first_pkt, out)
+    }
+
+    /// `super_header` for a device that carries a link-layer header (a TAP):
+    /// `l2` (at most `L2_MAX` bytes, the first frame's Ethernet header) goes
+    /// between the vnet header and the IPv4 header, and the vnet header's
+    /// offsets count it, as the kernel reads them from the frame's start.
+    pub fn super_header_after(
+        &self,
+        l2: &[u8],
+        first_pkt: &[u8],
+        out: &mut [u8; SUPER_HEADER_MAX],
+    ) -> usize {
         if self.count == 1 {
             out[..VNET_HDR_LEN].fill(0);
             return VNET_HDR_LEN;
         }
         let hl = self.first.header_len();
-        let Some(first) = first_pkt.get(..hl) else {
+        let (Some(first), true) = (first_pkt.get(..hl), l2.len() <= L2_MAX) else {
             // Not the packet the run began with: a caller bug; never panic.
             out[..VNET_HDR_LEN].fill(0);
             return VNET_HDR_LEN;
         };
         let tcp_len = (self.bytes - 20) as u16;
+        let l2_len = l2.len();
         // virtio_net_hdr, little-endian as the TUN device takes it.
         out[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
         out[1] = VIRTIO_NET_HDR_GSO_TCPV4;
-        out[2..4].copy_from_slice(&(hl as u16).to_le_bytes());
+        out[2..4].copy_from_slice(&((l2_len + hl) as u16).to_le_bytes());
         out[4..6].copy_from_slice(&(self.first.payload as u16).to_le_bytes());
-        out[6..8].copy_from_slice(&20u16.to_le_bytes());
+        out[6..8].copy_from_slice(&((l2_len + 20) as u16).to_le_bytes());
         out[8..10].copy_from_slice(&16u16.to_le_bytes());
-        let h = &mut out[VNET_HDR_LEN..VNET_HDR_LEN + hl];
+        out[VNET_HDR_LEN..VNET_HDR_LEN + l2_len].copy_from_slice(l2);
+        let at = VNET_HDR_LEN + l2_len;
+        let h = &mut out[at..at + hl];
         h.copy_from_slice(first);
         h[2..4].copy_from_slice(&(self.bytes as u16).to_be_bytes());
         h[10..12].fill(0);
@@ -202,7 +221,7 @@ impl Run {
         pseudo[10..].copy_from_slice(&tcp_len.to_be_bytes());
         let partial = checksum::fold(checksum::sum(&pseudo, 0));
         h[36..38].copy_from_slice(&partial.to_be_bytes());
-        VNET_HDR_LEN + hl
+        at + hl
     }
 }
 
@@ -291,6 +310,27 @@ mod tests {
         let c = checksum::checksum(&merged[20..]);
         merged[36..38].copy_from_slice(&c.to_be_bytes());
         assert!(tcp_checksum_ok(&merged));
+    }
+
+    #[test]
+    fn a_link_layer_header_goes_first_and_shifts_the_offsets() {
+        let a = seg(1000, 1400, TCP_ACK);
+        let b = seg(2400, 1400, TCP_ACK);
+        let mut run = Run::new(segment(&a).unwrap());
+        assert!(run.push(&a, segment(&b).unwrap(), &b));
+        let eth: [u8; 14] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let mut l3 = [0u8; SUPER_HEADER_MAX];
+        let n3 = run.super_header(&a, &mut l3);
+        let mut out = [0u8; SUPER_HEADER_MAX];
+        let n = run.super_header_after(&eth, &a, &mut out);
+        assert_eq!(n, n3 + 14);
+        // hdr_len and csum_start count the Ethernet header.
+        assert_eq!(&out[..10], &[1, 1, 66, 0, 120, 5, 34, 0, 16, 0]);
+        assert_eq!(&out[10..24], &eth);
+        assert_eq!(&out[24..n], &l3[VNET_HDR_LEN..n3]);
+        // Too long a link-layer header is refused, not a panic.
+        let mut bad = [0u8; SUPER_HEADER_MAX];
+        assert_eq!(run.super_header_after(&[0; 15], &a, &mut bad), VNET_HDR_LEN);
     }
 
     #[test]

@@ -87,10 +87,10 @@ struct RunArgs {
     /// 127.0.0.1:9474 (a node keeps running if that port is taken).
     #[arg(long, value_name = "ADDR|off")]
     metrics_addr: Option<String>,
-    /// Segmentation offloads: the TUN device hands weft 64 KiB TCP
+    /// Segmentation offloads: the TUN or TAP device hands weft 64 KiB TCP
     /// super-packets (IFF_VNET_HDR, TSO) and takes coalesced ones, and the
     /// UDP sockets send with GSO. `off` moves one packet per device read and
-    /// write (for comparison). TAP devices never use them.
+    /// write (for comparison).
     #[arg(long, value_enum, default_value_t = Switch::On)]
     offload: Switch,
     /// Accept encapsulated traffic from addresses that hold no lease, for

@@ -283,13 +283,17 @@ impl Worker {
         st.out_sock.clear();
         let mut n = 0;
         let mut more = false;
+        let tap = matches!(self.mode, Mode::VxlanTap(_));
         while n + SPLIT_ROOM <= st.txbufs.count() {
-            let k = match self.queue.recv_multiple(
-                &mut st.vnet_in,
-                st.txbufs.slots_mut(n),
-                &mut st.sizes[n..],
-                HEADROOM,
-            ) {
+            let (slots, sizes) = (st.txbufs.slots_mut(n), &mut st.sizes[n..]);
+            let read = if tap {
+                self.queue
+                    .recv_frames(&mut st.vnet_in, slots, sizes, HEADROOM)
+            } else {
+                self.queue
+                    .recv_multiple(&mut st.vnet_in, slots, sizes, HEADROOM)
+            };
+            let k = match read {
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -395,8 +399,9 @@ impl Worker {
     }
 
     /// Decapsulates the datagram at `rx_vecs[i][range]` in place; returns
-    /// the inner packet's range within it and the sending peer (none for an
-    /// accepted NAT peer), or counts the drop.
+    /// the range of what goes to the device (the inner IP packet, or for a
+    /// TAP the inner frame) and the sending peer (none for an accepted NAT
+    /// peer), or counts the drop.
     fn decapsulate_offload(
         &self,
         st: &mut State,
@@ -406,22 +411,26 @@ impl Worker {
         src: SocketAddrV4,
     ) -> Option<(std::ops::Range<usize>, Option<PeerId>)> {
         let datagram = &mut st.rx_vecs[i][range.clone()];
+        // (what goes to the device, the inner IP packet)
         let r = match self.mode {
             Mode::Udp => {
                 if datagram.len() > self.mtu {
                     Err(DropReason::Oversize)
                 } else {
-                    udp::decapsulate(datagram).map(|len| 0..len)
+                    udp::decapsulate(datagram).map(|len| (0..len, 0..len))
                 }
             }
-            Mode::VxlanTun(ep) => ep.decapsulate(datagram).map(|inner| inner.ip),
-            // TAP devices never run with offloads.
-            Mode::VxlanTap(_) => Err(DropReason::InnerTruncated),
+            Mode::VxlanTun(ep) => ep
+                .decapsulate(datagram)
+                .map(|inner| (inner.ip.clone(), inner.ip)),
+            Mode::VxlanTap(ep) => ep
+                .decapsulate(datagram)
+                .map(|inner| (inner.frame, inner.ip)),
         };
-        let r = r.and_then(|inner| {
-            let ip = range.start + inner.start..range.start + inner.end;
+        let r = r.and_then(|(deliver, ip)| {
+            let ip = range.start + ip.start..range.start + ip.end;
             self.authorize(table, *src.ip(), &st.rx_vecs[i][ip])
-                .map(|peer| (inner, peer))
+                .map(|peer| (deliver, peer))
         });
         match r {
             Ok(r) => Some(r),
@@ -485,8 +494,14 @@ impl Worker {
     }
 
     /// Writes the inner packets in `st.inner` to the device, each run of
-    /// mergeable TCP segments as one super-packet.
+    /// mergeable TCP segments as one super-packet. On a TAP each entry is a
+    /// frame: frames merge only behind identical Ethernet headers, and the
+    /// super-packet goes behind the first one's.
     fn write_runs(&self, st: &mut State) {
+        let l2 = match self.mode {
+            Mode::VxlanTap(_) => ethernet::HEADER_LEN,
+            _ => 0,
+        };
         let State {
             rx_vecs,
             inner,
@@ -499,6 +514,11 @@ impl Worker {
             let (b, s, e) = inner[k];
             &rx_vecs[b as usize][s as usize..e as usize]
         };
+        // The IP packet inside an entry (a frame on a TAP).
+        fn behind(p: &[u8], l2: usize) -> &[u8] {
+            p.get(l2..).unwrap_or(&[])
+        }
+        let ip = |p| behind(p, l2);
         let mut k = 0;
         // The next packet's Segment, when the previous run already parsed it.
         let mut next_seg: Option<Option<gro::Segment>> = None;
@@ -506,7 +526,7 @@ impl Worker {
         while k < inner.len() {
             let mut iov = [io::IoSlice::new(&[]); 2 + gro::MAX_SEGMENTS];
             let first = pkt(k);
-            let seg = next_seg.take().unwrap_or_else(|| gro::segment(first));
+            let seg = next_seg.take().unwrap_or_else(|| gro::segment(ip(first)));
             let mut end = k + 1;
             let parts = match seg {
                 Some(s) => {
@@ -514,9 +534,12 @@ impl Worker {
                     let mut last = first;
                     while end < inner.len() {
                         let p = pkt(end);
-                        let sp = gro::segment(p);
+                        let sp = gro::segment(ip(p));
                         match sp {
-                            Some(sn) if run.push(last, sn, p) => {
+                            Some(sn)
+                                if p.get(..l2) == first.get(..l2)
+                                    && run.push(ip(last), sn, ip(p)) =>
+                            {
                                 last = p;
                                 end += 1;
                             }
@@ -526,13 +549,14 @@ impl Worker {
                             }
                         }
                     }
-                    let h = run.super_header(first, gro_hdr);
+                    let eth = first.get(..l2).unwrap_or(&[]);
+                    let h = run.super_header_after(eth, ip(first), gro_hdr);
                     iov[0] = io::IoSlice::new(&gro_hdr[..h]);
                     if run.count() == 1 {
                         iov[1] = io::IoSlice::new(first);
                         2
                     } else {
-                        let hl = s.header_len();
+                        let hl = l2 + s.header_len();
                         for (j, m) in (k..end).enumerate() {
                             iov[1 + j] = io::IoSlice::new(&pkt(m)[hl..]);
                         }

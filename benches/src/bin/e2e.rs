@@ -82,6 +82,16 @@ const CONFIGS: &[Config] = &[
         },
     },
     Config {
+        name: "weft vxlan/tap no-offload",
+        setup: Setup::Weft {
+            backend: "vxlan",
+            device: "tap",
+            offload: false,
+            threads: 1,
+            disable: "",
+        },
+    },
+    Config {
         name: "weft udp",
         setup: Setup::Weft {
             backend: "udp",

@@ -71,6 +71,13 @@ fn direct_routing_on_the_segment_vxlan_across_the_router() {
             tx,
             "weft encapsulated traffic between adjacent peers"
         );
+        // Per peer, too: node 0 never encapsulated a packet for node 1.
+        let peer1 = format!(
+            "weft_peer_tx_packets_total{{subnet=\"{}\",public_ip=\"192.168.100.2\"}}",
+            c.nodes[1].subnet().unwrap()
+        );
+        assert_eq!(counter(&c, 0, &peer1), 0, "{peer1}");
+        assert!(metrics(&c.nodes[0].ns, 9153).contains("via=\"direct\"}"));
         assert_eq!(
             wire.frames(Hop::Bridged, Carried::Vxlan),
             0,
@@ -87,6 +94,13 @@ fn direct_routing_on_the_segment_vxlan_across_the_router() {
         transfer_pods(&c, 0, 2, 4, 5203);
         transfer_pods(&c, 2, 1, 4, 5204);
         assert!(counter(&c, 0, "weft_tx_packets_total") > tx[0] + 2000);
+        let peer2 = format!(
+            "weft_peer_tx_packets_total{{subnet=\"{}\",public_ip=\"{}\"}}",
+            c.nodes[2].subnet().unwrap(),
+            c.nodes[2].underlay
+        );
+        assert!(counter(&c, 0, &peer2) > 2000, "{peer2}");
+        assert_eq!(counter(&c, 0, &peer1), 0, "{peer1}");
         assert!(counter(&c, 2, "weft_tx_packets_total") > 2500);
         assert!(
             wire.bytes(Hop::Routed, Carried::Vxlan) > 8 << 20,

@@ -100,3 +100,12 @@ pub fn route_of(ns: &Netns, dst: impl std::fmt::Display) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
+
+/// Starts weft on every node of `c` with `extra` flags and puts each
+/// node's pod bridge up.
+pub fn start_all(c: &mut Cluster, extra: &[&str]) {
+    for i in 0..c.nodes.len() {
+        c.start(i, weft(), extra).unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+}

@@ -130,15 +130,10 @@ fn device_deleted_by_hand(tag: &str, backend: &str, device: &str) {
         "flannel.1"
     };
     let mut c = Cluster::new(tag, 2, &net_conf(backend)).unwrap();
-    for i in 0..2 {
-        c.start(
-            i,
-            weft(),
-            &["--device", device, "--metrics-addr", "127.0.0.1:9153"],
-        )
-        .unwrap();
-        c.nodes[i].add_pod_bridge().unwrap();
-    }
+    start_all(
+        &mut c,
+        &["--device", device, "--metrics-addr", "127.0.0.1:9153"],
+    );
     let pod1 = c.nodes[1].pod_ip().unwrap();
     let subnet1 = c.nodes[1].subnet().unwrap().to_string();
     assert!(wait_ping(&c.nodes[0].ns, pod1));
@@ -211,11 +206,7 @@ fn deleted_udp_device_is_recreated() {
 #[test]
 fn device_recreation_retries_with_backoff() {
     let mut c = Cluster::new("db", 2, &net_conf("vxlan")).unwrap();
-    for i in 0..2 {
-        c.start(i, weft(), &["--metrics-addr", "127.0.0.1:9153"])
-            .unwrap();
-        c.nodes[i].add_pod_bridge().unwrap();
-    }
+    start_all(&mut c, &["--metrics-addr", "127.0.0.1:9153"]);
     let pod1 = c.nodes[1].pod_ip().unwrap();
     assert!(wait_ping(&c.nodes[0].ns, pod1));
     // Delete the device and take its name in one go, before weft looks.

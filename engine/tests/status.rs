@@ -27,11 +27,8 @@ fn status_of(c: &Cluster, i: usize, extra: &[&str]) -> String {
 fn status_shows_lease_peers_and_counters() {
     for (backend, device, via) in [("vxlan", "tun", "tunnel"), ("udp", "tun", "tunnel")] {
         let mut c = Cluster::new("st", 2, &net_conf(backend)).unwrap();
-        for i in 0..2 {
-            // No --metrics-addr: status finds the default.
-            c.start(i, weft(), &["--device", device]).unwrap();
-            c.nodes[i].add_pod_bridge().unwrap();
-        }
+        // No --metrics-addr: status finds the default.
+        start_all(&mut c, &["--device", device]);
         assert!(wait_ping(&c.nodes[0].ns, c.nodes[1].pod_ip().unwrap()));
         transfer(&c, 0, 1, 4, 5001);
         let text = status_of(&c, 0, &[]);

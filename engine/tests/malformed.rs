@@ -130,10 +130,52 @@ fn vxlan_drops_each_malformed_case_by_reason() {
     let m = metrics(&c.nodes[0].ns, 9153);
     assert_eq!(metric(&m, "weft_rx_packets_total"), Some(0), "{m}");
 
+    // The same valid datagram with a wrong outer UDP checksum never reaches
+    // weft: the kernel's UDP layer drops it.
+    send_with_bad_udp_checksum(&c, to, &good);
     // The unmutated datagram is accepted: the cases above failed for their
     // mutation alone.
     send_all(&c, to, vec![good]);
     assert!(wait_metric(&c, "weft_rx_packets_total", 1));
+    std::thread::sleep(Duration::from_millis(200));
+    let m = metrics(&c.nodes[0].ns, 9153);
+    assert_eq!(metric(&m, "weft_rx_packets_total"), Some(1), "{m}");
+}
+
+/// Sends `payload` from node 1 to `to` over a raw socket, as UDP whose
+/// checksum is set but off by one.
+fn send_with_bad_udp_checksum(c: &Cluster, to: SocketAddr, payload: &[u8]) {
+    use weft_encap::checksum;
+    let (src, SocketAddr::V4(dst)) = (c.nodes[1].underlay, to) else {
+        panic!("IPv4 only")
+    };
+    let len = (8 + payload.len()) as u16;
+    let mut udp = Vec::with_capacity(len.into());
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&dst.port().to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut pseudo = [0u8; 12];
+    pseudo[..4].copy_from_slice(&src.octets());
+    pseudo[4..8].copy_from_slice(&dst.ip().octets());
+    pseudo[9] = 17;
+    pseudo[10..].copy_from_slice(&len.to_be_bytes());
+    let good = !checksum::fold(checksum::sum(&udp, checksum::sum(&pseudo, 0)));
+    let bad = if good == 0xfffe {
+        0x1234
+    } else {
+        good.wrapping_add(1)
+    };
+    udp[6..8].copy_from_slice(&bad.to_be_bytes());
+    c.nodes[1]
+        .ns
+        .enter(move || {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).unwrap();
+            s.send_to(&udp, &SocketAddr::V4(dst).into()).unwrap();
+        })
+        .unwrap();
 }
 
 #[test]

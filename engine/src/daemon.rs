@@ -302,6 +302,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
                     }
                 }
             }
+            // Not ready while the device is gone: /readyz says so.
+            metrics.ready.store(dp.lost.is_none(), Ordering::Relaxed);
         }
         let leases = match reg.leases().await {
             Ok(l) => l,

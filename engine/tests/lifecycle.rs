@@ -230,12 +230,19 @@ fn device_recreation_retries_with_backoff() {
     });
     assert!(refused, "{}", c.nodes[0].log_text());
     assert!(!ping(&c.nodes[0].ns, pod1, 1));
+    let m = metrics(&c.nodes[0].ns, 9153);
+    assert_eq!(
+        metric(&m, "weft_ready"),
+        Some(0),
+        "not ready without a device"
+    );
     c.nodes[0].ns.ip(&["link", "del", "flannel.1"]).unwrap();
     // The next try is at most 4 s away at this point (1 s, 2 s, then 4 s).
     let back = Cluster::wait_for(Duration::from_secs(8), || ping(&c.nodes[0].ns, pod1, 1));
     assert!(back, "{}", c.nodes[0].log_text());
     let m = metrics(&c.nodes[0].ns, 9153);
     assert_eq!(metric(&m, "weft_device_recreations_total"), Some(1), "{m}");
+    assert_eq!(metric(&m, "weft_ready"), Some(1), "{m}");
     for i in 0..2 {
         assert!(c.nodes[i].stop().unwrap().success());
     }

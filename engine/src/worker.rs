@@ -342,16 +342,7 @@ impl Worker {
             .recv_into(&self.socket, &mut st.rx_vecs, RX_OFFSET)
         {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-            Err(e) => {
-                st.batch.drop(DropReason::SendError);
-                st.batch.os_error(e.raw_os_error(), 1);
-                if let Some(suppressed) = st.send_log.allow() {
-                    tracing::warn!(worker = self.id, suppressed, error = %e, "UDP receive error");
-                }
-                return true;
-            }
+            Err(e) => return self.receive_error(st, &e),
         };
         let max_datagram = self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN;
         let table = self.table.load();
@@ -705,18 +696,7 @@ impl Worker {
     fn peers_to_device(&self, st: &mut State) -> bool {
         let n = match st.receiver.recv(&self.socket, &mut st.rxbufs, 0) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-            Err(e) => {
-                // ECONNREFUSED and friends are per-datagram reports queued on
-                // the socket; reading them clears them. Count, keep going.
-                st.batch.drop(DropReason::SendError);
-                st.batch.os_error(e.raw_os_error(), 1);
-                if let Some(suppressed) = st.send_log.allow() {
-                    tracing::warn!(worker = self.id, suppressed, error = %e, "UDP receive error");
-                }
-                return true;
-            }
+            Err(e) => return self.receive_error(st, &e),
         };
         let table = self.table.load();
         for i in 0..n {
@@ -831,6 +811,25 @@ impl Worker {
         {
             if self.socket.send_to(&st.scratch[..n], to).is_err() {
                 st.batch.drop(DropReason::SendError);
+            }
+        }
+    }
+
+    /// Sorts a failed receive: true if the socket may have more to read.
+    /// `WouldBlock` means drained. ECONNREFUSED and friends are
+    /// per-datagram reports queued on the socket, and reading them clears
+    /// them: count, keep going.
+    fn receive_error(&self, st: &mut State, e: &io::Error) -> bool {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => false,
+            io::ErrorKind::Interrupted => true,
+            _ => {
+                st.batch.drop(DropReason::SendError);
+                st.batch.os_error(e.raw_os_error(), 1);
+                if let Some(suppressed) = st.send_log.allow() {
+                    tracing::warn!(worker = self.id, suppressed, error = %e, "UDP receive error");
+                }
+                true
             }
         }
     }

@@ -231,31 +231,7 @@ mod tests {
 
     /// A TCP/IPv4 segment with a valid checksum.
     fn seg(seq: u32, payload: usize, flags: u8) -> Vec<u8> {
-        let total = 20 + 32 + payload;
-        let mut p = vec![0u8; total];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p[6] = 0x40;
-        p[8] = 64;
-        p[9] = 6;
-        p[12..16].copy_from_slice(&[10, 244, 1, 2]);
-        p[16..20].copy_from_slice(&[10, 244, 2, 3]);
-        let c = checksum::checksum(&p[..20]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        let t = &mut p[20..];
-        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
-        t[2..4].copy_from_slice(&5201u16.to_be_bytes());
-        t[4..8].copy_from_slice(&seq.to_be_bytes());
-        t[8..12].copy_from_slice(&7u32.to_be_bytes());
-        t[12] = 8 << 4;
-        t[13] = flags;
-        t[14..16].copy_from_slice(&500u16.to_be_bytes());
-        t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 3]);
-        for (i, b) in t[32..].iter_mut().enumerate() {
-            *b = (seq as usize + i) as u8;
-        }
-        fix_tcp_checksum(&mut p);
-        p
+        crate::vectors::tcp_segment(seq, payload, flags)
     }
 
     fn fix_tcp_checksum(p: &mut [u8]) {

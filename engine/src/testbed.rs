@@ -28,6 +28,50 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
+/// Puts a `cni0` bridge with `<subnet>.1/<len>` up in `ns`, standing in for
+/// the pods the CNI plugin would attach; returns that address.
+pub fn pod_bridge(ns: &Netns, subnet: Ipv4Net) -> io::Result<Ipv4Addr> {
+    let ip = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{ip}/{}", subnet.prefix_len()),
+        "dev",
+        "cni0",
+    ])?;
+    ns.ip(&["link", "set", "cni0", "up"])?;
+    Ok(ip)
+}
+
+/// Receives one frame from the hub's packet socket that a host sent, i.e.
+/// that entered the hub at one of the ports in `indices`; returns its
+/// length (with MSG_TRUNC in `flags`, the frame's full length). None for
+/// anything else, and on an error.
+fn recv_from_hosts(
+    fd: &std::os::fd::OwnedFd,
+    buf: &mut [u8],
+    flags: libc::c_int,
+    indices: &[i32],
+) -> Option<usize> {
+    // SAFETY: zeroed sockaddr_ll is a valid out-parameter.
+    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: buf and from are valid for the sizes given.
+    let n = unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            flags,
+            (&mut from as *mut libc::sockaddr_ll).cast(),
+            &mut len,
+        )
+    };
+    let ours = from.sll_pkttype != libc::PACKET_OUTGOING && indices.contains(&from.sll_ifindex);
+    (n > 0 && ours).then_some(n as usize)
+}
+
 fn check(out: Output, what: &str) -> io::Result<Output> {
     if out.status.success() {
         Ok(out)
@@ -192,17 +236,7 @@ impl Node {
         let subnet = self
             .subnet()
             .ok_or_else(|| io::Error::other("no subnet.env yet"))?;
-        let ip = Ipv4Addr::from(u32::from(subnet.network()) + 1);
-        self.ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
-        self.ns.ip(&[
-            "addr",
-            "add",
-            &format!("{ip}/{}", subnet.prefix_len()),
-            "dev",
-            "cni0",
-        ])?;
-        self.ns.ip(&["link", "set", "cni0", "up"])?;
-        Ok(ip)
+        pod_bridge(&self.ns, subnet)
     }
 }
 
@@ -1155,30 +1189,11 @@ impl WireTap {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 64];
                 while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: zeroed sockaddr_ll is a valid out-parameter.
-                    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                    // SAFETY: buf and from are valid for the sizes given.
-                    let n = unsafe {
-                        libc::recvfrom(
-                            fd.as_raw_fd(),
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                            libc::MSG_TRUNC,
-                            (&mut from as *mut libc::sockaddr_ll).cast(),
-                            &mut len,
-                        )
+                    // MSG_TRUNC: the frame's full length, with its head in buf.
+                    let Some(n) = recv_from_hosts(&fd, &mut buf, libc::MSG_TRUNC, &indices) else {
+                        continue;
                     };
-                    if n < 0 {
-                        continue;
-                    }
-                    // Frames the hosts send, entering the hub at their port.
-                    if from.sll_pkttype == libc::PACKET_OUTGOING
-                        || !indices.contains(&from.sll_ifindex)
-                    {
-                        continue;
-                    }
-                    let got = (n as usize).min(buf.len());
+                    let got = n.min(buf.len());
                     if let Some((hop, what)) = classify(&buf[..got], &router_macs, pods) {
                         let c = &counts[hop as usize][what as usize];
                         c.0.fetch_add(1, Ordering::Relaxed);
@@ -1320,27 +1335,10 @@ impl UdpCapture {
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 1 << 17];
                 while !stop.load(Ordering::Relaxed) {
-                    // SAFETY: zeroed sockaddr_ll is a valid out-parameter.
-                    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                    let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-                    // SAFETY: buf and from are valid for the sizes given.
-                    let n = unsafe {
-                        libc::recvfrom(
-                            fd.as_raw_fd(),
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                            0,
-                            (&mut from as *mut libc::sockaddr_ll).cast(),
-                            &mut len,
-                        )
-                    };
-                    if n <= 0
-                        || from.sll_pkttype == libc::PACKET_OUTGOING
-                        || !indices.contains(&from.sll_ifindex)
-                    {
+                    let Some(n) = recv_from_hosts(&fd, &mut buf, 0, &indices) else {
                         continue;
-                    }
-                    let f = &buf[..n as usize];
+                    };
+                    let f = &buf[..n.min(buf.len())];
                     if f.len() < 14 + 28 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 17 {
                         continue;
                     }

@@ -256,16 +256,7 @@ impl Worker {
                     break;
                 }
             };
-            let pkt = HEADROOM..HEADROOM + len;
-            match self.encapsulate(st, &table, n, pkt) {
-                Ok((msg, sock, peer)) => {
-                    st.tx_peer
-                        .add(&table, Direction::Tx, peer, msg.len as usize);
-                    st.out.push(msg);
-                    st.out_sock.push(sock);
-                }
-                Err(r) => st.batch.drop(r),
-            }
+            self.stage(st, &table, n, HEADROOM..HEADROOM + len);
             n += 1;
             more = n == BATCH;
         }
@@ -312,16 +303,7 @@ impl Worker {
                 }
             };
             for j in n..n + k {
-                let pkt = HEADROOM..HEADROOM + st.sizes[j];
-                match self.encapsulate(st, &table, j, pkt) {
-                    Ok((msg, sock, peer)) => {
-                        st.tx_peer
-                            .add(&table, Direction::Tx, peer, msg.len as usize);
-                        st.out.push(msg);
-                        st.out_sock.push(sock);
-                    }
-                    Err(r) => st.batch.drop(r),
-                }
+                self.stage(st, &table, j, HEADROOM..HEADROOM + st.sizes[j]);
             }
             n += k;
             more = n + SPLIT_ROOM > st.txbufs.count();
@@ -571,6 +553,26 @@ impl Worker {
                 }
             }
             k = end;
+        }
+    }
+
+    /// Encapsulates the packet at `txbufs[slot][pkt]` and queues it for
+    /// `send_batch`, counting it against its peer; or counts the drop.
+    #[inline]
+    fn stage(
+        &self,
+        st: &mut State,
+        table: &ForwardingTable,
+        slot: usize,
+        pkt: std::ops::Range<usize>,
+    ) {
+        match self.encapsulate(st, table, slot, pkt) {
+            Ok((msg, sock, peer)) => {
+                st.tx_peer.add(table, Direction::Tx, peer, msg.len as usize);
+                st.out.push(msg);
+                st.out_sock.push(sock);
+            }
+            Err(r) => st.batch.drop(r),
         }
     }
 

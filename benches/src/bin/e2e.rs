@@ -372,7 +372,7 @@ fn measure(weft: &Path, setup: Setup, seconds: u64) -> anyhow::Result<Sample> {
     match setup {
         Setup::Veth => {
             for (i, s) in SUBNETS.iter().enumerate() {
-                pod_bridge(&c.nodes[i].ns, s.parse()?)?;
+                testbed::pod_bridge(&c.nodes[i].ns, s.parse()?)?;
                 let peer = c.nodes[1 - i].underlay.to_string();
                 c.nodes[i]
                     .ns
@@ -397,7 +397,7 @@ fn measure(weft: &Path, setup: Setup, seconds: u64) -> anyhow::Result<Sample> {
                 testbed::KERNEL_VTEP_MAC,
             )?;
             for (i, s) in SUBNETS.iter().enumerate() {
-                pod_bridge(&c.nodes[i].ns, s.parse()?)?;
+                testbed::pod_bridge(&c.nodes[i].ns, s.parse()?)?;
             }
         }
         Setup::Weft {
@@ -511,21 +511,6 @@ fn pod_ip(c: &Cluster, i: usize) -> anyhow::Result<std::net::Ipv4Addr> {
     }
     let s: ipnet::Ipv4Net = SUBNETS[i].parse()?;
     Ok(std::net::Ipv4Addr::from(u32::from(s.network()) + 1))
-}
-
-/// A `cni0` bridge with `<subnet>.1`, for setups without weft.
-fn pod_bridge(ns: &Netns, subnet: ipnet::Ipv4Net) -> anyhow::Result<()> {
-    let ip = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 1);
-    ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
-    ns.ip(&[
-        "addr",
-        "add",
-        &format!("{ip}/{}", subnet.prefix_len()),
-        "dev",
-        "cni0",
-    ])?;
-    ns.ip(&["link", "set", "cni0", "up"])?;
-    Ok(())
 }
 
 /// Runs iperf3 from `from` (bound to `src`) to a one-shot server at `dst`

@@ -44,13 +44,20 @@ pub enum DropReason {
     UnknownSender,
     /// Inner source outside the sending node's subnet: spoofed.
     SpoofedSource,
-    /// Inner destination outside our subnet: not ours to deliver.
+    /// Inner destination outside our subnet, or our subnet's network or
+    /// broadcast address, or multicast: not ours to deliver.
     NotForUs,
+    /// Inner TCP or UDP checksum wrong, and not the partial sum a kernel
+    /// peer leaves for the device to finish (`l4`).
+    L4Checksum,
+    /// An inner IPv6 packet: weft has no IPv6 overlay to authenticate it
+    /// against yet.
+    Ipv6Unsupported,
 }
 
 impl DropReason {
     /// Every reason, in label order, for metric exposition.
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::ShortHeader,
         DropReason::FlagsInvalid,
         DropReason::ReservedBits,
@@ -71,6 +78,8 @@ impl DropReason {
         DropReason::UnknownSender,
         DropReason::SpoofedSource,
         DropReason::NotForUs,
+        DropReason::L4Checksum,
+        DropReason::Ipv6Unsupported,
     ];
 
     /// Number of reasons, for counter arrays.
@@ -104,6 +113,8 @@ impl DropReason {
             DropReason::UnknownSender => "unknown_sender",
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::NotForUs => "not_for_us",
+            DropReason::L4Checksum => "l4_checksum",
+            DropReason::Ipv6Unsupported => "ipv6_unsupported",
         }
     }
 }

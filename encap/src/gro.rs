@@ -32,6 +32,8 @@ pub const MAX_SEGMENTS: usize = 64;
 
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
+const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
+const TCP_CWR: u8 = 0x80;
 const TCP_ACK: u8 = 0x10;
 const TCP_PSH: u8 = 0x08;
 
@@ -65,6 +67,13 @@ impl Segment {
 /// alone; the kernel checks it). The IPv4 header is assumed already checked
 /// by the decapsulator (version, length, header checksum).
 pub fn segment(pkt: &[u8]) -> Option<Segment> {
+    segment_unverified(pkt).filter(|_| tcp_checksum_ok(pkt))
+}
+
+/// `segment` for a packet whose TCP checksum the caller has verified
+/// already (`l4::verify_or_complete`): the same rules, without summing the
+/// packet a second time.
+pub fn segment_unverified(pkt: &[u8]) -> Option<Segment> {
     if pkt.len() < 40 || pkt[0] != 0x45 || pkt[9] != 6 {
         return None;
     }
@@ -88,9 +97,6 @@ pub fn segment(pkt: &[u8]) -> Option<Segment> {
     if payload == 0 {
         return None;
     }
-    if !tcp_checksum_ok(pkt) {
-        return None;
-    }
     Some(Segment {
         tcp_len,
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
@@ -106,6 +112,50 @@ fn tcp_checksum_ok(pkt: &[u8]) -> bool {
     pseudo[9] = 6;
     pseudo[10..].copy_from_slice(&(tcp.len() as u16).to_be_bytes());
     checksum::fold(checksum::sum(tcp, checksum::sum(&pseudo, 0))) == 0xffff
+}
+
+/// The `virtio_net_hdr` that hands the TCP/IPv4 super-packet `ip` (behind
+/// `l2_len` bytes of link-layer header) to the device as one GSO packet,
+/// the way a kernel peer sent it: segments of `mss` payload bytes, or,
+/// when `mss` is 0 or would exceed `mtu`, as many as fit an `mtu`-byte
+/// packet. The TCP checksum field is rewritten to the partial sum that
+/// NEEDS_CSUM asks for (the caller verified the full one). `None` for
+/// anything but a TCP/IPv4 packet with room for at least one segment.
+pub fn gso_header(
+    l2_len: usize,
+    ip: &mut [u8],
+    mss: usize,
+    mtu: usize,
+) -> Option<[u8; VNET_HDR_LEN]> {
+    let p = crate::ipv4::Packet::new_checked(&*ip).ok()?;
+    if p.protocol() != 6 {
+        return None;
+    }
+    let (hl, total) = (p.header_len(), usize::from(p.total_len()));
+    let pseudo =
+        crate::l4::pseudo_header_sum(p.src().octets(), p.dst().octets(), 6, (total - hl) as u16);
+    let tcp = ip.get_mut(hl..total)?;
+    let tcp_len = usize::from(*tcp.get(12)? >> 4) * 4;
+    if tcp_len < 20 || tcp.len() <= tcp_len {
+        return None;
+    }
+    let fits = mtu.checked_sub(hl + tcp_len).filter(|&m| m > 0)?;
+    let gso_size = if mss == 0 || mss > fits { fits } else { mss };
+    let gso_size = u16::try_from(gso_size).ok()?;
+    tcp[16..18].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    let mut gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
+    if tcp[13] & TCP_CWR != 0 {
+        // As the kernel's virtio_net_hdr_from_skb marks SKB_GSO_TCP_ECN.
+        gso_type |= VIRTIO_NET_HDR_GSO_ECN;
+    }
+    let mut out = [0u8; VNET_HDR_LEN];
+    out[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    out[1] = gso_type;
+    out[2..4].copy_from_slice(&((l2_len + hl + tcp_len) as u16).to_le_bytes());
+    out[4..6].copy_from_slice(&gso_size.to_le_bytes());
+    out[6..8].copy_from_slice(&((l2_len + hl) as u16).to_le_bytes());
+    out[8..10].copy_from_slice(&16u16.to_le_bytes());
+    Some(out)
 }
 
 /// A run of segments being merged.

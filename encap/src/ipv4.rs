@@ -128,6 +128,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
         be16(&self.buffer.as_ref()[field::FLG_OFF]) & 0x1fff
     }
 
+    /// The MF (more fragments) flag.
+    pub fn more_fragments(&self) -> bool {
+        be16(&self.buffer.as_ref()[field::FLG_OFF]) & 0x2000 != 0
+    }
+
     /// Time to live.
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]

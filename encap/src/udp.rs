@@ -30,6 +30,14 @@ pub fn decapsulate(datagram: &mut [u8]) -> Result<usize, DropReason> {
     forward(datagram, true)
 }
 
+/// The datagram length at which `datagram` holds exactly the IPv4 packet
+/// its header announces (see `vxlan::carried_len`).
+pub fn carried_len(datagram: &[u8]) -> Option<usize> {
+    let p = Packet::new_unchecked(datagram);
+    (datagram.len() >= crate::ipv4::MIN_HEADER_LEN && p.version() == 4)
+        .then(|| usize::from(p.total_len()))
+}
+
 fn forward(buf: &mut [u8], verify: bool) -> Result<usize, DropReason> {
     let mut p = Packet::new_checked(buf).map_err(|e| match e {
         Malformed::Checksum => DropReason::Ipv4Checksum,

@@ -257,6 +257,27 @@ impl Endpoint {
     }
 }
 
+/// The datagram length at which `datagram` would hold exactly the VXLAN
+/// header, the inner Ethernet header and the whole inner IPv4 packet its
+/// header announces; `None` if it does not start with an IPv4 frame.
+///
+/// A kernel VXLAN peer on the same host hands its TCP super-packets to the
+/// underlay unsegmented (SKB_GSO_UDP_TUNNEL), and the receiving UDP socket
+/// gets each as one datagram of up to 64 KiB. A run of datagrams coalesced
+/// by UDP GRO instead starts with a datagram that ends at its first
+/// segment. This length tells the two apart.
+pub fn carried_len(datagram: &[u8]) -> Option<usize> {
+    let ip_start = HEADER_LEN + ethernet::HEADER_LEN;
+    let frame = Frame::new_checked(datagram.get(HEADER_LEN..)?).ok()?;
+    if frame.ethertype() != ethertype::IPV4 {
+        return None;
+    }
+    let ip = datagram.get(ip_start..)?;
+    let p = ipv4::Packet::new_unchecked(ip);
+    (ip.len() >= ipv4::MIN_HEADER_LEN && p.version() == 4)
+        .then(|| ip_start + usize::from(p.total_len()))
+}
+
 /// Checks an inner IPv4 packet and returns its total length.
 fn check_ipv4(b: &[u8]) -> Result<usize, DropReason> {
     let p = ipv4::Packet::new_checked(b).map_err(|_| DropReason::Ipv4Malformed)?;

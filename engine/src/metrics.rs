@@ -49,6 +49,10 @@ pub struct WorkerStats {
     pub drops: [AtomicU64; DropReason::COUNT],
     /// OS errors from socket and device calls, by `errno_slot`.
     pub os_errors: [AtomicU64; ERRNO_SLOTS],
+    /// ICMP errors not sent because the rate limit was reached.
+    pub icmp_suppressed: AtomicU64,
+    /// Received inner segments whose partial checksum weft completed.
+    pub checksums_completed: AtomicU64,
 }
 
 /// A worker's counts for the batch in progress; published by `flush`.
@@ -66,6 +70,10 @@ pub struct BatchStats {
     pub drops: [u64; DropReason::COUNT],
     /// See `WorkerStats`.
     pub os_errors: [u64; ERRNO_SLOTS],
+    /// See `WorkerStats`.
+    pub icmp_suppressed: u64,
+    /// See `WorkerStats`.
+    pub checksums_completed: u64,
     dirty: bool,
 }
 
@@ -90,6 +98,20 @@ impl BatchStats {
         for (c, n) in self.os_errors.iter_mut().zip(by_slot) {
             *c += n;
         }
+        self.dirty = true;
+    }
+
+    /// Counts an ICMP error the rate limit held back.
+    #[inline]
+    pub fn icmp_suppressed(&mut self) {
+        self.icmp_suppressed += 1;
+        self.dirty = true;
+    }
+
+    /// Counts a partial checksum completed.
+    #[inline]
+    pub fn checksum_completed(&mut self) {
+        self.checksums_completed += 1;
         self.dirty = true;
     }
 
@@ -125,6 +147,8 @@ impl BatchStats {
         add(&to.rx_bytes, self.rx_bytes);
         add(&to.tx_packets, self.tx_packets);
         add(&to.tx_bytes, self.tx_bytes);
+        add(&to.icmp_suppressed, self.icmp_suppressed);
+        add(&to.checksums_completed, self.checksums_completed);
         for (c, n) in to.drops.iter().zip(self.drops) {
             add(c, n);
         }
@@ -231,6 +255,16 @@ impl Metrics {
             "weft_routes_recovered_total",
             "Routes of ours found missing (deleted by someone else) and put back.",
             self.routes_recovered.load(Relaxed),
+        );
+        counter(
+            "weft_icmp_suppressed_total",
+            "ICMP errors weft did not send because their rate limit was reached.",
+            self.sum(|w| &w.icmp_suppressed),
+        );
+        counter(
+            "weft_checksums_completed_total",
+            "Received inner TCP/UDP segments whose checksum a kernel peer left partial (CHECKSUM_PARTIAL across a veth or virtio link), completed by weft.",
+            self.sum(|w| &w.checksums_completed),
         );
         counter(
             "weft_device_recreations_total",

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use weft_encap::ethernet::{self, Frame};
 use weft_encap::icmp::{self, ErrorKind};
 use weft_encap::ipv4::Packet;
-use weft_encap::{flow, gro, udp, vxlan, DropReason, HEADROOM};
+use weft_encap::{flow, gro, l4, udp, vxlan, DropReason, HEADROOM};
 use weft_routes::{Direction, ForwardingTable, PeerId, PeerTally};
 
 /// Packets per batch in each direction.
@@ -121,6 +121,54 @@ impl RateLimited {
     }
 }
 
+/// The budget for ICMP errors weft generates, a token bucket like the
+/// kernel's `icmp_ratelimit`/`icmp_msgs_per_sec`: `RATE` a second with
+/// bursts of `BURST`, per worker. A flood of expired or unroutable packets
+/// must not turn weft into an ICMP amplifier.
+struct IcmpBudget {
+    tokens: u32,
+    last: Instant,
+}
+
+impl IcmpBudget {
+    const RATE: u32 = 1000;
+    const BURST: u32 = 50;
+
+    fn new() -> Self {
+        IcmpBudget {
+            tokens: Self::BURST,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self) -> bool {
+        if self.tokens == 0 {
+            let now = Instant::now();
+            let earned =
+                now.duration_since(self.last).as_micros() * u128::from(Self::RATE) / 1_000_000;
+            if earned == 0 {
+                return false;
+            }
+            self.tokens = earned.min(u128::from(Self::BURST)) as u32;
+            self.last = now;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// One inner packet waiting in a received buffer: which buffer, where,
+/// and for a super-packet its vnet header's index in `gso_hdrs` plus one
+/// (0 for an ordinary packet).
+#[derive(Clone, Copy)]
+struct Inner {
+    buf: u32,
+    start: u32,
+    end: u32,
+    gso: u32,
+}
+
 struct State {
     txbufs: PacketBufs,
     rxbufs: PacketBufs,
@@ -132,7 +180,13 @@ struct State {
     /// packet sits after decapsulation (buffer, start, end), and the
     /// scratch for a merged packet's headers.
     rx_vecs: Vec<Vec<u8>>,
-    inner: Vec<(u32, u32, u32)>,
+    inner: Vec<Inner>,
+    /// With offloads: the vnet headers of the super-packets in `inner`.
+    gso_hdrs: Vec<[u8; gro::VNET_HDR_LEN]>,
+    /// Without offloads: a received super-packet cut into device-sized
+    /// packets.
+    split: PacketBufs,
+    split_sizes: Vec<usize>,
     gro_hdr: [u8; gro::SUPER_HEADER_MAX],
     out: Vec<OutMsg>,
     /// Socket index of each entry of `out` (VXLAN only).
@@ -141,6 +195,7 @@ struct State {
     receiver: Receiver,
     sender: Sender,
     scratch: [u8; icmp::MAX_ERROR_LEN],
+    icmp_budget: IcmpBudget,
     batch: BatchStats,
     /// Per-peer counts for the batch in progress, flushed before the
     /// table snapshot they index is let go.
@@ -173,7 +228,8 @@ impl Worker {
         }
         let mut st = State {
             txbufs: PacketBufs::new(if offload { OFFLOAD_SLOTS } else { BATCH }, payload),
-            rxbufs: PacketBufs::new(if offload { 0 } else { BATCH }, payload),
+            // Room for a kernel peer's unsegmented super-datagram.
+            rxbufs: PacketBufs::new(if offload { 0 } else { BATCH }, RX_CAP),
             vnet_in: vec![
                 0;
                 if offload {
@@ -187,6 +243,9 @@ impl Worker {
                 .map(|_| vec![0; RX_CAP])
                 .collect(),
             inner: Vec::with_capacity(if offload { INNER_SLOTS } else { 0 }),
+            gso_hdrs: Vec::with_capacity(if offload { INNER_SLOTS } else { 0 }),
+            split: PacketBufs::new(if offload { 0 } else { SPLIT_ROOM }, payload),
+            split_sizes: vec![0; if offload { 0 } else { SPLIT_ROOM }],
             gro_hdr: [0; gro::SUPER_HEADER_MAX],
             out: Vec::with_capacity(OFFLOAD_SLOTS),
             out_sock: Vec::with_capacity(OFFLOAD_SLOTS),
@@ -194,6 +253,7 @@ impl Worker {
             receiver: Receiver::new(if tuning.mmsg { BATCH } else { 1 }),
             sender: Sender::new(OFFLOAD_SLOTS, offload && tuning.gso),
             scratch: [0; icmp::MAX_ERROR_LEN],
+            icmp_budget: IcmpBudget::new(),
             batch: BatchStats::default(),
             rx_peer: PeerTally::default(),
             tx_peer: PeerTally::default(),
@@ -335,7 +395,8 @@ impl Worker {
                 st.batch.drop(DropReason::Oversize);
                 continue;
             }
-            let seg = if meta.segment == 0 {
+            let whole = self.super_datagram(&st.rx_vecs[i][RX_OFFSET..RX_OFFSET + meta.len]);
+            let seg = if meta.segment == 0 || whole {
                 meta.len
             } else {
                 meta.segment
@@ -345,7 +406,7 @@ impl Worker {
                 let len = seg.min(meta.len - off);
                 let at = RX_OFFSET + off;
                 off += len;
-                if len > max_datagram {
+                if len > max_datagram && !whole {
                     st.batch.drop(DropReason::Oversize);
                     continue;
                 }
@@ -357,18 +418,63 @@ impl Worker {
                 if st.inner.len() == INNER_SLOTS {
                     self.write_runs(st);
                     st.inner.clear();
+                    st.gso_hdrs.clear();
+                }
+                let (start, end) = (at + inner.start, at + inner.end);
+                let mut gso = 0;
+                if whole {
+                    // The inner MSS is the GRO segment size the kernel
+                    // reports for a tunnel super-datagram.
+                    let l2 = self.l2_len();
+                    let ip = &mut st.rx_vecs[i][start + l2..end];
+                    match gro::gso_header(l2, ip, meta.segment, self.mtu) {
+                        Some(h) => {
+                            st.gso_hdrs.push(h);
+                            gso = st.gso_hdrs.len() as u32;
+                        }
+                        None => {
+                            st.batch.drop(DropReason::Oversize);
+                            continue;
+                        }
+                    }
                 }
                 st.batch.rx(inner.len());
                 if let Some(p) = peer {
                     st.rx_peer.add(&table, Direction::Rx, p, inner.len());
                 }
-                st.inner
-                    .push((i as u32, (at + inner.start) as u32, (at + inner.end) as u32));
+                st.inner.push(Inner {
+                    buf: i as u32,
+                    start: start as u32,
+                    end: end as u32,
+                    gso,
+                });
             }
         }
         self.write_runs(st);
+        st.gso_hdrs.clear();
         st.rx_peer.flush(&table, Direction::Rx);
         n == st.receiver.capacity()
+    }
+
+    /// True when `datagram` is one datagram longer than the underlay MTU
+    /// that carries exactly one whole inner IPv4 packet: a kernel peer's
+    /// TCP super-packet, sent unsegmented across a veth or virtio link
+    /// (see `vxlan::carried_len`), not a UDP GRO run.
+    fn super_datagram(&self, datagram: &[u8]) -> bool {
+        let max = self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN;
+        let carried = match self.mode {
+            Mode::Udp => return false,
+            Mode::VxlanTun(_) | Mode::VxlanTap(_) => vxlan::carried_len(datagram),
+        };
+        datagram.len() > max && carried == Some(datagram.len())
+    }
+
+    /// Bytes of link-layer header in front of each IP packet on the device.
+    fn l2_len(&self) -> usize {
+        match self.mode {
+            Mode::VxlanTap(_) => ethernet::HEADER_LEN,
+            _ => 0,
+        }
     }
 
     /// Decapsulates the datagram at `rx_vecs[i][range]` in place; returns
@@ -402,17 +508,24 @@ impl Worker {
         };
         let r = r.and_then(|(deliver, ip)| {
             let ip = range.start + ip.start..range.start + ip.end;
-            self.authorize(table, *src.ip(), &st.rx_vecs[i][ip])
+            self.admit(table, *src.ip(), &mut st.rx_vecs[i][ip])
                 .map(|peer| (deliver, peer))
         });
         match r {
-            Ok(r) => Some(r),
+            Ok((deliver, (peer, verdict))) => {
+                if verdict == l4::Verdict::Completed {
+                    st.batch.checksum_completed();
+                }
+                Some((deliver, peer))
+            }
             Err(DropReason::TtlExpired) => {
-                // Answer only senders we accept: never reflect.
+                // Answer only lease holders we accept: never reflect.
                 let v = std::mem::take(&mut st.rx_vecs[i]);
                 match self.authorize(table, *src.ip(), &v[range.clone()]) {
-                    Ok(_) => {
-                        self.icmp_to_peer_from(st, &v[range], src);
+                    Ok(peer) => {
+                        if peer.is_some() {
+                            self.icmp_to_peer_from(st, &v[range], src);
+                        }
                         st.batch.drop(DropReason::TtlExpired);
                     }
                     Err(r) => st.batch.drop(r),
@@ -427,12 +540,28 @@ impl Worker {
         }
     }
 
+    /// Everything a received inner packet must pass before it reaches the
+    /// device: `authorize`, then its TCP or UDP checksum, completed in
+    /// place when a kernel peer left it partial (`l4`).
+    #[inline]
+    fn admit(
+        &self,
+        table: &ForwardingTable,
+        from: Ipv4Addr,
+        ip: &mut [u8],
+    ) -> Result<(Option<PeerId>, l4::Verdict), DropReason> {
+        let peer = self.authorize(table, from, ip)?;
+        Ok((peer, l4::verify_or_complete(ip)?))
+    }
+
     /// Source authentication, before anything reaches the device: the outer
     /// source must hold a lease (unless `allow_nat_peers`), the inner
     /// source must lie in that node's subnet (with `allow_nat_peers`: in
-    /// some node's), and the inner destination in ours. `ip` is the inner
-    /// packet; for non-IPv4 packets only the first check applies. Returns
-    /// the sender, when it holds a lease.
+    /// some node's), and the inner destination in ours, and not be our
+    /// subnet's broadcast address or multicast. IPv6 inner packets are
+    /// dropped: there is no IPv6 overlay to authenticate them against.
+    /// `ip` is the inner packet, an IPv4 header the decapsulator checked.
+    /// Returns the sender, when it holds a lease.
     #[inline]
     fn authorize(
         &self,
@@ -448,6 +577,9 @@ impl Worker {
             Some((net, id)) => (Some(net), Some(id)),
             None => (None, None),
         };
+        if ip.first().is_some_and(|b| b >> 4 == 6) {
+            return Err(DropReason::Ipv6Unsupported);
+        }
         if ip.len() < 20 || ip[0] >> 4 != 4 {
             return Ok(id);
         }
@@ -460,7 +592,10 @@ impl Worker {
         if !src_ok {
             return Err(DropReason::SpoofedSource);
         }
-        if !self.subnet.contains(&dst) {
+        // Our `.0` stays: it is the device's own address, the source the
+        // kernel picks for this host's traffic to remote pods, so replies
+        // come back to it (as they do with flannel).
+        if !self.subnet.contains(&dst) || dst == self.subnet.broadcast() || dst.is_multicast() {
             return Err(DropReason::NotForUs);
         }
         Ok(id)
@@ -471,21 +606,19 @@ impl Worker {
     /// frame: frames merge only behind identical Ethernet headers, and the
     /// super-packet goes behind the first one's.
     fn write_runs(&self, st: &mut State) {
-        let l2 = match self.mode {
-            Mode::VxlanTap(_) => ethernet::HEADER_LEN,
-            _ => 0,
-        };
+        let l2 = self.l2_len();
         let State {
             rx_vecs,
             inner,
+            gso_hdrs,
             gro_hdr,
             batch,
             device_log,
             ..
         } = st;
         let pkt = |k: usize| {
-            let (b, s, e) = inner[k];
-            &rx_vecs[b as usize][s as usize..e as usize]
+            let e = inner[k];
+            &rx_vecs[e.buf as usize][e.start as usize..e.end as usize]
         };
         // The IP packet inside an entry (a frame on a TAP).
         fn behind(p: &[u8], l2: usize) -> &[u8] {
@@ -499,15 +632,26 @@ impl Worker {
         while k < inner.len() {
             let mut iov = [io::IoSlice::new(&[]); 2 + gro::MAX_SEGMENTS];
             let first = pkt(k);
-            let seg = next_seg.take().unwrap_or_else(|| gro::segment(ip(first)));
+            if let Some(h) = inner[k].gso.checked_sub(1) {
+                // A super-packet goes as it came, behind its own header.
+                iov[0] = io::IoSlice::new(&gso_hdrs[h as usize]);
+                iov[1] = io::IoSlice::new(first);
+                self.write_device(&iov[..2], batch, device_log);
+                k += 1;
+                continue;
+            }
+            // Every entry passed `admit`, which verified its TCP checksum.
+            let seg = next_seg
+                .take()
+                .unwrap_or_else(|| gro::segment_unverified(ip(first)));
             let mut end = k + 1;
             let parts = match seg {
                 Some(s) => {
                     let mut run = gro::Run::new(s);
                     let mut last = first;
-                    while end < inner.len() {
+                    while end < inner.len() && inner[end].gso == 0 {
                         let p = pkt(end);
-                        let sp = gro::segment(ip(p));
+                        let sp = gro::segment_unverified(ip(p));
                         match sp {
                             Some(sn)
                                 if p.get(..l2) == first.get(..l2)
@@ -542,17 +686,22 @@ impl Worker {
                     2
                 }
             };
-            if let Err(e) = self.queue.writev(&iov[..parts]) {
-                batch.drop(DropReason::DeviceError);
-                batch.os_error(e.raw_os_error(), 1);
-                if let Some(suppressed) = device_log.allow() {
-                    tracing::warn!(worker = self.id, suppressed, error = %e, "device write failed");
-                }
-                if matches!(e.raw_os_error(), Some(libc::EIO | libc::EBADFD)) {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
+            self.write_device(&iov[..parts], batch, device_log);
             k = end;
+        }
+    }
+
+    /// One `writev` to the device, its failure counted and logged.
+    fn write_device(&self, iov: &[io::IoSlice<'_>], batch: &mut BatchStats, log: &mut RateLimited) {
+        if let Err(e) = self.queue.writev(iov) {
+            batch.drop(DropReason::DeviceError);
+            batch.os_error(e.raw_os_error(), 1);
+            if let Some(suppressed) = log.allow() {
+                tracing::warn!(worker = self.id, suppressed, error = %e, "device write failed");
+            }
+            if matches!(e.raw_os_error(), Some(libc::EIO | libc::EBADFD)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
 
@@ -709,6 +858,7 @@ impl Worker {
             }
             let slot = st.rxbufs.slot_mut(i);
             let datagram = &mut slot[..meta.len];
+            let whole = self.super_datagram(datagram);
             let (inner, ip) = match self.mode {
                 Mode::Udp => {
                     if meta.len > self.mtu {
@@ -718,11 +868,13 @@ impl Worker {
                     match udp::decapsulate(datagram) {
                         Ok(len) => (0..len, 0..len),
                         Err(DropReason::TtlExpired) => {
-                            // Answer only senders we accept: never reflect.
+                            // Answer only lease holders we accept: never reflect.
                             let r = self.authorize(&table, *meta.src.ip(), datagram);
                             match r {
-                                Ok(_) => {
-                                    self.icmp_to_peer(st, i, meta.len, meta.src);
+                                Ok(peer) => {
+                                    if peer.is_some() {
+                                        self.icmp_to_peer(st, i, meta.len, meta.src);
+                                    }
                                     st.batch.drop(DropReason::TtlExpired);
                                 }
                                 Err(r) => st.batch.drop(r),
@@ -750,16 +902,35 @@ impl Worker {
                     }
                 },
             };
-            let peer = match self.authorize(&table, *meta.src.ip(), &st.rxbufs.slot(i)[ip]) {
-                Ok(peer) => peer,
+            if ip.len() > self.mtu && !whole {
+                st.batch.drop(DropReason::Oversize);
+                continue;
+            }
+            let peer = match self.admit(
+                &table,
+                *meta.src.ip(),
+                &mut st.rxbufs.slot_mut(i)[ip.clone()],
+            ) {
+                Ok((peer, verdict)) => {
+                    if verdict == l4::Verdict::Completed {
+                        st.batch.checksum_completed();
+                    }
+                    peer
+                }
                 Err(r) => {
                     st.batch.drop(r);
                     continue;
                 }
             };
             let len = inner.len();
-            match self.queue.send(&st.rxbufs.slot(i)[inner]) {
-                Ok(_) => {
+            let written = if whole {
+                self.write_split(st, i, inner, ip)
+            } else {
+                self.queue.send(&st.rxbufs.slot(i)[inner]).map(|_| true)
+            };
+            match written {
+                Ok(false) => st.batch.drop(DropReason::Oversize),
+                Ok(true) => {
                     st.batch.rx(len);
                     if let Some(p) = peer {
                         st.rx_peer.add(&table, Direction::Rx, p, len);
@@ -770,6 +941,44 @@ impl Worker {
         }
         st.rx_peer.flush(&table, Direction::Rx);
         n == st.receiver.capacity()
+    }
+
+    /// Without offloads: cuts the TCP super-packet at `rxbufs[i][ip]` (in
+    /// the frame `rxbufs[i][frame]`) into packets that fit the device, as
+    /// the kernel's GSO would, and writes each. A super-packet that is not
+    /// TCP/IPv4 is dropped as oversize.
+    fn write_split(
+        &self,
+        st: &mut State,
+        i: usize,
+        frame: std::ops::Range<usize>,
+        ip: std::ops::Range<usize>,
+    ) -> io::Result<bool> {
+        let l2 = self.l2_len();
+        let slot = st.rxbufs.slot_mut(i);
+        let hdr = gro::gso_header(0, &mut slot[ip.clone()], 0, self.mtu)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
+            .and_then(|h| tun_rs::VirtioNetHdr::decode(&h));
+        let n = hdr.and_then(|hdr| {
+            tun_rs::gso_split(
+                &mut slot[ip],
+                hdr,
+                st.split.slots_mut(0),
+                &mut st.split_sizes,
+                l2,
+                false,
+            )
+        });
+        let n = match n {
+            Ok(n) => n,
+            Err(_) => return Ok(false),
+        };
+        for j in 0..n {
+            let out = st.split.slot_mut(j);
+            out[..l2].copy_from_slice(&slot[frame.start..frame.start + l2]);
+            self.queue.send(&out[..l2 + st.split_sizes[j]])?;
+        }
+        Ok(true)
     }
 
     /// Writes an ICMP error about the packet in `txbufs[slot][pkt]` back
@@ -784,15 +993,17 @@ impl Worker {
         let Ok(off) = Packet::new_checked(&st.txbufs.slot(slot)[pkt]) else {
             return;
         };
+        if matches!(self.mode, Mode::VxlanTap(_)) {
+            return; // a TAP needs a frame; it never lacks a route
+        }
+        if !st.icmp_budget.take() {
+            st.batch.icmp_suppressed();
+            return;
+        }
         let Some(len) = icmp::emit_error(kind, &off, self.gateway, &mut st.scratch) else {
             return;
         };
-        let reply = &st.scratch[..len];
-        let r = match self.mode {
-            Mode::VxlanTap(_) => return, // a TAP needs a frame; it never lacks a route
-            _ => self.queue.send(reply),
-        };
-        if let Err(e) = r {
+        if let Err(e) = self.queue.send(&st.scratch[..len]) {
             self.device_error(st, "write ICMP", &e);
         }
     }
@@ -809,6 +1020,10 @@ impl Worker {
         let Ok(off) = Packet::new_checked(packet) else {
             return;
         };
+        if !st.icmp_budget.take() {
+            st.batch.icmp_suppressed();
+            return;
+        }
         if let Some(n) = icmp::emit_error(ErrorKind::TtlExceeded, &off, self.local, &mut st.scratch)
         {
             if self.socket.send_to(&st.scratch[..n], to).is_err() {

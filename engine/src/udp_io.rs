@@ -21,9 +21,14 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// Opens a UDP socket bound to `addr`. `reuse_port` lets every worker bind
 /// the same port (the kernel spreads flows across them).
+///
+/// Never `SO_REUSEADDR`: with it, any process could bind the same port on
+/// the node's own address and, being more specific than our wildcard,
+/// receive the overlay's inbound traffic. `SO_REUSEPORT` alone shares the
+/// port only with sockets of the same user (`udp_lib_lport_inuse` in the
+/// kernel), so no other user can bind it at all.
 pub fn bind(addr: SocketAddrV4, reuse_port: bool) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
     if reuse_port {
         s.set_reuse_port(true)?;
     }

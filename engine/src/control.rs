@@ -7,13 +7,14 @@ use crate::device::DeviceKind;
 use crate::netlink::{Netlink, NetlinkError, RouteEntry, Underlay};
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use weft_encap::{MacAddr, Vni};
 use weft_routes::{
-    Backend, ForwardingTable, Lease, LeaseAttrs, Peer, PeerCounters, Sender, SubnetKey,
+    Backend, ForwardingTable, Lease, LeaseAttrs, LeasePolicy, Peer, PeerCounters, Rejection,
+    Sender, SubnetKey,
 };
 
 /// How peers are reached, which decides what is programmed per peer.
@@ -64,6 +65,26 @@ impl std::fmt::Display for Via {
     }
 }
 
+/// What `Peers` works with.
+pub struct PeersConfig {
+    /// The kernel.
+    pub nl: Netlink,
+    /// weft's device; `None` for host-gw.
+    pub device: Option<u32>,
+    /// The interface peers are reached through.
+    pub underlay: Underlay,
+    /// What is programmed per peer.
+    pub programming: Programming,
+    /// The backend's UDP port, the same on every node.
+    pub port: u16,
+    /// What a peer lease must agree with (backend, Network, our lease).
+    pub policy: LeasePolicy,
+    /// The snapshot the workers read.
+    pub table: Arc<ArcSwap<ForwardingTable>>,
+    /// Where counts and views go.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// The peer set, as last applied.
 pub struct Peers {
     nl: Netlink,
@@ -71,10 +92,9 @@ pub struct Peers {
     device: Option<u32>,
     underlay: Underlay,
     programming: Programming,
-    backend: Backend,
     direct_routing: bool,
     port: u16,
-    own: SubnetKey,
+    policy: LeasePolicy,
     table: Arc<ArcSwap<ForwardingTable>>,
     metrics: Arc<crate::metrics::Metrics>,
     /// The peers the registry gives us, as last synced.
@@ -84,49 +104,51 @@ pub struct Peers {
     /// Those whose kernel state failed, with the error last logged (each
     /// distinct error is logged once; they are retried by `recheck`).
     failing: BTreeMap<SubnetKey, String>,
-    /// Leases we ignore, remembered so each is warned about once per change.
-    ignored: BTreeMap<SubnetKey, LeaseAttrs>,
+    /// Leases we refuse, with why, remembered so each is warned about and
+    /// counted once per change.
+    rejected: BTreeMap<SubnetKey, (LeaseAttrs, Rejection)>,
     /// Each peer's traffic counters, kept for as long as its lease.
     counters: BTreeMap<SubnetKey, Arc<PeerCounters>>,
 }
 
 impl Peers {
-    /// An empty peer set. `device` is weft's device (none for host-gw).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        nl: Netlink,
-        device: Option<u32>,
-        underlay: Underlay,
-        programming: Programming,
-        backend: Backend,
-        port: u16,
-        own: SubnetKey,
-        table: Arc<ArcSwap<ForwardingTable>>,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Peers {
+    /// An empty peer set.
+    pub fn new(c: PeersConfig) -> Peers {
         let direct_routing = matches!(
-            backend,
+            c.policy.backend,
             Backend::Vxlan {
                 direct_routing: true,
                 ..
             }
         );
         Peers {
-            nl,
-            device,
-            underlay,
-            programming,
-            backend,
+            nl: c.nl,
+            device: c.device,
+            underlay: c.underlay,
+            programming: c.programming,
             direct_routing,
-            port,
-            own,
-            table,
-            metrics,
+            port: c.port,
+            policy: c.policy,
+            table: c.table,
+            metrics: c.metrics,
             wanted: BTreeMap::new(),
             routed: BTreeMap::new(),
             failing: BTreeMap::new(),
-            ignored: BTreeMap::new(),
+            rejected: BTreeMap::new(),
             counters: BTreeMap::new(),
+        }
+    }
+
+    /// The prefixes the main table routes under another protocol than
+    /// weft's: the underlay's, the CNI bridge's, static and daemon routes.
+    /// weft never programs a peer over one of them.
+    async fn foreign_prefixes(&self) -> HashSet<Ipv4Net> {
+        match self.nl.main_routes().await {
+            Ok(r) => foreign(&r),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list routes to check for conflicts");
+                HashSet::new()
+            }
         }
     }
 
@@ -136,10 +158,11 @@ impl Peers {
     pub async fn set_device(&mut self, device: u32) {
         self.device = Some(device);
         self.routed.retain(|_, via| *via != Via::Tunnel);
+        let foreign = self.foreign_prefixes().await;
         let keys: Vec<SubnetKey> = self.wanted.keys().copied().collect();
         for k in keys {
             if !self.routed.contains_key(&k) {
-                self.apply(k).await;
+                self.apply(k, &foreign).await;
             }
         }
         self.publish();
@@ -152,56 +175,51 @@ impl Peers {
             .map(|(k, p)| (p, self.routed.get(k).copied()))
     }
 
-    /// What a lease means for us: a peer, or a reason to ignore it.
-    fn peer_of(&self, lease: &Lease) -> Result<Peer, String> {
-        let a = &lease.attrs;
-        let want = self.backend.type_name();
-        if a.backend_type() != want {
-            return Err(format!(
-                "its BackendType is {:?}, this cluster runs {want:?}; mixed-backend clusters do not work",
-                a.backend_type()
-            ));
-        }
-        let vtep_mac = match self.backend {
-            Backend::Vxlan { vni, .. } => {
-                let d = a
-                    .vxlan_data()
-                    .ok_or("its BackendData has no valid VtepMAC")?;
-                if d.vni != vni {
-                    return Err(format!("its VNI is {}, ours is {vni}", d.vni));
-                }
-                Some(d.vtep_mac)
-            }
-            _ => None,
-        };
-        Ok(Peer {
-            subnet: lease.subnet(),
-            endpoint: SocketAddrV4::new(a.public_ip, self.port),
-            vtep_mac,
-        })
-    }
-
-    /// Brings kernel state and the snapshot in line with `leases`. Kernel
+    /// Brings kernel state and the snapshot in line with `leases`. Every
+    /// lease first passes `LeasePolicy::admit`; a refused one is warned
+    /// about and counted once per change, and gets no kernel state. Kernel
     /// errors for one peer are logged and retried by `recheck`; they do not
     /// stop the others.
     pub async fn sync(&mut self, leases: &[Lease]) {
+        let (admitted, refused) = self.policy.admit(leases, |k| self.wanted.contains_key(k));
+        let attrs_of = |k: &SubnetKey| leases.iter().find(|l| l.key == *k).map(|l| &l.attrs);
         let mut desired = BTreeMap::new();
-        for l in leases.iter().filter(|l| l.key != self.own) {
-            match self.peer_of(l) {
-                Ok(p) => {
-                    self.ignored.remove(&l.key);
-                    desired.insert(l.key, p);
-                }
-                Err(why) => {
-                    if self.ignored.get(&l.key) != Some(&l.attrs) {
-                        tracing::warn!(lease = %l.key, public_ip = %l.attrs.public_ip, "ignoring lease: {why}");
-                        self.ignored.insert(l.key, l.attrs.clone());
-                    }
-                }
-            }
+        for a in &admitted {
+            let Some(attrs) = attrs_of(&a.key) else {
+                continue;
+            };
+            desired.insert(
+                a.key,
+                Peer {
+                    subnet: a.key.v4,
+                    endpoint: SocketAddrV4::new(attrs.public_ip, self.port),
+                    vtep_mac: a.vtep_mac,
+                },
+            );
         }
-        self.ignored
-            .retain(|k, _| leases.iter().any(|l| &l.key == k));
+        let mut rejected = BTreeMap::new();
+        for (k, why) in refused {
+            let Some(attrs) = attrs_of(&k) else { continue };
+            let entry = (attrs.clone(), why);
+            if self.rejected.get(&k) != Some(&entry) {
+                let detail = match why {
+                    Rejection::BackendType => format!(
+                        "its BackendType is {:?}, this cluster runs {:?}; mixed-backend clusters do not work",
+                        attrs.backend_type(),
+                        self.policy.backend.type_name()
+                    ),
+                    _ => why.explain().to_string(),
+                };
+                tracing::warn!(lease = %k, public_ip = %attrs.public_ip, reason = %why, "ignoring lease: {detail}; no route, neighbor or FDB entry is programmed for it");
+                self.metrics.leases_rejected[why.index()].fetch_add(1, Relaxed);
+            }
+            rejected.insert(k, entry);
+        }
+        let changed_rejections = rejected != self.rejected;
+        self.rejected = rejected;
+        if changed_rejections {
+            self.publish_rejected();
+        }
         if desired == self.wanted {
             return;
         }
@@ -222,6 +240,11 @@ impl Peers {
         self.routed.retain(|k, _| self.wanted.contains_key(k));
         self.failing.retain(|k, _| self.wanted.contains_key(k));
         self.publish();
+        let foreign = if changed.is_empty() {
+            HashSet::new()
+        } else {
+            self.foreign_prefixes().await
+        };
         for (p, via) in removed {
             let r = match via {
                 Some(via) => self.unprogram(&p, via).await,
@@ -233,9 +256,25 @@ impl Peers {
             tracing::info!(subnet = %p.subnet, "peer removed");
         }
         for k in changed {
-            self.apply(k).await;
+            self.apply(k, &foreign).await;
         }
         self.publish();
+    }
+
+    fn publish_rejected(&self) {
+        *self
+            .metrics
+            .rejected_views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self
+            .rejected
+            .iter()
+            .map(|(k, (a, why))| crate::metrics::RejectedView {
+                key: *k,
+                public_ip: a.public_ip,
+                reason: *why,
+            })
+            .collect();
     }
 
     /// Re-evaluates every peer against the kernel, as flanneld's host-gw
@@ -252,6 +291,7 @@ impl Peers {
             }
         };
         let mut recovered = 0;
+        let foreign = foreign(&routes);
         let keys: Vec<SubnetKey> = self.wanted.keys().copied().collect();
         for k in keys {
             let p = &self.wanted[&k];
@@ -264,12 +304,18 @@ impl Peers {
                     {
                         continue;
                     }
+                    if foreign.contains(&p.subnet) {
+                        // Someone replaced our route with theirs: not ours
+                        // to take back; `apply` refuses and says so.
+                        self.apply(k, &foreign).await;
+                        continue;
+                    }
                     tracing::warn!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), "route recovered: our route to the peer was deleted; put it back");
                     recovered += 1;
                 }
                 Some(_) | None => {}
             }
-            self.apply(k).await;
+            self.apply(k, &foreign).await;
         }
         self.metrics
             .routes_recovered
@@ -299,9 +345,24 @@ impl Peers {
         }
     }
 
-    /// Programs peer `k` the way `decide` says, recording the outcome.
-    async fn apply(&mut self, k: SubnetKey) {
+    /// Programs peer `k` the way `decide` says, recording the outcome;
+    /// refuses when the kernel routes its subnet under another protocol
+    /// (`foreign`).
+    async fn apply(&mut self, k: SubnetKey, foreign: &HashSet<Ipv4Net>) {
         let p = self.wanted[&k].clone();
+        if self.programming != Programming::NetworkRoute && foreign.contains(&p.subnet) {
+            self.routed.remove(&k);
+            let msg = format!(
+                "refusing to route {}: the kernel already routes it some other way, with a route weft did not install (see `ip route show {}`); retrying every 10 s",
+                p.subnet, p.subnet
+            );
+            if self.failing.get(&k) != Some(&msg) {
+                tracing::warn!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), "{msg}");
+                self.metrics.routes_refused.fetch_add(1, Relaxed);
+                self.failing.insert(k, msg);
+            }
+            return;
+        }
         let via = self.decide(&p).await;
         let before = self.routed.get(&k).copied();
         match self.program(&p, via).await {
@@ -413,6 +474,7 @@ impl Peers {
             oif: Some(oif),
             gateway,
             unreachable: false,
+            ours: true,
         })
     }
 
@@ -467,6 +529,11 @@ impl Peers {
             };
         }
     }
+}
+
+/// The destinations of `routes` that weft did not install.
+fn foreign(routes: &HashSet<RouteEntry>) -> HashSet<Ipv4Net> {
+    routes.iter().filter(|r| !r.ours).map(|r| r.dst).collect()
 }
 
 fn describe(via: Via) -> &'static str {

@@ -119,7 +119,11 @@ async fn plan(
             let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
             Ok(Plan {
                 device: Some((format!("flannel.{vni}"), opts.device)),
-                mtu: mtu.unwrap_or(underlay_mtu.saturating_sub(vxlan::IPV4_OVERHEAD as u32)),
+                // Backend.MTU is the underlay's, as in flanneld's
+                // vxlan.go: the device gets 50 bytes less.
+                mtu: mtu
+                    .unwrap_or(underlay_mtu)
+                    .saturating_sub(vxlan::IPV4_OVERHEAD as u32),
                 port,
                 attrs: LeaseAttrs::vxlan(public_ip, data),
                 vtep: Some(vxlan::Endpoint { vni, mac }),
@@ -219,17 +223,24 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
-    let mut peers = Peers::new(
-        nl.clone(),
-        data_plane.as_ref().map(|d| d.index),
-        underlay.clone(),
+    let mut peers = Peers::new(control::PeersConfig {
+        nl: nl.clone(),
+        device: data_plane.as_ref().map(|d| d.index),
+        underlay: underlay.clone(),
         programming,
-        conf.backend.clone(),
-        plan.port,
-        lease.key,
-        table.clone(),
-        metrics.clone(),
-    );
+        port: plan.port,
+        policy: weft_routes::LeasePolicy {
+            backend: conf.backend.clone(),
+            network: conf.network,
+            subnet_len: conf.subnet_len,
+            own: lease.key,
+            own_public_ip: public_ip,
+            own_mac: plan.vtep.map(|e| e.mac),
+            underlay: underlay.networks.clone(),
+        },
+        table: table.clone(),
+        metrics: metrics.clone(),
+    });
     peers.sync(&reg.leases().await?).await;
     let env = subnet_env::SubnetEnv {
         network: conf.network,

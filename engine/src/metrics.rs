@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use weft_encap::{DropReason, MacAddr};
-use weft_routes::PeerCounters;
+use weft_routes::{PeerCounters, Rejection, SubnetKey};
 
 /// The OS errors counted by name in `weft_os_errors_total`; any other is
 /// counted as "other".
@@ -173,6 +173,16 @@ pub struct PeerView {
     pub counters: Arc<PeerCounters>,
 }
 
+/// A lease weft refuses, as `/metrics` shows it.
+pub struct RejectedView {
+    /// Its registry key.
+    pub key: SubnetKey,
+    /// The PublicIP it claims.
+    pub public_ip: std::net::Ipv4Addr,
+    /// Why it is refused.
+    pub reason: Rejection,
+}
+
 /// This node, as `/metrics` shows it.
 #[derive(Debug, Clone)]
 pub struct NodeView {
@@ -203,6 +213,14 @@ pub struct Metrics {
     pub routes_recovered: AtomicU64,
     /// Times the device was found deleted and created again.
     pub device_recreations: AtomicU64,
+    /// Peer leases refused, by `Rejection` (once per change of a lease).
+    pub leases_rejected: [AtomicU64; Rejection::ALL.len()],
+    /// Peer routes not programmed because the kernel routes the prefix
+    /// under another protocol (once per peer and cause).
+    pub routes_refused: AtomicU64,
+    /// The leases refused now. Locked by the control plane and the scraper
+    /// only.
+    pub rejected_views: Mutex<Vec<RejectedView>>,
     /// The peers, as the control plane last published them. Locked by the
     /// control plane and the scraper only, never by the data path.
     pub peer_views: Mutex<Vec<PeerView>>,
@@ -271,7 +289,13 @@ impl Metrics {
             "Times weft's device was found deleted and created again.",
             self.device_recreations.load(Relaxed),
         );
+        counter(
+            "weft_routes_refused_total",
+            "Peer routes not programmed because the kernel already routes the prefix with a route weft did not install.",
+            self.routes_refused.load(Relaxed),
+        );
         self.render_peers(&mut s);
+        self.render_rejected(&mut s);
         let _ = writeln!(
             s,
             "# HELP weft_dropped_packets_total Packets dropped, by reason.\n# TYPE weft_dropped_packets_total counter"
@@ -335,6 +359,36 @@ impl Metrics {
 
     /// The per-peer series: one info gauge (how the peer is reached) and
     /// four counters per peer, labelled by subnet and PublicIP.
+    fn render_rejected(&self, s: &mut String) {
+        let _ = writeln!(
+            s,
+            "# HELP weft_leases_rejected_total Peer leases refused, by reason, counted once per change of a lease.\n# TYPE weft_leases_rejected_total counter"
+        );
+        for r in Rejection::ALL {
+            let _ = writeln!(
+                s,
+                "weft_leases_rejected_total{{reason=\"{}\"}} {}",
+                r.label(),
+                self.leases_rejected[r.index()].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP weft_lease_rejected A lease refused now: its key, the PublicIP it claims and why.\n# TYPE weft_lease_rejected gauge"
+        );
+        let views = self
+            .rejected_views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for v in views.iter() {
+            let _ = writeln!(
+                s,
+                "weft_lease_rejected{{key=\"{}\",public_ip=\"{}\",reason=\"{}\"}} 1",
+                v.key, v.public_ip, v.reason
+            );
+        }
+    }
+
     fn render_peers(&self, s: &mut String) {
         let views = self.peer_views.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(
@@ -387,20 +441,34 @@ impl Metrics {
     }
 }
 
+/// Connections `serve` handles at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send its request, and to take the answer.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task
-/// is dropped. A slow or broken client only ever holds its own connection.
+/// is dropped. A slow or broken client only ever holds its own connection,
+/// for at most `CLIENT_TIMEOUT` each way, and at most `MAX_CONNECTIONS`
+/// are served at once: a flood of connections cannot exhaust memory or
+/// file descriptors.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(conn);
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut buf = [0u8; 2048];
             let mut n = 0;
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let read = tokio::time::timeout(CLIENT_TIMEOUT, async {
                 while n < buf.len() {
                     match conn.read(&mut buf[n..]).await {
                         Ok(0) | Err(_) => break,
@@ -434,8 +502,11 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
+            let _ = tokio::time::timeout(CLIENT_TIMEOUT, async {
+                conn.write_all(head.as_bytes()).await?;
+                conn.write_all(body.as_bytes()).await
+            })
+            .await;
         });
     }
 }

@@ -7,7 +7,7 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::collections::HashSet;
@@ -67,6 +67,13 @@ fn is_unreachable(e: &rtnetlink::Error) -> bool {
 /// The main routing table.
 const RT_TABLE_MAIN: u8 = 254;
 
+/// The route protocol number weft marks its routes with (`ip route` shows
+/// `proto 87`), as routing daemons mark theirs (`proto bird`, `proto
+/// zebra`): weft only ever replaces or deletes routes that carry it, and
+/// a prefix the kernel already routes under another protocol is not ours
+/// to take. 87 is unassigned in iproute2's `rt_protos`.
+pub const RTPROT_WEFT: u8 = 87;
+
 /// One IPv4 route, as far as weft compares routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RouteEntry {
@@ -78,6 +85,8 @@ pub struct RouteEntry {
     pub gateway: Option<Ipv4Addr>,
     /// An `unreachable` route.
     pub unreachable: bool,
+    /// Installed by weft (protocol `RTPROT_WEFT`).
+    pub ours: bool,
 }
 
 impl RouteEntry {
@@ -97,6 +106,7 @@ impl RouteEntry {
             oif,
             gateway,
             unreachable: r.header.kind == RouteType::Unreachable,
+            ours: r.header.protocol == RouteProtocol::Other(RTPROT_WEFT),
         })
     }
 }
@@ -112,6 +122,8 @@ pub struct Underlay {
     pub addr: Ipv4Addr,
     /// Its MTU.
     pub mtu: u32,
+    /// The networks of all its IPv4 addresses.
+    pub networks: Vec<Ipv4Net>,
 }
 
 /// A handle on the kernel's routing netlink, valid inside a tokio runtime.
@@ -207,23 +219,27 @@ impl Netlink {
             .get()
             .set_link_index_filter(index)
             .execute();
-        let mut addr = None;
+        let mut nets = Vec::new();
         while let Some(a) = addrs.try_next().await.map_err(req("list addresses"))? {
-            addr = a.attributes.iter().find_map(|x| match x {
+            let v4 = a.attributes.iter().find_map(|x| match x {
                 AddressAttribute::Local(IpAddr::V4(v))
                 | AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
                 _ => None,
             });
-            if addr.is_some() {
-                break;
+            if let Some(net) = v4.and_then(|v| Ipv4Net::new(v, a.header.prefix_len).ok()) {
+                nets.push(net);
             }
         }
-        let addr = addr.ok_or_else(|| NetlinkError::NoAddress(name.clone()))?;
+        let addr = nets
+            .first()
+            .map(|n| n.addr())
+            .ok_or_else(|| NetlinkError::NoAddress(name.clone()))?;
         Ok(Underlay {
             name,
             index,
             addr,
             mtu,
+            networks: nets.iter().map(|n| n.trunc()).collect(),
         })
     }
 
@@ -279,6 +295,7 @@ impl Netlink {
     fn route_msg(dst: Ipv4Net, index: u32, via: Option<Ipv4Addr>, onlink: bool) -> RouteMessage {
         let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
+            .protocol(RouteProtocol::Other(RTPROT_WEFT))
             .output_interface(index);
         if let Some(gw) = via {
             b = b.gateway(gw);
@@ -308,8 +325,9 @@ impl Netlink {
             .map_err(req(format!("install route {dst}")))
     }
 
-    /// Removes the route to `dst` on link `index`, whatever its gateway and
-    /// scope; absent is fine.
+    /// Removes weft's route to `dst` on link `index`, whatever its gateway
+    /// and scope; absent is fine. A route of another protocol is never
+    /// matched: the kernel compares the protocol when one is given.
     pub async fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
         let mut msg = Self::route_msg(dst, index, None, false);
         // RT_SCOPE_NOWHERE matches any scope, as `ip route del` sends it; a
@@ -378,6 +396,7 @@ impl Netlink {
     pub async fn replace_unreachable(&self, dst: Ipv4Net) -> Result<(), NetlinkError> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
+            .protocol(RouteProtocol::Other(RTPROT_WEFT))
             .kind(RouteType::Unreachable)
             .build();
         self.handle
@@ -393,6 +412,7 @@ impl Netlink {
     pub async fn delete_unreachable(&self, dst: Ipv4Net) -> Result<(), NetlinkError> {
         let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
+            .protocol(RouteProtocol::Other(RTPROT_WEFT))
             .kind(RouteType::Unreachable)
             .build();
         msg.header.scope = RouteScope::NoWhere;

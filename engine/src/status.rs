@@ -117,6 +117,22 @@ impl Sample {
             .collect()
     }
 
+    /// The leases refused now: (key, PublicIP, reason), by key.
+    pub fn rejected(&self) -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = self
+            .metrics
+            .get("weft_lease_rejected")
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
+                (l("key"), l("public_ip"), l("reason"))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The non-zero series of a counter labelled by `key` (drops by
     /// reason, OS errors by errno), largest first.
     pub fn nonzero(&self, name: &str, key: &str) -> Vec<(String, u64)> {
@@ -171,13 +187,22 @@ fn parse_labels(mut s: &str) -> Option<BTreeMap<String, String>> {
     Some(out)
 }
 
-/// Fetches `/metrics` from `addr` (HTTP/1.1, 2 s timeouts).
+/// The most `fetch` reads: a scrape of 100 000 peers is ~60 MB less.
+const MAX_RESPONSE: u64 = 16 << 20;
+
+/// Fetches `/metrics` from `addr` (HTTP/1.1, 2 s timeouts, at most
+/// `MAX_RESPONSE` bytes: whatever listens there is not trusted to stop).
 pub fn fetch(addr: SocketAddr) -> std::io::Result<String> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n\r\n")?;
     let mut out = String::new();
-    s.read_to_string(&mut out)?;
+    (&mut s).take(MAX_RESPONSE + 1).read_to_string(&mut out)?;
+    if out.len() as u64 > MAX_RESPONSE {
+        return Err(std::io::Error::other(format!(
+            "the answer from {addr} is larger than {MAX_RESPONSE} bytes"
+        )));
+    }
     match out.split_once("\r\n\r\n") {
         Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
         _ => Err(std::io::Error::other(format!(
@@ -270,6 +295,14 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
             );
         }
     }
+    let rejected = s.rejected();
+    if !rejected.is_empty() {
+        let _ = writeln!(o, "\nrejected leases ({})", rejected.len());
+        let _ = writeln!(o, "  {:<30} {:<15} REASON", "KEY", "PUBLIC IP");
+        for (key, ip, reason) in &rejected {
+            let _ = writeln!(o, "  {key:<30} {ip:<15} {reason}");
+        }
+    }
     let count = |name: &str| s.value(name).unwrap_or(0.0) as u64;
     let _ = writeln!(o, "\ncounters");
     let _ = writeln!(
@@ -289,6 +322,13 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
         "  routes put back {}, device recreated {} times",
         count("weft_routes_recovered_total"),
         count("weft_device_recreations_total")
+    );
+    let _ = writeln!(
+        o,
+        "  routes refused (prefix routed by someone else) {}, partial checksums completed {}, ICMP errors held back {}",
+        count("weft_routes_refused_total"),
+        count("weft_checksums_completed_total"),
+        count("weft_icmp_suppressed_total")
     );
     let list = |o: &mut String, title: &str, items: Vec<(String, u64)>| {
         if items.is_empty() {

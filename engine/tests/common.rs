@@ -109,3 +109,266 @@ pub fn start_all(c: &mut Cluster, extra: &[&str]) {
         c.nodes[i].add_pod_bridge().unwrap();
     }
 }
+
+/// A vxlan lease's JSON.
+pub fn vxlan_lease(public_ip: &str, mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    )
+}
+
+/// The subnet node 0 holds in the hostile-lease scenario, and its VtepMAC.
+pub const HOSTILE_OWN: (&str, &str) = ("10.244.2.0-24", "0e:11:22:33:44:55");
+
+/// Leases that must each be refused (key, JSON, reason), then two that
+/// pass: 10.244.30.0/24 (whose VtepMAC and IPv4 subnet two others repeat)
+/// and 10.244.40.0/24 (which the node already routes statically).
+pub fn hostile_leases() -> Vec<(&'static str, String, &'static str)> {
+    let good_ip = "192.168.100.50";
+    let good_mac = "0e:00:00:00:00:30";
+    let l = vxlan_lease;
+    vec![
+        (
+            "10.245.0.0-24",
+            l(good_ip, "0e:00:00:00:00:01"),
+            "outside_network",
+        ),
+        (
+            "0.0.0.0-0",
+            l(good_ip, "0e:00:00:00:00:02"),
+            "outside_network",
+        ),
+        (
+            "10.244.0.0-16",
+            l(good_ip, "0e:00:00:00:00:03"),
+            "subnet_length",
+        ),
+        (
+            "10.244.9.0-25",
+            l(good_ip, "0e:00:00:00:00:04"),
+            "subnet_length",
+        ),
+        (
+            "10.244.2.0-24&fd00::-64",
+            l(good_ip, "0e:00:00:00:00:05"),
+            "overlaps_own",
+        ),
+        (
+            "10.244.11.0-24",
+            l("0.0.0.0", "0e:00:00:00:00:11"),
+            "public_ip",
+        ),
+        (
+            "10.244.12.0-24",
+            l("127.0.0.1", "0e:00:00:00:00:12"),
+            "public_ip",
+        ),
+        (
+            "10.244.13.0-24",
+            l("224.0.0.1", "0e:00:00:00:00:13"),
+            "public_ip",
+        ),
+        (
+            "10.244.14.0-24",
+            l("255.255.255.255", "0e:00:00:00:00:14"),
+            "public_ip",
+        ),
+        (
+            "10.244.15.0-24",
+            l("169.254.1.1", "0e:00:00:00:00:15"),
+            "public_ip",
+        ),
+        (
+            "10.244.16.0-24",
+            l("192.168.100.1", "0e:00:00:00:00:16"),
+            "public_ip",
+        ),
+        (
+            "10.244.21.0-24",
+            l(good_ip, "00:00:00:00:00:00"),
+            "vtep_mac",
+        ),
+        (
+            "10.244.22.0-24",
+            l(good_ip, "ff:ff:ff:ff:ff:ff"),
+            "vtep_mac",
+        ),
+        (
+            "10.244.23.0-24",
+            l(good_ip, "01:00:5e:00:00:01"),
+            "vtep_mac",
+        ),
+        ("10.244.24.0-24", l(good_ip, HOSTILE_OWN.1), "vtep_mac"),
+        (
+            "10.244.25.0-24",
+            format!(r#"{{"PublicIP":"{good_ip}","BackendType":"vxlan","BackendData":"garbage"}}"#),
+            "backend_data",
+        ),
+        (
+            "10.244.31.0-24",
+            l("192.168.100.51", good_mac),
+            "duplicate_vtep_mac",
+        ),
+        (
+            "10.244.30.0-24&fd00:1::-64",
+            l("192.168.100.52", "0e:00:00:00:00:32"),
+            "overlaps_peer",
+        ),
+        ("10.244.30.0-24", l(good_ip, good_mac), ""),
+        (
+            "10.244.40.0-24",
+            l("192.168.100.53", "0e:00:00:00:00:40"),
+            "",
+        ),
+    ]
+}
+
+/// Prepares node 0 for the hostile-lease scenario: its pod bridge (the
+/// CNI's route to our subnet), a default route, and a static route to
+/// 10.244.40.0/24 that a lease will later claim.
+pub fn hostile_lease_routes(c: &Cluster) {
+    let ns = &c.nodes[0].ns;
+    pod_bridge_for(ns, HOSTILE_OWN.0);
+    ns.ip(&[
+        "route",
+        "replace",
+        "default",
+        "via",
+        "192.168.100.254",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    ns.ip(&[
+        "route",
+        "add",
+        "10.244.40.0/24",
+        "via",
+        "192.168.100.254",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+}
+
+/// `text` without terminal colour codes (ESC [ … m).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn pod_bridge_for(ns: &Netns, key: &str) {
+    let net: ipnet::Ipv4Net = key.replace('-', "/").parse().unwrap();
+    weft::testbed::pod_bridge(ns, net).unwrap();
+}
+
+/// Checks what node 0 (weft on tap, metrics on 9153) made of
+/// `hostile_leases`: each refused with its reason, counted once, no
+/// route, neighbor or FDB entry for any of them, the CNI bridge's, the
+/// underlay's, the default and the static route intact.
+pub fn check_hostile_leases(c: &Cluster) {
+    let leases = hostile_leases();
+    let ns = &c.nodes[0].ns;
+    let mut want = std::collections::BTreeMap::<&str, u64>::new();
+    for (_, _, reason) in &leases {
+        if !reason.is_empty() {
+            *want.entry(reason).or_default() += 1;
+        }
+    }
+    let settled = Cluster::wait_for(Duration::from_secs(5), || {
+        let m = metrics(ns, 9153);
+        want.iter().all(|(r, n)| {
+            metric(&m, &format!("weft_leases_rejected_total{{reason=\"{r}\"}}")) == Some(*n)
+        }) && metric(&m, "weft_routes_refused_total") == Some(1)
+    });
+    let m = metrics(ns, 9153);
+    assert!(settled, "{m}\n{}", c.nodes[0].log_text());
+    // Several polls later: still counted once, warned once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let m2 = metrics(ns, 9153);
+    for (r, n) in &want {
+        let name = format!("weft_leases_rejected_total{{reason=\"{r}\"}}");
+        assert_eq!(
+            metric(&m2, &name),
+            Some(*n),
+            "{name} grew while nothing changed"
+        );
+    }
+    let log = strip_ansi(&c.nodes[0].log_text());
+    for (key, _, reason) in &leases {
+        if reason.is_empty() {
+            continue;
+        }
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("ignoring lease") && l.contains(&format!("lease={key} ")))
+            .count();
+        assert_eq!(lines, 1, "{key}: warned {lines} times\n{log}");
+        let gauge = format!("weft_lease_rejected{{key=\"{key}\"");
+        assert!(m2.contains(&gauge), "{gauge} missing\n{m2}");
+    }
+    assert_eq!(metric(&m2, "weft_peers"), Some(2), "{m2}");
+    // Routes: only the accepted, unconflicted peer's is weft's.
+    let routes = String::from_utf8_lossy(&ns.ip(&["route", "show"]).unwrap().stdout).to_string();
+    assert!(
+        routes.contains("default via 192.168.100.254 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.2.0/24 dev cni0 proto kernel"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("192.168.100.0/24 dev eth0 proto kernel"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.40.0/24 via 192.168.100.254 dev eth0"),
+        "{routes}"
+    );
+    assert!(
+        routes.contains("10.244.30.0/24 via 10.244.30.0 dev flannel.1 proto 87 onlink"),
+        "{routes}"
+    );
+    let weft_routes = routes.lines().filter(|l| l.contains("proto 87")).count();
+    assert_eq!(weft_routes, 1, "{routes}");
+    let neigh = String::from_utf8_lossy(
+        &ns.ip(&["neigh", "show", "dev", "flannel.1"])
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert_eq!(
+        neigh.trim(),
+        "10.244.30.0 lladdr 0e:00:00:00:00:30 PERMANENT",
+        "{neigh}"
+    );
+    let fdb = ns
+        .command("bridge")
+        .args(["fdb", "show", "dev", "flannel.1"])
+        .output()
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    for (_, json, reason) in &leases {
+        if let (false, Some(mac)) = (reason.is_empty(), json.split("VtepMAC\":\"").nth(1)) {
+            let mac = &mac[..17];
+            // The kernel itself lists multicast groups the device joined.
+            let multicast = u8::from_str_radix(&mac[..2], 16).is_ok_and(|b| b & 1 == 1);
+            if !multicast && mac != "0e:00:00:00:00:30" {
+                assert!(!fdb.contains(mac), "{mac} in\n{fdb}");
+            }
+        }
+    }
+}

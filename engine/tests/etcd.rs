@@ -333,3 +333,28 @@ fn etcd_over_tls_with_client_certificates() {
         assert!(c.nodes[i].stop().unwrap().success());
     }
 }
+
+/// The file registry's hostile-lease scenario (`hostile_leases.rs`), with
+/// every lease put into etcd with etcdctl.
+#[test]
+fn hostile_leases_in_etcd_are_rejected() {
+    let c = etcd_cluster("eh", 1);
+    let put = |key: &str, value: &str| {
+        c.etcdctl(&["put", &format!("{ETCD_PREFIX}/subnets/{key}"), value])
+            .unwrap();
+    };
+    put(HOSTILE_OWN.0, &vxlan_lease("192.168.100.1", HOSTILE_OWN.1));
+    for (key, json, _) in hostile_leases() {
+        put(key, &json);
+    }
+    hostile_lease_routes(&c);
+    let mut c = c;
+    c.start(
+        0,
+        weft(),
+        &["--device", "tap", "--metrics-addr", "127.0.0.1:9153"],
+    )
+    .unwrap();
+    check_hostile_leases(&c);
+    assert!(c.nodes[0].stop().unwrap().success());
+}

@@ -42,7 +42,8 @@ pub enum Backend {
         port: u16,
         /// Use direct routes to peers on the same segment.
         direct_routing: bool,
-        /// Device MTU override; by default underlay MTU − 50.
+        /// The underlay MTU the device MTU is derived from (minus 50), as
+        /// flanneld reads it; by default the underlay interface's.
         mtu: Option<u32>,
     },
     /// Plain routes via each peer's PublicIP.
@@ -88,6 +89,16 @@ impl NetConf {
         if let Some(Value::Bool(false)) = json::get(obj, "EnableIPv4") {
             return Err(ConfigError::Inconsistent(
                 "EnableIPv4=false (IPv6-only overlays) is not supported yet".into(),
+            ));
+        }
+        if let Some(Value::Bool(true)) = json::get(obj, "EnableIPv6") {
+            // Refused rather than ignored: a dual-stack cluster would
+            // believe its IPv6 pod traffic is carried, and weft would drop
+            // it (it cannot authenticate IPv6 inner packets yet).
+            return Err(ConfigError::Inconsistent(
+                "EnableIPv6=true: weft has no IPv6 overlay yet; remove EnableIPv6 (and IPv6Network) \
+                 from net-conf.json, or keep flanneld on dual-stack nodes"
+                    .into(),
             ));
         }
         let network: Ipv4Net = parse_str(obj, "Network")?.ok_or(ConfigError::Value {
@@ -399,6 +410,14 @@ mod tests {
             (
                 r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
                 "IPv6-only",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
+                "no IPv6 overlay",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","enableipv6":true}"#,
+                "no IPv6 overlay",
             ),
         ] {
             let e = NetConf::parse(text).unwrap_err().to_string();

@@ -17,8 +17,10 @@ pub mod lease;
 pub mod registry;
 pub mod subnet_env;
 pub mod table;
+pub mod validate;
 
 pub use config::{Backend, NetConf};
 pub use lease::{Lease, LeaseAttrs, SubnetKey};
 pub use registry::{EtcdConfig, FileRegistry, Registry, RegistryError};
 pub use table::{Direction, ForwardingTable, Peer, PeerCounters, PeerId, PeerTally, Sender};
+pub use validate::{LeasePolicy, Rejection};

@@ -24,6 +24,46 @@ use std::time::{Duration, SystemTime};
 /// How long a lease lives without renewal (flannel's etcd TTL).
 pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The largest lease file read; a lease is ~150 bytes. Anything larger is
+/// not a lease, and reading it whole would let one file exhaust memory.
+pub const MAX_LEASE_FILE: u64 = 64 * 1024;
+
+/// When a lease file last written at `mtime` expires. An mtime in the
+/// future (a skewed clock, or `touch -d 2500-01-01`) counts as now: a
+/// lease can never be renewed ahead of time, and `mtime + TTL` cannot
+/// overflow.
+fn expiry(mtime: SystemTime, now: SystemTime) -> SystemTime {
+    mtime.min(now) + LEASE_TTL
+}
+
+/// Reads a registry file that must be a regular file of at most `max`
+/// bytes. Opened without following a symlink and without blocking (a FIFO
+/// would otherwise stall the control plane, and `/healthz` with it).
+fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, more than the {max} a lease file may have",
+            meta.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(std::io::Error::other("grew past the size limit while read"));
+    }
+    Ok(out)
+}
+
 /// A registry failure.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -111,6 +151,8 @@ pub struct FileRegistry {
     /// Parsed leases by file name, with the (mtime, length) they were read
     /// at, so a poll only re-reads files that changed.
     cache: Mutex<HashMap<String, CachedLease>>,
+    /// Files that are not leases, warned about once each (while present).
+    strays: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A lease file as last read: its mtime and length, and what it held
@@ -126,6 +168,7 @@ impl FileRegistry {
         Ok(FileRegistry {
             dir,
             cache: Mutex::new(HashMap::new()),
+            strays: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -162,7 +205,7 @@ impl FileRegistry {
         Ok(Lease {
             key,
             attrs,
-            expiration: Some(mtime + LEASE_TTL),
+            expiration: Some(expiry(mtime, SystemTime::now())),
         })
     }
 }
@@ -204,7 +247,8 @@ impl Registry for FileRegistry {
 impl FileRegistry {
     fn read_config(&self) -> Result<NetConf, RegistryError> {
         let path = self.dir.join("config");
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let bytes = read_regular(&path, MAX_LEASE_FILE).map_err(io(&path))?;
+        let text = String::from_utf8_lossy(&bytes);
         Ok(NetConf::parse(&text)?)
     }
 
@@ -213,25 +257,36 @@ impl FileRegistry {
         let now = SystemTime::now();
         let mut out = Vec::new();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut strays = self.strays.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = Vec::new();
+        let mut stray_now = std::collections::HashSet::new();
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
+            let name = name.to_string_lossy();
             if name.starts_with('.') {
                 continue;
             }
-            let Ok(key) = name.parse::<SubnetKey>() else {
-                tracing::warn!(
-                    file = name,
-                    "ignoring a file in the registry that is not a subnet key"
-                );
+            // file_type does not follow symlinks: only regular files are
+            // leases (no links out of the registry, no FIFOs or devices).
+            let regular = entry.file_type().is_ok_and(|t| t.is_file());
+            let key = name.parse::<SubnetKey>();
+            let (Ok(key), true) = (key, regular) else {
+                if !strays.contains(name.as_ref()) {
+                    tracing::warn!(
+                        file = %name,
+                        "ignoring a file in the registry that is not a lease: \
+                         leases are regular files named <ip>-<prefix>"
+                    );
+                }
+                stray_now.insert(name.to_string());
                 continue;
             };
+            let name = name.as_ref();
             // A file removed between read_dir and stat is simply gone.
             let Ok(meta) = entry.metadata() else { continue };
             let Ok(mtime) = meta.modified() else { continue };
-            let expiration = mtime + LEASE_TTL;
+            let expiration = expiry(mtime, now);
             if expiration <= now {
                 continue;
             }
@@ -239,7 +294,7 @@ impl FileRegistry {
             let attrs = match cache.get(name) {
                 Some((t, len, attrs)) if *t == mtime && *len == meta.len() => attrs.clone(),
                 _ => {
-                    let parsed = std::fs::read(entry.path())
+                    let parsed = read_regular(&entry.path(), MAX_LEASE_FILE)
                         .map_err(|e| LeaseError::Json(e.to_string()))
                         .and_then(|b| LeaseAttrs::from_json(&b));
                     let attrs = match parsed {
@@ -262,6 +317,7 @@ impl FileRegistry {
             }
         }
         cache.retain(|k, _| seen.iter().any(|s| s == k));
+        *strays = stray_now;
         out.sort_by_key(|l| l.key);
         Ok(out)
     }
@@ -279,9 +335,10 @@ impl FileRegistry {
                     Ok(()) => return Ok(true),
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                         // Free again if the holder let it expire.
-                        let expired = std::fs::metadata(&path)
+                        let now = SystemTime::now();
+                        let expired = std::fs::symlink_metadata(&path)
                             .and_then(|m| m.modified())
-                            .map(|t| t + LEASE_TTL <= SystemTime::now())
+                            .map(|t| expiry(t, now) <= now)
                             .unwrap_or(false);
                         if !expired {
                             return Ok(false);
@@ -414,6 +471,71 @@ mod tests {
         block_on(r.delete(&k)).unwrap();
         block_on(r.delete(&k)).unwrap();
         assert!(block_on(r.leases()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_far_future_mtime_neither_panics_nor_outlives_the_ttl() {
+        let (d, r) = reg();
+        let p = d.path().join("subnets/10.244.3.0-24");
+        std::fs::write(&p, r#"{"PublicIP":"192.0.2.3"}"#).unwrap();
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 40);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(far)
+            .unwrap();
+        let ls = block_on(r.leases()).unwrap();
+        assert_eq!(ls.len(), 1);
+        let exp = ls[0].expiration.unwrap();
+        assert!(
+            exp <= SystemTime::now() + LEASE_TTL,
+            "counted from now at most"
+        );
+        // Creating over it does not panic either; it is held.
+        let mine = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 9));
+        assert!(block_on(r.create(&key("10.244.3.0-24"), &mine))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_leases() {
+        let (d, r) = reg();
+        let s = d.path().join("subnets");
+        let good = r#"{"PublicIP":"192.0.2.7"}"#;
+        std::fs::write(d.path().join("outside"), good).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), s.join("10.244.7.0-24")).unwrap();
+        let fifo = std::ffi::CString::new(s.join("10.244.8.0-24").to_str().unwrap()).unwrap();
+        // A FIFO: reading it would block forever.
+        assert_eq!(mkfifo(&fifo), 0);
+        let big = format!("{good}{}", " ".repeat(MAX_LEASE_FILE as usize));
+        std::fs::write(s.join("10.244.9.0-24"), big).unwrap();
+        std::fs::write(s.join("10.244.10.0-24"), good).unwrap();
+        std::fs::write(s.join("notes.txt"), "x").unwrap();
+        let ls = block_on(r.leases()).unwrap();
+        let keys: Vec<String> = ls.iter().map(|l| l.key.to_string()).collect();
+        assert_eq!(keys, ["10.244.10.0-24"]);
+        let strays = r.strays.lock().unwrap().clone();
+        for name in ["10.244.7.0-24", "10.244.8.0-24", "notes.txt"] {
+            assert!(strays.contains(name), "{name} not warned about: {strays:?}");
+        }
+        // Warned once: a second poll finds them known; a removed one is
+        // forgotten, so it would be warned about again if it came back.
+        std::fs::remove_file(s.join("notes.txt")).unwrap();
+        block_on(r.leases()).unwrap();
+        assert!(!r.strays.lock().unwrap().contains("notes.txt"));
+        assert!(r.strays.lock().unwrap().contains("10.244.7.0-24"));
+    }
+
+    /// mkfifo(3) through the `mkfifo` command, keeping the crate free of
+    /// `unsafe`.
+    fn mkfifo(path: &std::ffi::CStr) -> i32 {
+        std::process::Command::new("mkfifo")
+            .arg(path.to_str().unwrap())
+            .status()
+            .map(|s| if s.success() { 0 } else { 1 })
+            .unwrap_or(1)
     }
 
     #[test]

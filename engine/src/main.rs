@@ -1,5 +1,6 @@
 //! The `weft` command line.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -57,12 +58,24 @@ struct RunArgs {
     /// Client key (PEM) for etcd.
     #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
     etcd_keyfile: Option<PathBuf>,
-    /// Username for etcd authentication.
-    #[arg(long, value_name = "USER", requires = "etcd_password")]
+    /// Username for etcd authentication (also FLANNELD_ETCD_USERNAME).
+    #[arg(long, value_name = "USER", env = "FLANNELD_ETCD_USERNAME")]
     etcd_username: Option<String>,
-    /// Password for etcd authentication.
-    #[arg(long, value_name = "PASSWORD", requires = "etcd_username")]
+    /// Password for etcd authentication. Prefer the environment variable
+    /// FLANNELD_ETCD_PASSWORD or --etcd-password-file: a command line is
+    /// visible to every user of the host.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "FLANNELD_ETCD_PASSWORD",
+        hide_env_values = true,
+        conflicts_with = "etcd_password_file"
+    )]
     etcd_password: Option<String>,
+    /// A file holding the etcd password (its first line), e.g. a mounted
+    /// Kubernetes secret.
+    #[arg(long, value_name = "FILE")]
+    etcd_password_file: Option<PathBuf>,
     /// Renew our subnet lease this many minutes before it expires (flanneld's
     /// --subnet-lease-renew-margin).
     #[arg(long, value_name = "MINUTES", default_value_t = 60)]
@@ -171,6 +184,21 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         ),
         None => (weft::status::DEFAULT_METRICS_ADDR.parse().ok(), false),
     };
+    let etcd_password = match (a.etcd_password, a.etcd_password_file) {
+        (Some(p), _) => Some(p),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read --etcd-password-file {}", f.display()))?;
+            Some(text.lines().next().unwrap_or("").to_string())
+        }
+        (None, None) => None,
+    };
+    if a.etcd_username.is_some() != etcd_password.is_some() {
+        anyhow::bail!(
+            "etcd authentication needs both a username and a password \
+             (--etcd-username and --etcd-password, FLANNELD_ETCD_PASSWORD or --etcd-password-file)"
+        );
+    }
     weft::daemon::run(weft::daemon::RunOptions {
         etcd: (!a.etcd_endpoints.is_empty()).then_some(weft_routes::EtcdConfig {
             endpoints: a.etcd_endpoints,
@@ -179,7 +207,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             cert_file: a.etcd_certfile,
             key_file: a.etcd_keyfile,
             username: a.etcd_username,
-            password: a.etcd_password,
+            password: etcd_password,
         }),
         registry_dir: a.registry_dir,
         renew_margin: std::time::Duration::from_secs(a.subnet_lease_renew_margin * 60),

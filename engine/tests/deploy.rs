@@ -104,3 +104,50 @@ fn daemonset_args_are_weft_flags_and_cni_config_matches() {
     assert!(args.contains(&"--metrics-addr=127.0.0.1:9474".to_string()));
     assert!(yaml.contains("port: 9474") && yaml.contains("path: /readyz"));
 }
+
+/// Least privilege: NET_ADMIN only (weft opens no raw socket), and the
+/// usual sandboxing in both the unit and the DaemonSet.
+#[test]
+fn deploy_files_grant_least_privilege() {
+    let unit = deploy("weft.service");
+    let setting = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("weft.service has no {key}="))
+            .to_string()
+    };
+    assert_eq!(setting("CapabilityBoundingSet"), "CAP_NET_ADMIN");
+    assert_eq!(setting("AmbientCapabilities"), "CAP_NET_ADMIN");
+    for (key, want) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("RestrictNamespaces", "yes"),
+        ("LockPersonality", "yes"),
+        ("SystemCallFilter", "@system-service"),
+        (
+            "RestrictAddressFamilies",
+            "AF_INET AF_INET6 AF_NETLINK AF_UNIX",
+        ),
+    ] {
+        assert_eq!(setting(key), want, "{key}");
+    }
+    assert!(!unit.contains("CAP_NET_RAW\n") && !unit.contains("CAP_NET_RAW "));
+    let yaml = deploy("kube-weft.yaml");
+    for line in [
+        "allowPrivilegeEscalation: false",
+        "readOnlyRootFilesystem: true",
+        "type: RuntimeDefault",
+        "drop: [\"ALL\"]",
+        "add: [\"NET_ADMIN\"]",
+        "privileged: false",
+    ] {
+        assert!(
+            yaml.lines().any(|l| l.trim() == line),
+            "kube-weft.yaml lacks {line}"
+        );
+    }
+    assert!(
+        !yaml.contains("NET_RAW\""),
+        "kube-weft.yaml still adds NET_RAW"
+    );
+}

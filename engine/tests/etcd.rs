@@ -312,6 +312,22 @@ fn etcd_authentication() {
     )
     .unwrap();
     assert!(c.nodes[0].stop().unwrap().success());
+    // The password kept off the command line: from a file (a mounted
+    // secret), then restarted with it from the environment.
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "s3cret\n").unwrap();
+    let file = secret.path().to_str().unwrap().to_string();
+    c.start(
+        1,
+        weft(),
+        &["--etcd-username", "root", "--etcd-password-file", &file],
+    )
+    .unwrap();
+    assert!(c.nodes[1].stop().unwrap().success());
+    c.env
+        .push(("FLANNELD_ETCD_PASSWORD".into(), "s3cret".into()));
+    c.start(0, weft(), &["--etcd-username", "root"]).unwrap();
+    assert!(c.nodes[0].stop().unwrap().success());
 }
 
 #[test]

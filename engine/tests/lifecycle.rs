@@ -247,3 +247,35 @@ fn device_recreation_retries_with_backoff() {
         assert!(c.nodes[i].stop().unwrap().success());
     }
 }
+
+/// `Backend.MTU` is the underlay MTU, as flanneld reads it (`vxlan.go`
+/// derives the device's as MTU − 50): the same net-conf.json gives the
+/// same device MTU and FLANNEL_MTU as on a flanneld node.
+#[test]
+fn backend_mtu_is_the_underlay_mtu() {
+    let conf = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#;
+    for device in ["tun", "tap"] {
+        let mut c = Cluster::new("mt", 1, conf).unwrap();
+        c.start(0, weft(), &["--device", device]).unwrap();
+        let link = c.nodes[0].ns.ip(&["link", "show", "flannel.1"]).unwrap();
+        let link = String::from_utf8_lossy(&link.stdout);
+        assert!(link.contains("mtu 1350 "), "{device}: {link}");
+        let env = std::fs::read_to_string(&c.nodes[0].subnet_file).unwrap();
+        assert!(env.contains("FLANNEL_MTU=1350\n"), "{device}: {env}");
+        assert!(c.nodes[0].stop().unwrap().success());
+    }
+}
+
+/// `EnableIPv6: true` is refused at start with a clear error, not ignored.
+#[test]
+fn enable_ipv6_is_refused_at_start() {
+    let conf = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+    let mut c = Cluster::new("v6", 1, conf).unwrap();
+    c.spawn(0, weft(), &[]).unwrap();
+    let exited = Cluster::wait_for(Duration::from_secs(5), || {
+        c.nodes[0].log_text().contains("no IPv6 overlay yet")
+    });
+    assert!(exited, "{}", c.nodes[0].log_text());
+    let status = c.nodes[0].stop().unwrap();
+    assert!(!status.success(), "weft ran with EnableIPv6");
+}

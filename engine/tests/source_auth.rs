@@ -251,3 +251,132 @@ fn allow_nat_peers_relaxes_only_the_outer_source() {
     ) == 10));
     assert_eq!(dropped(&c, "unknown_sender"), 0);
 }
+
+/// The inner destination must be a unicast address of ours: our subnet's
+/// broadcast address and multicast are dropped as `not_for_us`; our `.0`
+/// (the device's own address, which replies to this host's traffic to
+/// remote pods are sent to) is delivered. IPv6 inner packets are dropped
+/// as `ipv6_unsupported`: there is no IPv6 overlay to authenticate them.
+#[test]
+fn only_unicast_ipv4_destinations_of_ours_are_delivered() {
+    let mut c = Cluster::new("sd", 2, &net_conf("vxlan")).unwrap();
+    for i in 0..2 {
+        c.start(i, weft(), &["--metrics-addr", "127.0.0.1:9153"])
+            .unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let sub0 = c.nodes[0].subnet().unwrap();
+    let sub1 = c.nodes[1].subnet().unwrap();
+    let in_sub1 = Ipv4Addr::from(u32::from(sub1.network()) + 7);
+    assert!(wait_ping(&c.nodes[1].ns, c.nodes[0].pod_ip().unwrap()));
+    let mac = LeaseAttrs::from_json(&std::fs::read(c.lease_path(0).unwrap()).unwrap())
+        .unwrap()
+        .vxlan_data()
+        .unwrap()
+        .vtep_mac
+        .octets();
+    let to: SocketAddr = (c.nodes[0].underlay, 8472).into();
+    let dot0 = Listener::start(&c.nodes[0].ns, sub0.network());
+    let base = dropped(&c, "not_for_us");
+    let mut v6 = vxlan(mac, vec![0; 0]);
+    v6[20..22].copy_from_slice(&[0x86, 0xdd]);
+    // An IPv6 header: version 6, payload 8 bytes of UDP, hop limit 64.
+    let mut ip6 = vec![0u8; 48];
+    ip6[0] = 0x60;
+    ip6[4..6].copy_from_slice(&8u16.to_be_bytes());
+    ip6[6] = 17;
+    ip6[7] = 64;
+    v6.extend_from_slice(&ip6);
+    flood(
+        &c.nodes[1].ns,
+        to,
+        vec![
+            vxlan(mac, inner(in_sub1, sub0.broadcast())),
+            vxlan(mac, inner(in_sub1, Ipv4Addr::new(224, 0, 0, 251))),
+            v6,
+            vxlan(mac, inner(in_sub1, sub0.network())),
+        ],
+        5,
+    );
+    assert!(
+        Cluster::wait_for(Duration::from_secs(2), || dot0.got() == 5),
+        "datagrams to our .0 were not delivered"
+    );
+    assert!(
+        Cluster::wait_for(Duration::from_secs(2), || dropped(&c, "not_for_us")
+            == base + 10
+            && dropped(&c, "ipv6_unsupported") == 5),
+        "{}",
+        metrics(&c.nodes[0].ns, 9153)
+    );
+}
+
+/// A socket in `ns` that sends `datagram` `n` times to `to` as fast as it
+/// can, then counts what comes back within a second.
+fn send_and_count_replies(ns: &Netns, to: SocketAddr, datagram: Vec<u8>, n: usize) -> usize {
+    ns.enter(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..n {
+            s.send_to(&datagram, to).unwrap();
+        }
+        s.set_read_timeout(Some(Duration::from_millis(1000)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let mut got = 0;
+        while s.recv(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    })
+    .unwrap()
+}
+
+/// With `--allow-nat-peers` an outer source that holds no lease may still
+/// deliver, but it is never answered: a TTL-expired packet from it gets no
+/// ICMP. A lease holder's are answered, at most `BURST` at once and then
+/// at the refill rate; what the limit holds back is counted.
+#[test]
+fn icmp_goes_only_to_lease_holders_and_is_rate_limited() {
+    let mut c = Cluster::new("si", 3, &net_conf("udp")).unwrap();
+    c.start(
+        0,
+        weft(),
+        &["--metrics-addr", "127.0.0.1:9153", "--allow-nat-peers"],
+    )
+    .unwrap();
+    c.start(1, weft(), &[]).unwrap();
+    c.nodes[0].add_pod_bridge().unwrap();
+    let pod0 = c.nodes[0].pod_ip().unwrap();
+    let sub1 = c.nodes[1].subnet().unwrap();
+    let in_sub1 = Ipv4Addr::from(u32::from(sub1.network()) + 7);
+    assert!(Cluster::wait_for(Duration::from_secs(3), || {
+        metric(&metrics(&c.nodes[0].ns, 9153), "weft_peers") == Some(1)
+    }));
+    let to: SocketAddr = (c.nodes[0].underlay, 8285).into();
+    let mut ttl1 = inner(in_sub1, pod0);
+    ttl1[8] = 1;
+    ipv4::Packet::new_unchecked(&mut ttl1[..]).fill_checksum();
+
+    // From node 2, which holds no lease (a NAT'd node 1, as far as weft can
+    // tell): no ICMP at all.
+    let replies = send_and_count_replies(&c.nodes[2].ns, to, ttl1.clone(), 20);
+    assert_eq!(replies, 0, "ICMP sent to a source that holds no lease");
+    assert!(Cluster::wait_for(Duration::from_secs(2), || dropped(
+        &c,
+        "ttl_expired"
+    ) == 20));
+
+    // From node 1's address: answered, within the rate limit.
+    let replies = send_and_count_replies(&c.nodes[1].ns, to, ttl1, 400);
+    let m = metrics(&c.nodes[0].ns, 9153);
+    let suppressed = metric(&m, "weft_icmp_suppressed_total").unwrap_or(0) as usize;
+    assert!(
+        replies >= 1,
+        "no ICMP time exceeded for a lease holder\n{m}"
+    );
+    assert!(
+        replies < 200,
+        "{replies} ICMP errors for 400 packets sent at once\n{m}"
+    );
+    assert_eq!(replies + suppressed, 400, "{m}");
+}

@@ -99,6 +99,31 @@ pub fn tcp_gro(data: &[u8]) {
     }
 }
 
+/// Inner L4 checksums (`l4::verify_or_complete`) never panic, leave the
+/// bytes untouched unless they complete a partial sum, and what they
+/// complete then verifies; a super-packet's vnet header (`gro::gso_header`)
+/// and the carried length (`vxlan::carried_len`) never panic either, and
+/// the header's offsets lie inside the packet.
+pub fn l4_checksum(data: &[u8]) {
+    use crate::l4::{verify_or_complete, Verdict};
+    let mut buf = data.to_vec();
+    match verify_or_complete(&mut buf) {
+        Ok(Verdict::Completed) => {
+            assert_eq!(verify_or_complete(&mut buf.clone()), Ok(Verdict::Valid));
+            assert_eq!(buf.len(), data.len());
+        }
+        Ok(_) | Err(_) => assert_eq!(buf, data),
+    }
+    let _ = crate::vxlan::carried_len(data);
+    let _ = udp::carried_len(data);
+    let mut ip = data.to_vec();
+    if let Some(h) = gro::gso_header(0, &mut ip, 1400, 1450) {
+        let hdr_len = usize::from(u16::from_le_bytes([h[2], h[3]]));
+        let csum_start = usize::from(u16::from_le_bytes([h[6], h[7]]));
+        assert!(csum_start < hdr_len && hdr_len <= ip.len());
+    }
+}
+
 /// Runs `f` over every file in `fuzz/seeds/<target>` and
 /// `fuzz/regressions/<target>` under `fuzz_dir`; returns how many. Unit
 /// tests call this so the committed inputs are replayed by `cargo test`.
@@ -136,6 +161,11 @@ mod tests {
     #[test]
     fn gro_corpus() {
         replay("tcp_gro", super::tcp_gro);
+    }
+
+    #[test]
+    fn l4_corpus() {
+        replay("l4_checksum", super::l4_checksum);
     }
 
     #[test]

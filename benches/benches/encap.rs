@@ -142,5 +142,44 @@ fn checksum(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, vxlan, flannel_udp, lookup, tcp_gro, checksum);
+/// The receive path's inner checksum check (`l4::verify_or_complete`) on
+/// one TCP segment: verifying a complete checksum, and completing the
+/// partial one a kernel peer on a veth or virtio link leaves.
+fn l4_checksum(c: &mut Criterion) {
+    use weft_encap::{checksum, l4};
+    let mut g = c.benchmark_group("l4");
+    for size in [64usize, 512, 1400, 9000] {
+        let full = weft_benches::tcp_segment(1000, size);
+        let mut partial = full.clone();
+        let pseudo = l4::pseudo_header_sum(
+            [10, 244, 1, 2],
+            [10, 244, 2, 3],
+            6,
+            (full.len() - 20) as u16,
+        );
+        partial[36..38].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+        g.throughput(Throughput::Bytes(full.len() as u64));
+        let mut buf = full.clone();
+        g.bench_with_input(BenchmarkId::new("verify", size), &size, |bn, _| {
+            bn.iter(|| l4::verify_or_complete(black_box(&mut buf)).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("complete", size), &size, |bn, _| {
+            bn.iter(|| {
+                buf[36..38].copy_from_slice(&partial[36..38]);
+                l4::verify_or_complete(black_box(&mut buf)).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    vxlan,
+    flannel_udp,
+    lookup,
+    tcp_gro,
+    checksum,
+    l4_checksum
+);
 criterion_main!(benches);

@@ -303,13 +303,14 @@ impl Node {
         Ok(lease)
     }
 
-    /// Makes this node's underlay veth finish checksums like a wire does.
+    /// Makes this node's underlay veth finish checksums like a wire does
+    /// (`ethtool -K eth0 tx off`).
     ///
     /// On a wire inner checksums are always complete: the NIC or the kernel
-    /// finishes them. Across a veth the kernel's VXLAN hands over
-    /// CHECKSUM_PARTIAL skbs with the inner L4 checksum unfinished, which
-    /// only another kernel endpoint accepts. A kernel VXLAN node talking to
-    /// weft over veth needs this (ethtool -K eth0 tx off).
+    /// finishes them. Across a veth left at its defaults the kernel's VXLAN
+    /// hands over CHECKSUM_PARTIAL skbs with the inner L4 checksum
+    /// unfinished, and TCP super-packets unsegmented; weft handles both, and
+    /// the tests use this only for the wire-like case.
     pub fn emulate_wire_checksums(&self) -> io::Result<()> {
         self.ns.enter(|| set_tx_checksum("eth0", false))?
     }

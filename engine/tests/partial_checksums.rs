@@ -115,11 +115,7 @@ fn captured(fd: &OwnedFd, wait: Duration) -> Vec<Vec<u8>> {
 fn partial_checksum_is_completed(tag: &str, device: &str, offload: &str) {
     let mut c = Cluster::new(tag, 2, &net_conf("vxlan")).unwrap();
     let dir = c.registry.join("subnets");
-    let lease = |ip: &str, mac: &str| {
-        format!(
-            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
-        )
-    };
+    let lease = vxlan_lease;
     std::fs::write(
         dir.join("10.244.2.0-24"),
         lease("192.168.100.1", "0e:11:22:33:44:55"),

@@ -208,9 +208,11 @@ fn udp_backend_authenticates_too_and_never_reflects_icmp() {
     assert_eq!(listener.got(), 1);
 }
 
-#[test]
-fn allow_nat_peers_relaxes_only_the_outer_source() {
-    let mut c = Cluster::new("sn", 3, &net_conf("vxlan")).unwrap();
+/// Three hosts: node 0 runs weft with `--allow-nat-peers`, node 1 runs
+/// weft, node 2 holds no lease. Returns node 0's pod address and an
+/// address in node 1's subnet.
+fn nat_cluster(tag: &str, backend: &str) -> (Cluster, Ipv4Addr, Ipv4Addr) {
+    let mut c = Cluster::new(tag, 3, &net_conf(backend)).unwrap();
     c.start(
         0,
         weft(),
@@ -222,6 +224,12 @@ fn allow_nat_peers_relaxes_only_the_outer_source() {
     let pod0 = c.nodes[0].pod_ip().unwrap();
     let sub1 = c.nodes[1].subnet().unwrap();
     let in_sub1 = Ipv4Addr::from(u32::from(sub1.network()) + 7);
+    (c, pod0, in_sub1)
+}
+
+#[test]
+fn allow_nat_peers_relaxes_only_the_outer_source() {
+    let (c, pod0, in_sub1) = nat_cluster("sn", "vxlan");
     let mac = LeaseAttrs::from_json(&std::fs::read(c.lease_path(0).unwrap()).unwrap())
         .unwrap()
         .vxlan_data()
@@ -337,18 +345,7 @@ fn send_and_count_replies(ns: &Netns, to: SocketAddr, datagram: Vec<u8>, n: usiz
 /// at the refill rate; what the limit holds back is counted.
 #[test]
 fn icmp_goes_only_to_lease_holders_and_is_rate_limited() {
-    let mut c = Cluster::new("si", 3, &net_conf("udp")).unwrap();
-    c.start(
-        0,
-        weft(),
-        &["--metrics-addr", "127.0.0.1:9153", "--allow-nat-peers"],
-    )
-    .unwrap();
-    c.start(1, weft(), &[]).unwrap();
-    c.nodes[0].add_pod_bridge().unwrap();
-    let pod0 = c.nodes[0].pod_ip().unwrap();
-    let sub1 = c.nodes[1].subnet().unwrap();
-    let in_sub1 = Ipv4Addr::from(u32::from(sub1.network()) + 7);
+    let (c, pod0, in_sub1) = nat_cluster("si", "udp");
     assert!(Cluster::wait_for(Duration::from_secs(3), || {
         metric(&metrics(&c.nodes[0].ns, 9153), "weft_peers") == Some(1)
     }));

@@ -47,7 +47,14 @@ fn port_is_not_shared(tag: &str, backend: &str, port: u16) {
     let mut c = Cluster::new(tag, 2, &net_conf(backend)).expect("testbed");
     start_all(&mut c, &[]);
     let probe_addr = format!("{}:{port}", c.nodes[0].underlay);
-    let exe = std::env::current_exe().unwrap();
+    // A copy of this binary that `nobody` can reach and run, wherever the
+    // checkout lives (a home directory is often closed to other users).
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("probe");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = c.nodes[0]
         .ns
         .command("setpriv")

@@ -159,14 +159,25 @@ impl IcmpBudget {
 }
 
 /// One inner packet waiting in a received buffer: which buffer, where,
-/// and for a super-packet its vnet header's index in `gso_hdrs` plus one
-/// (0 for an ordinary packet).
+/// for a super-packet its vnet header's index in `gso_hdrs` plus one (0
+/// for an ordinary packet), the sender, and how far `settle` got: its L4
+/// checksum verified already, the entry counted, or dropped.
 #[derive(Clone, Copy)]
 struct Inner {
     buf: u32,
     start: u32,
     end: u32,
     gso: u32,
+    peer: Option<PeerId>,
+    checked: bool,
+    settled: bool,
+    dead: bool,
+}
+
+/// The bytes of entry `e` in the receive buffers.
+#[inline]
+fn entry(rx_vecs: &[Vec<u8>], e: Inner) -> &[u8] {
+    &rx_vecs[e.buf as usize][e.start as usize..e.end as usize]
 }
 
 struct State {
@@ -416,17 +427,26 @@ impl Worker {
                     continue;
                 };
                 if st.inner.len() == INNER_SLOTS {
-                    self.write_runs(st);
+                    self.write_runs(st, &table);
                     st.inner.clear();
                     st.gso_hdrs.clear();
                 }
                 let (start, end) = (at + inner.start, at + inner.end);
                 let mut gso = 0;
                 if whole {
-                    // The inner MSS is the GRO segment size the kernel
-                    // reports for a tunnel super-datagram.
+                    // Checked now: its vnet header hands the checksum to
+                    // the kernel. The inner MSS is the GRO segment size
+                    // the kernel reports for a tunnel super-datagram.
                     let l2 = self.l2_len();
                     let ip = &mut st.rx_vecs[i][start + l2..end];
+                    match l4::verify_or_complete(ip) {
+                        Ok(l4::Verdict::Completed) => st.batch.checksum_completed(),
+                        Ok(_) => {}
+                        Err(r) => {
+                            st.batch.drop(r);
+                            continue;
+                        }
+                    }
                     match gro::gso_header(l2, ip, meta.segment, self.mtu) {
                         Some(h) => {
                             st.gso_hdrs.push(h);
@@ -438,19 +458,19 @@ impl Worker {
                         }
                     }
                 }
-                st.batch.rx(inner.len());
-                if let Some(p) = peer {
-                    st.rx_peer.add(&table, Direction::Rx, p, inner.len());
-                }
                 st.inner.push(Inner {
                     buf: i as u32,
                     start: start as u32,
                     end: end as u32,
                     gso,
+                    peer,
+                    checked: whole,
+                    settled: false,
+                    dead: false,
                 });
             }
         }
-        self.write_runs(st);
+        self.write_runs(st, &table);
         st.gso_hdrs.clear();
         st.rx_peer.flush(&table, Direction::Rx);
         n == st.receiver.capacity()
@@ -506,18 +526,16 @@ impl Worker {
                 .decapsulate(datagram)
                 .map(|inner| (inner.frame, inner.ip)),
         };
+        // The L4 checksum is checked later, in `write_runs`, right before
+        // the packet is written: its bytes are then still in cache for the
+        // kernel's copy.
         let r = r.and_then(|(deliver, ip)| {
             let ip = range.start + ip.start..range.start + ip.end;
-            self.admit(table, *src.ip(), &mut st.rx_vecs[i][ip])
+            self.authorize(table, *src.ip(), &st.rx_vecs[i][ip])
                 .map(|peer| (deliver, peer))
         });
         match r {
-            Ok((deliver, (peer, verdict))) => {
-                if verdict == l4::Verdict::Completed {
-                    st.batch.checksum_completed();
-                }
-                Some((deliver, peer))
-            }
+            Ok(r) => Some(r),
             Err(DropReason::TtlExpired) => {
                 // Answer only lease holders we accept: never reflect.
                 let v = std::mem::take(&mut st.rx_vecs[i]);
@@ -604,91 +622,122 @@ impl Worker {
     /// Writes the inner packets in `st.inner` to the device, each run of
     /// mergeable TCP segments as one super-packet. On a TAP each entry is a
     /// frame: frames merge only behind identical Ethernet headers, and the
-    /// super-packet goes behind the first one's.
-    fn write_runs(&self, st: &mut State) {
+    /// super-packet goes behind the first one's. Each entry's L4 checksum
+    /// is checked (`settle`) just before the run that holds it is built.
+    fn write_runs(&self, st: &mut State, table: &ForwardingTable) {
+        const EMPTY_VNET_HDR: [u8; gro::VNET_HDR_LEN] = [0; gro::VNET_HDR_LEN];
         let l2 = self.l2_len();
-        let State {
-            rx_vecs,
-            inner,
-            gso_hdrs,
-            gro_hdr,
-            batch,
-            device_log,
-            ..
-        } = st;
-        let pkt = |k: usize| {
-            let e = inner[k];
-            &rx_vecs[e.buf as usize][e.start as usize..e.end as usize]
-        };
         // The IP packet inside an entry (a frame on a TAP).
         fn behind(p: &[u8], l2: usize) -> &[u8] {
             p.get(l2..).unwrap_or(&[])
         }
-        let ip = |p| behind(p, l2);
         let mut k = 0;
         // The next packet's Segment, when the previous run already parsed it.
         let mut next_seg: Option<Option<gro::Segment>> = None;
-        const EMPTY_VNET_HDR: [u8; gro::VNET_HDR_LEN] = [0; gro::VNET_HDR_LEN];
-        while k < inner.len() {
-            let mut iov = [io::IoSlice::new(&[]); 2 + gro::MAX_SEGMENTS];
-            let first = pkt(k);
-            if let Some(h) = inner[k].gso.checked_sub(1) {
-                // A super-packet goes as it came, behind its own header.
-                iov[0] = io::IoSlice::new(&gso_hdrs[h as usize]);
-                iov[1] = io::IoSlice::new(first);
-                self.write_device(&iov[..2], batch, device_log);
+        while k < st.inner.len() {
+            if !self.settle(st, table, k) {
                 k += 1;
                 continue;
             }
-            // Every entry passed `admit`, which verified its TCP checksum.
-            let seg = next_seg
-                .take()
-                .unwrap_or_else(|| gro::segment_unverified(ip(first)));
+            if let Some(h) = st.inner[k].gso.checked_sub(1) {
+                // A super-packet goes as it came, behind its own header.
+                let iov = [
+                    io::IoSlice::new(&st.gso_hdrs[h as usize]),
+                    io::IoSlice::new(entry(&st.rx_vecs, st.inner[k])),
+                ];
+                self.write_device(&iov, &mut st.batch, &mut st.device_log);
+                k += 1;
+                continue;
+            }
+            let seg = next_seg.take().unwrap_or_else(|| {
+                gro::segment_unverified(behind(entry(&st.rx_vecs, st.inner[k]), l2))
+            });
             let mut end = k + 1;
-            let parts = match seg {
-                Some(s) => {
-                    let mut run = gro::Run::new(s);
-                    let mut last = first;
-                    while end < inner.len() && inner[end].gso == 0 {
-                        let p = pkt(end);
-                        let sp = gro::segment_unverified(ip(p));
-                        match sp {
-                            Some(sn)
-                                if p.get(..l2) == first.get(..l2)
-                                    && run.push(ip(last), sn, ip(p)) =>
-                            {
-                                last = p;
-                                end += 1;
-                            }
-                            _ => {
-                                next_seg = Some(sp);
-                                break;
-                            }
+            let mut run = seg.map(gro::Run::new);
+            if let Some(run) = run.as_mut() {
+                while end < st.inner.len() && st.inner[end].gso == 0 {
+                    if !self.settle(st, table, end) {
+                        break;
+                    }
+                    let (first, last, p) = (
+                        entry(&st.rx_vecs, st.inner[k]),
+                        entry(&st.rx_vecs, st.inner[end - 1]),
+                        entry(&st.rx_vecs, st.inner[end]),
+                    );
+                    let sp = gro::segment_unverified(behind(p, l2));
+                    match sp {
+                        Some(sn)
+                            if p.get(..l2) == first.get(..l2)
+                                && run.push(behind(last, l2), sn, behind(p, l2)) =>
+                        {
+                            end += 1;
+                        }
+                        _ => {
+                            next_seg = Some(sp);
+                            break;
                         }
                     }
+                }
+            }
+            let first = entry(&st.rx_vecs, st.inner[k]);
+            let mut iov = [io::IoSlice::new(&[]); 2 + gro::MAX_SEGMENTS];
+            let parts = match (run, seg) {
+                (Some(run), Some(s)) => {
                     let eth = first.get(..l2).unwrap_or(&[]);
-                    let h = run.super_header_after(eth, ip(first), gro_hdr);
-                    iov[0] = io::IoSlice::new(&gro_hdr[..h]);
+                    let h = run.super_header_after(eth, behind(first, l2), &mut st.gro_hdr);
+                    iov[0] = io::IoSlice::new(&st.gro_hdr[..h]);
                     if run.count() == 1 {
                         iov[1] = io::IoSlice::new(first);
                         2
                     } else {
                         let hl = l2 + s.header_len();
                         for (j, m) in (k..end).enumerate() {
-                            iov[1 + j] = io::IoSlice::new(&pkt(m)[hl..]);
+                            iov[1 + j] = io::IoSlice::new(&entry(&st.rx_vecs, st.inner[m])[hl..]);
                         }
                         1 + (end - k)
                     }
                 }
-                None => {
+                _ => {
                     iov[0] = io::IoSlice::new(&EMPTY_VNET_HDR);
                     iov[1] = io::IoSlice::new(first);
                     2
                 }
             };
-            self.write_device(&iov[..parts], batch, device_log);
+            self.write_device(&iov[..parts], &mut st.batch, &mut st.device_log);
             k = end;
         }
+    }
+
+    /// Readies entry `k` of `st.inner` for the device, once: checks its L4
+    /// checksum (completing a partial one) unless that was done, and counts
+    /// it as received. False if the check dropped it.
+    fn settle(&self, st: &mut State, table: &ForwardingTable, k: usize) -> bool {
+        let e = st.inner[k];
+        if e.dead {
+            return false;
+        }
+        if e.settled {
+            return true;
+        }
+        st.inner[k].settled = true;
+        if !e.checked {
+            let at = e.start as usize + self.l2_len();
+            match l4::verify_or_complete(&mut st.rx_vecs[e.buf as usize][at..e.end as usize]) {
+                Ok(l4::Verdict::Completed) => st.batch.checksum_completed(),
+                Ok(_) => {}
+                Err(r) => {
+                    st.batch.drop(r);
+                    st.inner[k].dead = true;
+                    return false;
+                }
+            }
+        }
+        let len = (e.end - e.start) as usize;
+        st.batch.rx(len);
+        if let Some(p) = e.peer {
+            st.rx_peer.add(table, Direction::Rx, p, len);
+        }
+        true
     }
 
     /// One `writev` to the device, its failure counted and logged.

@@ -758,6 +758,32 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts a real flanneld on node `i` against this cluster's etcd, as
+    /// a flannel node of the cluster: `--iface eth0`, the node's
+    /// subnet.env, flanneld's own defaults otherwise (`extra` adds flags).
+    /// It runs as the node's daemon: `wait_ready`, `stop` and the node's
+    /// drop work on it as on weft, and it logs to the node's log.
+    pub fn spawn_flanneld(&mut self, i: usize, flanneld: &Path, extra: &[&str]) -> io::Result<()> {
+        let etcd_url = self.etcd_url();
+        let node = &mut self.nodes[i];
+        let _ = std::fs::remove_file(&node.subnet_file);
+        let log = File::create(&node.log)?;
+        let child = node
+            .ns
+            .command(flanneld)
+            .arg(format!("--etcd-endpoints={etcd_url}"))
+            .arg(format!("--etcd-prefix={ETCD_PREFIX}"))
+            .arg("--iface=eth0")
+            .arg(format!("--subnet-file={}", node.subnet_file.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        node.daemon = Some(child);
+        Ok(())
+    }
+
     /// Waits (up to 15 s) until weft on node `i` is ready (subnet.env
     /// written); fails with its log if it exits first.
     pub fn wait_ready(&mut self, i: usize) -> io::Result<()> {

@@ -374,3 +374,135 @@ fn hostile_leases_in_etcd_are_rejected() {
     check_hostile_leases(&c);
     assert!(c.nodes[0].stop().unwrap().success());
 }
+
+/// The real flanneld (`.ci/peers.sh flanneld`: flannel's published module
+/// at a pinned release), from `WEFT_FLANNELD` or built and cached on
+/// first use.
+fn flanneld() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("WEFT_FLANNELD") {
+        return p.into();
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/peers.sh");
+    let out = std::process::Command::new("bash")
+        .args([script, "flanneld"])
+        .output()
+        .expect("run .ci/peers.sh");
+    assert!(
+        out.status.success(),
+        "cannot build flanneld with {script}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().into()
+}
+
+/// weft (node 0, `weft_args`) and a real flanneld (node 1) on one etcd, with
+/// `net_conf`: both see each other's lease, and ping plus a hash-checked
+/// 20 MB transfer work both ways. flanneld's veth keeps its defaults.
+fn with_real_flanneld(tag: &str, net_conf: &str, weft_args: &[&str]) -> Cluster {
+    let mut c = Cluster::new(tag, 2, net_conf).expect("testbed");
+    c.start_etcd().expect("etcd starts");
+    c.spawn_flanneld(1, &flanneld(), &[]).unwrap();
+    c.wait_ready(1).unwrap();
+    c.start(0, weft(), weft_args).unwrap();
+    for i in 0..2 {
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let (w, f) = (c.nodes[0].pod_ip().unwrap(), c.nodes[1].pod_ip().unwrap());
+    assert!(
+        wait_ping(&c.nodes[0].ns, f),
+        "weft -> flanneld ping failed\nweft:\n{}\nflanneld:\n{}",
+        c.nodes[0].log_text(),
+        c.nodes[1].log_text()
+    );
+    assert!(ping(&c.nodes[1].ns, w, 3), "flanneld -> weft ping failed");
+    transfer(&c, 0, 1, 20, 5001);
+    transfer(&c, 1, 0, 20, 5002);
+    c
+}
+
+/// flanneld's lease and weft's are the same JSON shape.
+fn same_lease_shape(c: &Cluster) {
+    let keys = |i: usize| {
+        let key = c.etcd_key(i).unwrap();
+        let v = c.etcdctl(&["get", &key, "--print-value-only"]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        let mut shape = vec![];
+        for (k, val) in v.as_object().unwrap() {
+            shape.push(format!("{k}:{}", kind(val)));
+            if let Some(o) = val.as_object() {
+                shape.extend(o.iter().map(|(k2, v2)| format!("{k}.{k2}:{}", kind(v2))));
+            }
+        }
+        shape
+    };
+    fn kind(v: &serde_json::Value) -> &'static str {
+        match v {
+            serde_json::Value::Null => "null",
+            serde_json::Value::Bool(_) => "bool",
+            serde_json::Value::Number(_) => "number",
+            serde_json::Value::String(_) => "string",
+            serde_json::Value::Array(_) => "array",
+            serde_json::Value::Object(_) => "object",
+        }
+    }
+    assert_eq!(
+        keys(0),
+        keys(1),
+        "weft's lease and flanneld's differ in shape"
+    );
+}
+
+#[test]
+fn real_flanneld_vxlan_and_weft_tun() {
+    let mut c = with_real_flanneld(
+        "fv",
+        &net_conf("vxlan"),
+        &["--device", "tun", "--metrics-addr", "127.0.0.1:9153"],
+    );
+    same_lease_shape(&c);
+    // flanneld's kernel VXLAN across a veth at its defaults leaves inner
+    // checksums partial: weft completed them, and dropped none.
+    let m = metrics(&c.nodes[0].ns, 9153);
+    assert!(
+        metric(&m, "weft_checksums_completed_total").unwrap_or(0) > 0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"weft_dropped_packets_total{reason="l4_checksum"}"#),
+        Some(0),
+        "{m}"
+    );
+    for i in 0..2 {
+        assert!(
+            c.nodes[i].stop().unwrap().success(),
+            "{}",
+            c.nodes[i].log_text()
+        );
+    }
+}
+
+#[test]
+fn real_flanneld_vxlan_and_weft_tap() {
+    let mut c = with_real_flanneld("ft", &net_conf("vxlan"), &["--device", "tap"]);
+    for i in 0..2 {
+        assert!(
+            c.nodes[i].stop().unwrap().success(),
+            "{}",
+            c.nodes[i].log_text()
+        );
+    }
+}
+
+/// flannel's own udp proxy (its C loop) against weft's udp backend.
+#[test]
+fn real_flanneld_udp_proxy_and_weft() {
+    let mut c = with_real_flanneld("fu", &net_conf("udp"), &[]);
+    same_lease_shape(&c);
+    for i in 0..2 {
+        assert!(
+            c.nodes[i].stop().unwrap().success(),
+            "{}",
+            c.nodes[i].log_text()
+        );
+    }
+}

@@ -62,6 +62,129 @@ pub struct RunOptions {
     /// Accept encapsulated traffic from outer sources that hold no lease
     /// (peers behind NAT); the inner source must still be a lease's.
     pub allow_nat_peers: bool,
+    /// Masquerading and forwarding rules.
+    pub traffic: TrafficOptions,
+}
+
+/// flanneld's `--ip-masq`, `--iptables-forward-rules` and friends.
+#[derive(Debug, Clone, Copy)]
+pub struct TrafficOptions {
+    /// Install the masquerading rules.
+    pub ip_masq: bool,
+    /// `--random-fully` on MASQUERADE (where iptables has it).
+    pub random_fully: bool,
+    /// Install the forwarding rules.
+    pub forward_rules: bool,
+    /// How often the rules are checked and put back.
+    pub resync: Duration,
+}
+
+impl Default for TrafficOptions {
+    /// No rules at all (for tools that start weft themselves).
+    fn default() -> Self {
+        TrafficOptions {
+            ip_masq: false,
+            random_fully: true,
+            forward_rules: false,
+            resync: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The rule sets weft keeps in place, and when it last checked them.
+struct Traffic {
+    ipt: crate::masq::Iptables,
+    /// (what, rules, fatal if they cannot be installed at start)
+    sets: Vec<(&'static str, Vec<crate::masq::Rule>)>,
+    resync: Duration,
+    last: tokio::time::Instant,
+}
+
+impl Traffic {
+    /// Installs the rules `t` asks for, first removing masquerading rules
+    /// a previous run left for another network or subnet. Masquerading
+    /// that cannot be installed is fatal (pods would lose the outside
+    /// silently); forwarding rules are warned about, as flanneld does.
+    fn start(
+        t: TrafficOptions,
+        conf: &weft_routes::NetConf,
+        subnet: ipnet::Ipv4Net,
+        previous: (Option<ipnet::Ipv4Net>, Option<ipnet::Ipv4Net>),
+    ) -> anyhow::Result<Option<Traffic>> {
+        use crate::masq::{forward_rules, masq_rules, Iptables};
+        if conf.enable_nftables {
+            if t.ip_masq {
+                bail!(
+                    "--ip-masq with EnableNFTables: weft writes its masquerading rules with iptables only \
+                     so far; set EnableNFTables to false, or leave masquerading to another component"
+                );
+            }
+            if t.forward_rules {
+                tracing::warn!("EnableNFTables: weft installs no forwarding rules in nftables yet; FORWARD is left alone");
+            }
+            return Ok(None);
+        }
+        let ipt = Iptables;
+        let mut sets = Vec::new();
+        if t.ip_masq {
+            let rf = t.random_fully && ipt.has_random_fully().context("--ip-masq")?;
+            if let (Some(net), Some(sub)) = previous {
+                if (net, sub) != (conf.network, subnet) {
+                    tracing::info!(previous_network = %net, previous_subnet = %sub, "network or subnet changed since the last run: removing its masquerading rules");
+                    if let Err(e) = ipt.remove(&masq_rules(net, sub, rf)) {
+                        tracing::warn!(error = %e, "cannot remove the previous masquerading rules");
+                    }
+                }
+            }
+            let rules = masq_rules(conf.network, subnet, rf);
+            ipt.ensure(&rules)
+                .context("cannot install the masquerading rules")?;
+            tracing::info!(network = %conf.network, %subnet, random_fully = rf, "masquerading rules in place (nat FLANNEL-POSTRTG)");
+            sets.push(("masquerading", rules));
+        }
+        if t.forward_rules {
+            let rules = forward_rules(conf.network);
+            match ipt.ensure(&rules) {
+                Ok(_) => {
+                    tracing::info!(network = %conf.network, "forwarding rules in place (filter FLANNEL-FWD)");
+                    sets.push(("forwarding", rules));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install the forwarding rules; FORWARD is left as it is")
+                }
+            }
+        }
+        Ok((!sets.is_empty()).then(|| Traffic {
+            ipt,
+            sets,
+            resync: t.resync,
+            last: tokio::time::Instant::now(),
+        }))
+    }
+
+    /// Puts back what someone removed, once per resync period.
+    fn resync(&mut self) {
+        if self.last.elapsed() < self.resync {
+            return;
+        }
+        self.last = tokio::time::Instant::now();
+        for (what, rules) in &self.sets {
+            match self.ipt.ensure(rules) {
+                Ok(true) => tracing::warn!("some {what} rules were missing; wrote them all again"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot check the {what} rules"),
+            }
+        }
+    }
+
+    /// Removes every rule and chain weft installed.
+    fn remove(&self) {
+        for (what, rules) in &self.sets {
+            if let Err(e) = self.ipt.remove(rules) {
+                tracing::warn!(error = %e, "cannot remove the {what} rules");
+            }
+        }
+    }
 }
 
 /// Runs the daemon until a signal; Ok means a clean shutdown.
@@ -165,6 +288,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     }
     let plan = plan(&conf.backend, &opts, &underlay, public_ip, reg).await?;
     let previous = subnet_env::previous_subnet(&opts.subnet_file);
+    let previous_network = subnet_env::previous_network(&opts.subnet_file);
     let mut lease = alloc::acquire(reg, &conf, &plan.attrs, previous).await?;
     let subnet = lease.subnet();
     tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");
@@ -242,11 +366,13 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     });
     peers.sync(&reg.leases().await?).await;
+    // Rules before readiness: /readyz and subnet.env come once they are in.
+    let mut traffic = Traffic::start(opts.traffic, &conf, subnet, (previous_network, previous))?;
     let env = subnet_env::SubnetEnv {
         network: conf.network,
         subnet,
         mtu: plan.mtu,
-        ipmasq: false,
+        ipmasq: opts.traffic.ip_masq,
     };
     env.write(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
@@ -372,6 +498,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
         set_expiry(&metrics, lease.expiration);
+        if let Some(t) = traffic.as_mut() {
+            t.resync();
+        }
         peers.sync(&leases).await;
         if underlay_changed || last_recheck.elapsed() >= RECHECK {
             if underlay_changed {
@@ -389,6 +518,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         dp.stop_workers();
     }
     peers.clear().await;
+    if let Some(t) = traffic.take() {
+        t.remove();
+    }
     if let Some(dp) = data_plane.filter(|dp| dp.lost.is_none()) {
         if programming == Programming::NetworkRoute {
             let _ = nl.delete_route(conf.network, dp.index).await;

@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod device;
+pub mod masq;
 pub mod metrics;
 pub mod netlink;
 pub mod status;

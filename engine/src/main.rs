@@ -112,6 +112,22 @@ struct RunArgs {
     /// subnet and the inner destination in ours.
     #[arg(long)]
     allow_nat_peers: bool,
+    /// Masquerade traffic from pods to outside the cluster network, with
+    /// flanneld's iptables rules (chain FLANNEL-POSTRTG in nat);
+    /// subnet.env then says FLANNEL_IPMASQ=true.
+    #[arg(long)]
+    ip_masq: bool,
+    /// Leave --random-fully off the MASQUERADE rules (flanneld's flag).
+    #[arg(long)]
+    ip_masq_fully_random_disable: bool,
+    /// Accept forwarded traffic to and from the cluster network (chain
+    /// FLANNEL-FWD in filter), as flanneld does by default; `=false` to
+    /// leave FORWARD alone.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    iptables_forward_rules: bool,
+    /// How often the rules are checked and put back, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    iptables_resync: u64,
     /// Worker threads, one device queue and socket each.
     #[arg(long, value_name = "N", default_value_t = 1)]
     threads: usize,
@@ -220,6 +236,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         threads: a.threads,
         offload: a.offload == Switch::On,
         allow_nat_peers: a.allow_nat_peers,
+        traffic: weft::daemon::TrafficOptions {
+            ip_masq: a.ip_masq,
+            random_fully: !a.ip_masq_fully_random_disable,
+            forward_rules: a.iptables_forward_rules,
+            resync: std::time::Duration::from_secs(a.iptables_resync.max(1)),
+        },
     })
 }
 

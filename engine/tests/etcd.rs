@@ -506,3 +506,49 @@ fn real_flanneld_udp_proxy_and_weft() {
         );
     }
 }
+
+/// `--ip-masq` and the default forwarding rules: weft's iptables ruleset
+/// equals a real flanneld's for the same config, line for line, once each
+/// node's own subnet is written as `<subnet>`.
+#[test]
+fn masquerading_rules_equal_flanneld_s() {
+    let mut c = Cluster::new("fm", 2, &net_conf("vxlan")).expect("testbed");
+    c.start_etcd().expect("etcd starts");
+    c.spawn_flanneld(1, &flanneld(), &["--ip-masq"]).unwrap();
+    c.wait_ready(1).unwrap();
+    c.start(0, weft(), &["--ip-masq"]).unwrap();
+    let dump = |i: usize| {
+        let subnet = c.nodes[i].subnet().unwrap().to_string();
+        // flanneld writes its rules after subnet.env; let it finish.
+        let mut text = String::new();
+        Cluster::wait_for(Duration::from_secs(10), || {
+            let out = c.nodes[i].ns.exec("iptables-save", &[]).unwrap();
+            text = String::from_utf8_lossy(&out.stdout).to_string();
+            let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+            count("\"flanneld masq\"") == 7 && count("\"flanneld forward\"") == 3
+        });
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            // Chain counters differ with traffic.
+            .map(|l| match l.split_once(" [") {
+                Some((head, _)) if l.starts_with(':') => head.to_string(),
+                _ => l.to_string(),
+            })
+            .map(|l| l.replace(&subnet, "<subnet>"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (weft_rules, flanneld_rules) = (dump(0), dump(1));
+    assert!(weft_rules.contains("MASQUERADE"), "{weft_rules}");
+    assert_eq!(
+        weft_rules, flanneld_rules,
+        "weft's ruleset (left) differs from flanneld's (right)"
+    );
+    for i in 0..2 {
+        assert!(
+            c.nodes[i].stop().unwrap().success(),
+            "{}",
+            c.nodes[i].log_text()
+        );
+    }
+}

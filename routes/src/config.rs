@@ -76,6 +76,9 @@ pub struct NetConf {
     pub backend: Backend,
     /// True when the config had no `Backend` key (flanneld then runs udp).
     pub backend_defaulted: bool,
+    /// `EnableNFTables`: masquerading and forwarding rules in nftables
+    /// instead of iptables.
+    pub enable_nftables: bool,
 }
 
 impl NetConf {
@@ -171,6 +174,7 @@ impl NetConf {
             subnet_max,
             backend,
             backend_defaulted,
+            enable_nftables: matches!(json::get(obj, "EnableNFTables"), Some(Value::Bool(true))),
         })
     }
 

@@ -51,6 +51,15 @@ pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
         .map(|n| n.trunc())
 }
 
+/// The network a previous run wrote into `path` (FLANNEL_NETWORK), if any.
+pub fn previous_network(path: &Path) -> Option<Ipv4Net> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_NETWORK="))
+        .and_then(|v| v.trim().parse::<Ipv4Net>().ok())
+        .map(|n| n.trunc())
+}
+
 /// Writes `data` to `path` through a temp file in the same directory and a
 /// rename, so readers see either the old or the new file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {

@@ -1,0 +1,170 @@
+//! Masquerading and forwarding rules (`--ip-masq`,
+//! `--iptables-forward-rules`), as flanneld installs them: pods reach the
+//! outside with the node's address, pod-to-pod traffic across nodes keeps
+//! the pod address, the rules come back when removed by hand, and they go
+//! when weft exits. Their equality with a real flanneld's is in `etcd.rs`.
+
+mod common;
+use common::*;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::time::Duration;
+use weft::testbed::{Cluster, Netns};
+
+/// What `ns` sees as the source of one datagram sent from `from` (an
+/// address of `sender`) to `to`:7000.
+fn source_seen(sender: &Netns, from: Ipv4Addr, ns: &Netns, to: Ipv4Addr) -> Option<Ipv4Addr> {
+    let listener = ns
+        .enter(move || UdpSocket::bind((to, 7000)).unwrap())
+        .unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    sender
+        .enter(move || {
+            let s = UdpSocket::bind((from, 0)).unwrap();
+            s.send_to(b"who am I", (to, 7000)).unwrap();
+        })
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match listener.recv_from(&mut buf).ok()?.1 {
+        std::net::SocketAddr::V4(a) => Some(*a.ip()),
+        _ => None,
+    }
+}
+
+fn iptables_save(ns: &Netns) -> String {
+    let out = ns.exec("iptables-save", &[]).unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn pods_are_masqueraded_to_the_outside_only() {
+    let mut c = Cluster::new("mq", 2, &net_conf("vxlan")).unwrap();
+    start_all(
+        &mut c,
+        &[
+            "--ip-masq",
+            "--iptables-resync",
+            "1",
+            "--metrics-addr",
+            "127.0.0.1:9153",
+        ],
+    );
+    let (pod0, pod1) = (c.nodes[0].pod_ip().unwrap(), c.nodes[1].pod_ip().unwrap());
+    assert!(wait_ping(&c.nodes[0].ns, pod1));
+    let env = std::fs::read_to_string(&c.nodes[0].subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+
+    // An address outside the cluster network, on the hub.
+    let outside = Ipv4Addr::new(192, 168, 100, 254);
+    c.hub
+        .ip(&["addr", "add", "192.168.100.254/24", "dev", "br0"])
+        .unwrap();
+    let seen = source_seen(&c.nodes[0].ns, pod0, &c.hub, outside);
+    assert_eq!(
+        seen,
+        Some(c.nodes[0].underlay),
+        "a pod's packet to the outside was not masqueraded"
+    );
+    // Pod to pod across nodes keeps the pod's address (the receiving weft
+    // would drop a node address as a spoofed inner source anyway).
+    let seen = source_seen(&c.nodes[0].ns, pod0, &c.nodes[1].ns, pod1);
+    assert_eq!(seen, Some(pod0), "pod-to-pod traffic was masqueraded");
+
+    // A rule removed by hand is back within the resync period, in order.
+    let before = iptables_save(&c.nodes[0].ns);
+    let last = before
+        .lines()
+        .rfind(|l| l.starts_with("-A FLANNEL-POSTRTG"))
+        .unwrap()
+        .to_string();
+    let mut del: Vec<String> = vec!["-t".into(), "nat".into()];
+    del.extend(shell_words(&last.replacen("-A", "-D", 1)));
+    let del: Vec<&str> = del.iter().map(String::as_str).collect();
+    c.nodes[0].ns.exec("iptables", &del).unwrap();
+    assert_ne!(iptables_save(&c.nodes[0].ns), before);
+    let back = Cluster::wait_for(Duration::from_secs(4), || {
+        rules_of(&iptables_save(&c.nodes[0].ns)) == rules_of(&before)
+    });
+    assert!(
+        back,
+        "the rule was not put back:\n{}",
+        iptables_save(&c.nodes[0].ns)
+    );
+
+    // On exit: every rule and chain of weft's is gone.
+    assert!(c.nodes[0].stop().unwrap().success());
+    let after = iptables_save(&c.nodes[0].ns);
+    assert!(!after.contains("FLANNEL-"), "{after}");
+    assert!(!after.contains("flanneld"), "{after}");
+}
+
+/// The `-A` lines of an `iptables-save` dump.
+fn rules_of(dump: &str) -> Vec<String> {
+    dump.lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Splits an iptables-save rule into words, keeping quoted ones whole.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for ch in line.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            _ => cur.push(ch),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[test]
+fn forwarding_rules_by_default_and_not_when_turned_off() {
+    let mut c = Cluster::new("mf", 2, &net_conf("vxlan")).unwrap();
+    c.start(0, weft(), &[]).unwrap();
+    c.start(1, weft(), &["--iptables-forward-rules=false"])
+        .unwrap();
+    let dump = iptables_save(&c.nodes[0].ns);
+    for line in [
+        "-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD",
+        "-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT",
+        "-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment \"flanneld forward\" -j ACCEPT",
+    ] {
+        assert!(dump.contains(line), "{line} missing:\n{dump}");
+    }
+    assert!(
+        !dump.contains("FLANNEL-POSTRTG"),
+        "masquerading without --ip-masq:\n{dump}"
+    );
+    let env = std::fs::read_to_string(&c.nodes[0].subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=false\n"), "{env}");
+    let off = iptables_save(&c.nodes[1].ns);
+    assert!(!off.contains("FLANNEL-"), "{off}");
+    for i in 0..2 {
+        assert!(c.nodes[i].stop().unwrap().success());
+    }
+    assert!(!iptables_save(&c.nodes[0].ns).contains("FLANNEL-"));
+}
+
+#[test]
+fn ip_masq_with_nftables_is_refused_at_start() {
+    let conf = r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
+    let mut c = Cluster::new("mn", 1, conf).unwrap();
+    c.spawn(0, weft(), &["--ip-masq"]).unwrap();
+    let said = Cluster::wait_for(Duration::from_secs(5), || {
+        c.nodes[0].log_text().contains("EnableNFTables")
+    });
+    assert!(said, "{}", c.nodes[0].log_text());
+    assert!(!c.nodes[0].stop().unwrap().success());
+}

@@ -44,8 +44,11 @@ pub struct RunOptions {
     pub renew_margin: Duration,
     /// Our PublicIP; default the underlay interface's address.
     pub public_ip: Option<Ipv4Addr>,
-    /// Underlay interface; default the default route's.
-    pub iface: Option<String>,
+    /// How to pick the underlay interface; by default the default route's.
+    pub iface: crate::netlink::IfaceChoice,
+    /// Also serve /healthz and /readyz here (flanneld's --healthz-ip and
+    /// --healthz-port).
+    pub healthz_addr: Option<SocketAddr>,
     /// Where subnet.env goes.
     pub subnet_file: PathBuf,
     /// TUN or TAP for vxlan.
@@ -75,6 +78,8 @@ pub struct TrafficOptions {
     pub random_fully: bool,
     /// Install the forwarding rules.
     pub forward_rules: bool,
+    /// Keep a blackhole route for our subnet (`--ip-blackhole-route`).
+    pub blackhole_route: bool,
     /// How often the rules are checked and put back.
     pub resync: Duration,
 }
@@ -86,6 +91,7 @@ impl Default for TrafficOptions {
             ip_masq: false,
             random_fully: true,
             forward_rules: false,
+            blackhole_route: false,
             resync: Duration::from_secs(5),
         }
     }
@@ -275,7 +281,7 @@ async fn plan(
 
 async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let nl = Netlink::open()?;
-    let underlay = nl.underlay(opts.iface.as_deref()).await?;
+    let underlay = nl.choose_underlay(&opts.iface).await?;
     let public_ip = opts.public_ip.unwrap_or(underlay.addr);
     let reg = open_registry(&opts).await?;
     let reg: &dyn Registry = reg.as_ref();
@@ -347,6 +353,13 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(addr) = opts.healthz_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
+        tracing::info!(%addr, "serving /healthz and /readyz");
+        tokio::spawn(crate::metrics::serve_health(l, metrics.clone()));
+    }
     let mut peers = Peers::new(control::PeersConfig {
         nl: nl.clone(),
         device: data_plane.as_ref().map(|d| d.index),
@@ -368,6 +381,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     peers.sync(&reg.leases().await?).await;
     // Rules before readiness: /readyz and subnet.env come once they are in.
     let mut traffic = Traffic::start(opts.traffic, &conf, subnet, (previous_network, previous))?;
+    let mut blackhole_checked = tokio::time::Instant::now();
+    if opts.traffic.blackhole_route {
+        ensure_blackhole(&nl, subnet).await;
+    }
     let env = subnet_env::SubnetEnv {
         network: conf.network,
         subnet,
@@ -501,6 +518,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(t) = traffic.as_mut() {
             t.resync();
         }
+        if opts.traffic.blackhole_route && blackhole_checked.elapsed() >= opts.traffic.resync {
+            blackhole_checked = tokio::time::Instant::now();
+            ensure_blackhole(&nl, subnet).await;
+        }
         peers.sync(&leases).await;
         if underlay_changed || last_recheck.elapsed() >= RECHECK {
             if underlay_changed {
@@ -521,6 +542,9 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     if let Some(t) = traffic.take() {
         t.remove();
     }
+    if opts.traffic.blackhole_route {
+        let _ = nl.delete_blackhole(subnet).await;
+    }
     if let Some(dp) = data_plane.filter(|dp| dp.lost.is_none()) {
         if programming == Programming::NetworkRoute {
             let _ = nl.delete_route(conf.network, dp.index).await;
@@ -533,6 +557,16 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
 /// Plain routing can be one-sided (each node decides for itself), so pod
 /// packets may arrive on the underlay from a peer whose route back goes
 /// through the tunnel; strict reverse-path filtering drops those.
+/// `--ip-blackhole-route`: puts `blackhole <subnet>` in place unless the
+/// kernel routes the subnet already (the bridge plugin's route, say).
+async fn ensure_blackhole(nl: &Netlink, subnet: ipnet::Ipv4Net) {
+    match nl.ensure_blackhole(subnet).await {
+        Ok(true) => tracing::info!(%subnet, "blackhole route in place"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%subnet, error = %e, "cannot add the blackhole route"),
+    }
+}
+
 fn warn_strict_rp_filter(iface: &str) {
     let read = |dev: &str| {
         std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter"))

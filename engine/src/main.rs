@@ -44,19 +44,39 @@ struct RunArgs {
     registry_dir: Option<PathBuf>,
     /// etcd client URLs, comma-separated (flanneld's flag): leases live in
     /// etcd under --etcd-prefix, shared with flanneld nodes.
-    #[arg(long, value_name = "URL[,URL…]", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "URL[,URL…]",
+        value_delimiter = ',',
+        env = "FLANNELD_ETCD_ENDPOINTS"
+    )]
     etcd_endpoints: Vec<String>,
     /// etcd key prefix.
-    #[arg(long, value_name = "PREFIX", default_value = "/coreos.com/network")]
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "/coreos.com/network",
+        env = "FLANNELD_ETCD_PREFIX"
+    )]
     etcd_prefix: String,
     /// CA certificate (PEM) that signed etcd's certificate.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_CAFILE")]
     etcd_cafile: Option<PathBuf>,
     /// Client certificate (PEM) for etcd.
-    #[arg(long, value_name = "FILE", requires = "etcd_keyfile")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "etcd_keyfile",
+        env = "FLANNELD_ETCD_CERTFILE"
+    )]
     etcd_certfile: Option<PathBuf>,
     /// Client key (PEM) for etcd.
-    #[arg(long, value_name = "FILE", requires = "etcd_certfile")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "etcd_certfile",
+        env = "FLANNELD_ETCD_KEYFILE"
+    )]
     etcd_keyfile: Option<PathBuf>,
     /// Username for etcd authentication (also FLANNELD_ETCD_USERNAME).
     #[arg(long, value_name = "USER", env = "FLANNELD_ETCD_USERNAME")]
@@ -78,17 +98,54 @@ struct RunArgs {
     etcd_password_file: Option<PathBuf>,
     /// Renew our subnet lease this many minutes before it expires (flanneld's
     /// --subnet-lease-renew-margin).
-    #[arg(long, value_name = "MINUTES", default_value_t = 60)]
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        default_value_t = 60,
+        env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN"
+    )]
     subnet_lease_renew_margin: u64,
     /// The address peers send to (the lease's PublicIP). Default: the
     /// underlay interface's first IPv4 address.
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
     /// Underlay interface. Default: the interface of the default route.
-    #[arg(long, value_name = "NAME")]
-    iface: Option<String>,
+    /// (A name or an IPv4 address; repeatable: the first that exists wins,
+    /// as with flanneld.)
+    #[arg(long, value_name = "NAME|IP", env = "FLANNELD_IFACE")]
+    iface: Vec<String>,
+    /// A regular expression over interface addresses, then names, for the
+    /// underlay; repeatable, tried after every --iface.
+    #[arg(long, value_name = "REGEX", env = "FLANNELD_IFACE_REGEX")]
+    iface_regex: Vec<String>,
+    /// Use the interface the kernel routes this address through (as `ip
+    /// route get` says), when no --iface or --iface-regex matched.
+    #[arg(long, value_name = "IP", env = "FLANNELD_IFACE_CAN_REACH")]
+    iface_can_reach: Option<Ipv4Addr>,
+    /// Serve /healthz and /readyz (only) on this address as well, as
+    /// flanneld's --healthz-ip does (with --healthz-port).
+    #[arg(
+        long,
+        value_name = "IP",
+        default_value = "0.0.0.0",
+        env = "FLANNELD_HEALTHZ_IP"
+    )]
+    healthz_ip: std::net::IpAddr,
+    /// The port for --healthz-ip; 0 serves nothing (flanneld's default).
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 0,
+        env = "FLANNELD_HEALTHZ_PORT"
+    )]
+    healthz_port: u16,
     /// Where to write subnet.env for the CNI plugin.
-    #[arg(long, value_name = "PATH", default_value = "/run/flannel/subnet.env")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/flannel/subnet.env",
+        env = "FLANNELD_SUBNET_FILE"
+    )]
     subnet_file: PathBuf,
     /// Device kind for the vxlan backend: tap (an Ethernet flannel.1 with
     /// neighbor entries, like the kernel's) or tun (L3; weft writes the inner
@@ -115,18 +172,27 @@ struct RunArgs {
     /// Masquerade traffic from pods to outside the cluster network, with
     /// flanneld's iptables rules (chain FLANNEL-POSTRTG in nat);
     /// subnet.env then says FLANNEL_IPMASQ=true.
-    #[arg(long)]
+    #[arg(long, env = "FLANNELD_IP_MASQ", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     ip_masq: bool,
     /// Leave --random-fully off the MASQUERADE rules (flanneld's flag).
-    #[arg(long)]
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     ip_masq_fully_random_disable: bool,
     /// Accept forwarded traffic to and from the cluster network (chain
     /// FLANNEL-FWD in filter), as flanneld does by default; `=false` to
     /// leave FORWARD alone.
-    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, env = "FLANNELD_IPTABLES_FORWARD_RULES")]
     iptables_forward_rules: bool,
+    /// Add a blackhole route for this node's subnet (for setups without
+    /// the bridge plugin), checked with the rules.
+    #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    ip_blackhole_route: bool,
     /// How often the rules are checked and put back, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 5,
+        env = "FLANNELD_IPTABLES_RESYNC"
+    )]
     iptables_resync: u64,
     /// Worker threads, one device queue and socket each.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -228,7 +294,16 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         registry_dir: a.registry_dir,
         renew_margin: std::time::Duration::from_secs(a.subnet_lease_renew_margin * 60),
         public_ip: a.public_ip,
-        iface: a.iface,
+        iface: weft::netlink::IfaceChoice {
+            ifaces: a.iface,
+            regexes: a
+                .iface_regex
+                .iter()
+                .map(|r| regex::Regex::new(r).with_context(|| format!("--iface-regex {r}")))
+                .collect::<anyhow::Result<_>>()?,
+            can_reach: a.iface_can_reach,
+        },
+        healthz_addr: (a.healthz_port != 0).then(|| SocketAddr::new(a.healthz_ip, a.healthz_port)),
         subnet_file: a.subnet_file,
         device: a.device,
         metrics_addr,
@@ -240,6 +315,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             ip_masq: a.ip_masq,
             random_fully: !a.ip_masq_fully_random_disable,
             forward_rules: a.iptables_forward_rules,
+            blackhole_route: a.ip_blackhole_route,
             resync: std::time::Duration::from_secs(a.iptables_resync.max(1)),
         },
     })

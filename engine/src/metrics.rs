@@ -452,6 +452,17 @@ const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// are served at once: a flood of connections cannot exhaust memory or
 /// file descriptors.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    serve_paths(listener, metrics, true).await
+}
+
+/// `serve` with `/healthz` and `/readyz` only, for flanneld's
+/// `--healthz-ip`/`--healthz-port`, which listens on every address by
+/// default: the counters stay on the metrics address.
+pub async fn serve_health(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    serve_paths(listener, metrics, false).await
+}
+
+async fn serve_paths(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, with_metrics: bool) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
@@ -486,7 +497,9 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
             let line = std::str::from_utf8(&buf[..n]).unwrap_or("");
             let path = line.split_whitespace().nth(1).unwrap_or("/");
             let (status, ctype, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+                "/metrics" if with_metrics => {
+                    ("200 OK", "text/plain; version=0.0.4", metrics.render())
+                }
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                 "/readyz" if metrics.ready.load(Relaxed) => {
                     ("200 OK", "text/plain", "ready\n".to_string())

@@ -34,6 +34,9 @@ pub enum NetlinkError {
     /// No default route to derive the underlay interface from.
     #[error("no IPv4 default route: pass --iface")]
     NoDefaultRoute,
+    /// None of the interfaces asked for exists.
+    #[error("no interface matches {0}")]
+    NoMatch(String),
     /// The interface has no IPv4 address.
     #[error("interface {0} has no IPv4 address: pass --public-ip")]
     NoAddress(String),
@@ -126,6 +129,82 @@ pub struct Underlay {
     pub networks: Vec<Ipv4Net>,
 }
 
+/// How to pick the underlay interface, as flanneld's `--iface`,
+/// `--iface-regex` and `--iface-can-reach` do, in that order of
+/// precedence; with none of them, the default route's interface.
+#[derive(Debug, Clone, Default)]
+pub struct IfaceChoice {
+    /// Names or IPv4 addresses, tried in order; the first that exists wins.
+    pub ifaces: Vec<String>,
+    /// Regular expressions over addresses, then names, tried in order.
+    pub regexes: Vec<regex::Regex>,
+    /// Use the interface the kernel routes this address through.
+    pub can_reach: Option<Ipv4Addr>,
+}
+
+impl IfaceChoice {
+    /// What was asked, for error messages.
+    fn describe(&self) -> String {
+        let mut parts: Vec<String> = self.ifaces.iter().map(|i| format!("--iface {i}")).collect();
+        parts.extend(self.regexes.iter().map(|r| format!("--iface-regex {r}")));
+        if let Some(ip) = self.can_reach {
+            parts.push(format!("--iface-can-reach {ip}"));
+        }
+        parts.join(", ")
+    }
+}
+
+/// A link and its IPv4 addresses (with prefix lengths), for `pick`.
+#[derive(Debug, Clone)]
+pub struct LinkAddrs {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its IPv4 addresses, in the kernel's order.
+    pub addrs: Vec<Ipv4Net>,
+}
+
+/// The interface and address `--iface` and `--iface-regex` choose among
+/// `links` (flannel's `LookupExtIface` order): each `--iface` in turn, by
+/// address or by name; then each regex in turn, over every link's
+/// addresses, then every link's name. `None` if nothing matches (or
+/// nothing was asked).
+pub fn pick(links: &[LinkAddrs], c: &IfaceChoice) -> Option<(usize, Ipv4Addr)> {
+    let first_addr = |i: usize| links[i].addrs.first().map(|n| n.addr());
+    for want in &c.ifaces {
+        if let Ok(ip) = want.parse::<Ipv4Addr>() {
+            if let Some(i) = links
+                .iter()
+                .position(|l| l.addrs.iter().any(|a| a.addr() == ip))
+            {
+                return Some((i, ip));
+            }
+        } else if let Some(i) = links.iter().position(|l| &l.name == want) {
+            if let Some(a) = first_addr(i) {
+                return Some((i, a));
+            }
+        }
+    }
+    for re in &c.regexes {
+        for (i, l) in links.iter().enumerate() {
+            if let Some(a) = l.addrs.iter().find(|a| re.is_match(&a.addr().to_string())) {
+                return Some((i, a.addr()));
+            }
+        }
+        for (i, l) in links.iter().enumerate() {
+            if re.is_match(&l.name) {
+                if let Some(a) = first_addr(i) {
+                    return Some((i, a));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// A handle on the kernel's routing netlink, valid inside a tokio runtime.
 #[derive(Clone)]
 pub struct Netlink {
@@ -180,6 +259,78 @@ impl Netlink {
                 _ => None,
             })
             .unwrap_or_default())
+    }
+
+    /// Every link with its IPv4 addresses, by index.
+    pub async fn links(&self) -> Result<Vec<LinkAddrs>, NetlinkError> {
+        let mut out = Vec::new();
+        let mut s = self.handle.link().get().execute();
+        while let Some(m) = s.try_next().await.map_err(req("list links"))? {
+            let mut name = String::new();
+            let mut mtu = 1500;
+            for a in &m.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => name = n.clone(),
+                    LinkAttribute::Mtu(v) => mtu = *v,
+                    _ => {}
+                }
+            }
+            out.push(LinkAddrs {
+                index: m.header.index,
+                name,
+                mtu,
+                addrs: Vec::new(),
+            });
+        }
+        let mut s = self.handle.address().get().execute();
+        while let Some(a) = s.try_next().await.map_err(req("list addresses"))? {
+            let v4 = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(IpAddr::V4(v))
+                | AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                _ => None,
+            });
+            let net = v4.and_then(|v| Ipv4Net::new(v, a.header.prefix_len).ok());
+            if let (Some(net), Some(l)) = (net, out.iter_mut().find(|l| l.index == a.header.index))
+            {
+                l.addrs.push(net);
+            }
+        }
+        out.sort_by_key(|l| l.index);
+        Ok(out)
+    }
+
+    /// Finds the underlay as `choice` says (flanneld's `--iface`,
+    /// `--iface-regex`, `--iface-can-reach`), else the default route's
+    /// interface, with the address chosen (or the interface's first).
+    pub async fn choose_underlay(&self, choice: &IfaceChoice) -> Result<Underlay, NetlinkError> {
+        if choice.ifaces.is_empty() && choice.regexes.is_empty() && choice.can_reach.is_none() {
+            return self.underlay(None).await;
+        }
+        let links = self.links().await?;
+        let found = match pick(&links, choice) {
+            Some(f) => Some(f),
+            None => match choice.can_reach {
+                Some(ip) => {
+                    let oif = self
+                        .route_to(ip)
+                        .await?
+                        .into_iter()
+                        .find_map(|(_, oif)| oif);
+                    oif.and_then(|o| links.iter().position(|l| l.index == o))
+                        .and_then(|i| links[i].addrs.first().map(|a| (i, a.addr())))
+                }
+                None => None,
+            },
+        };
+        let (i, addr) = found.ok_or_else(|| NetlinkError::NoMatch(choice.describe()))?;
+        let l = &links[i];
+        Ok(Underlay {
+            name: l.name.clone(),
+            index: l.index,
+            addr,
+            mtu: l.mtu,
+            networks: l.addrs.iter().map(|n| n.trunc()).collect(),
+        })
     }
 
     /// Finds the underlay: `iface` or the default route's interface, and its
@@ -408,6 +559,41 @@ impl Netlink {
             .map_err(req(format!("install unreachable route {dst}")))
     }
 
+    /// Adds `blackhole dst` unless the kernel has a route to exactly `dst`
+    /// already (flanneld's `--ip-blackhole-route`: pod addresses nobody
+    /// holds are dropped here instead of following the default route).
+    /// True if it added one.
+    pub async fn ensure_blackhole(&self, dst: Ipv4Net) -> Result<bool, NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .protocol(RouteProtocol::Other(RTPROT_WEFT))
+            .kind(RouteType::BlackHole)
+            .build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(true),
+            Err(rtnetlink::Error::NetlinkError(m))
+                if m.code.map(|c| -c.get()) == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(req(format!("install blackhole route {dst}"))(e)),
+        }
+    }
+
+    /// Removes weft's `blackhole dst`, if there is one.
+    pub async fn delete_blackhole(&self, dst: Ipv4Net) -> Result<(), NetlinkError> {
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .protocol(RouteProtocol::Other(RTPROT_WEFT))
+            .kind(RouteType::BlackHole)
+            .build();
+        msg.header.scope = RouteScope::NoWhere;
+        match self.handle.route().del(msg).execute().await {
+            Err(e) if !is_absent(&e) => Err(req(format!("delete route {dst}"))(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Removes `unreachable dst`, if there is one.
     pub async fn delete_unreachable(&self, dst: Ipv4Net) -> Result<(), NetlinkError> {
         let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -480,4 +666,71 @@ pub fn watch_routes(
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links() -> Vec<LinkAddrs> {
+        let l = |index, name: &str, addrs: &[&str]| LinkAddrs {
+            index,
+            name: name.into(),
+            mtu: 1500,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        };
+        vec![
+            l(1, "lo", &["127.0.0.1/8"]),
+            l(2, "eth0", &["192.168.100.1/24", "192.168.100.9/24"]),
+            l(3, "dummy0", &["10.99.0.1/24"]),
+            l(4, "empty0", &[]),
+        ]
+    }
+
+    fn choice(ifaces: &[&str], regexes: &[&str]) -> IfaceChoice {
+        IfaceChoice {
+            ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
+            regexes: regexes
+                .iter()
+                .map(|r| regex::Regex::new(r).unwrap())
+                .collect(),
+            can_reach: None,
+        }
+    }
+
+    #[test]
+    fn ifaces_in_order_by_name_or_address_then_regexes() {
+        let ls = links();
+        let name = |c: IfaceChoice| pick(&ls, &c).map(|(i, a)| (ls[i].name.clone(), a.to_string()));
+        let want = |n: &str, a: &str| Some((n.to_string(), a.to_string()));
+        assert_eq!(name(choice(&["eth0"], &[])), want("eth0", "192.168.100.1"));
+        assert_eq!(
+            name(choice(&["192.168.100.9"], &[])),
+            want("eth0", "192.168.100.9")
+        );
+        assert_eq!(
+            name(choice(&["nope", "10.99.0.1", "eth0"], &[])),
+            want("dummy0", "10.99.0.1")
+        );
+        // An interface without an IPv4 address does not count.
+        assert_eq!(
+            name(choice(&["empty0", "eth0"], &[])),
+            want("eth0", "192.168.100.1")
+        );
+        // Regexes after every --iface; addresses before names.
+        assert_eq!(
+            name(choice(&["nope"], &["^dum"])),
+            want("dummy0", "10.99.0.1")
+        );
+        assert_eq!(
+            name(choice(&[], &["^10\\.99\\."])),
+            want("dummy0", "10.99.0.1")
+        );
+        assert_eq!(
+            name(choice(&[], &["nomatch", "eth"])),
+            want("eth0", "192.168.100.1")
+        );
+        assert_eq!(name(choice(&["nope"], &["nomatch"])), None);
+        assert_eq!(name(choice(&[], &[])), None);
+    }
 }

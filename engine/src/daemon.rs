@@ -100,8 +100,10 @@ impl Default for TrafficOptions {
 /// The rule sets weft keeps in place, and when it last checked them.
 struct Traffic {
     ipt: crate::masq::Iptables,
-    /// (what, rules, fatal if they cannot be installed at start)
+    /// iptables: (what, rules).
     sets: Vec<(&'static str, Vec<crate::masq::Rule>)>,
+    /// nftables (`EnableNFTables`) instead.
+    nft: Option<crate::masq::nft::Rules>,
     resync: Duration,
     last: tokio::time::Instant,
 }
@@ -117,20 +119,38 @@ impl Traffic {
         subnet: ipnet::Ipv4Net,
         previous: (Option<ipnet::Ipv4Net>, Option<ipnet::Ipv4Net>),
     ) -> anyhow::Result<Option<Traffic>> {
-        use crate::masq::{forward_rules, masq_rules, Iptables};
-        if conf.enable_nftables {
-            if t.ip_masq {
-                bail!(
-                    "--ip-masq with EnableNFTables: weft writes its masquerading rules with iptables only \
-                     so far; set EnableNFTables to false, or leave masquerading to another component"
-                );
-            }
-            if t.forward_rules {
-                tracing::warn!("EnableNFTables: weft installs no forwarding rules in nftables yet; FORWARD is left alone");
-            }
-            return Ok(None);
-        }
+        use crate::masq::{forward_rules, masq_rules, nft, Iptables};
         let ipt = Iptables;
+        if conf.enable_nftables {
+            if !t.ip_masq && !t.forward_rules {
+                return Ok(None);
+            }
+            let rules = nft::Rules {
+                masq: t.ip_masq.then_some((conf.network, subnet, t.random_fully)),
+                forward: t.forward_rules.then_some(conf.network),
+            };
+            // The tables are rewritten whole (chains flushed), so rules of a
+            // previous network or subnet cannot survive.
+            match rules.ensure() {
+                Ok(_) => {
+                    tracing::info!(network = %conf.network, %subnet, ip_masq = t.ip_masq, forward = t.forward_rules, "nftables rules in place (table ip flannel-ipv4)")
+                }
+                Err(e) if t.ip_masq => {
+                    return Err(e).context("cannot install the masquerading rules in nftables")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot install the forwarding rules in nftables; FORWARD is left as it is");
+                    return Ok(None);
+                }
+            }
+            return Ok(Some(Traffic {
+                ipt,
+                sets: Vec::new(),
+                nft: Some(rules),
+                resync: t.resync,
+                last: tokio::time::Instant::now(),
+            }));
+        }
         let mut sets = Vec::new();
         if t.ip_masq {
             let rf = t.random_fully && ipt.has_random_fully().context("--ip-masq")?;
@@ -163,6 +183,7 @@ impl Traffic {
         Ok((!sets.is_empty()).then(|| Traffic {
             ipt,
             sets,
+            nft: None,
             resync: t.resync,
             last: tokio::time::Instant::now(),
         }))
@@ -174,6 +195,15 @@ impl Traffic {
             return;
         }
         self.last = tokio::time::Instant::now();
+        if let Some(n) = &self.nft {
+            match n.ensure() {
+                Ok(true) => {
+                    tracing::warn!("some nftables rules were missing; wrote them all again")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot check the nftables rules"),
+            }
+        }
         for (what, rules) in &self.sets {
             match self.ipt.ensure(rules) {
                 Ok(true) => tracing::warn!("some {what} rules were missing; wrote them all again"),
@@ -185,6 +215,11 @@ impl Traffic {
 
     /// Removes every rule and chain weft installed.
     fn remove(&self) {
+        if let Some(n) = &self.nft {
+            if let Err(e) = n.remove() {
+                tracing::warn!(error = %e, "cannot remove the nftables rules");
+            }
+        }
         for (what, rules) in &self.sets {
             if let Err(e) = self.ipt.remove(rules) {
                 tracing::warn!(error = %e, "cannot remove the {what} rules");

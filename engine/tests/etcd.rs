@@ -552,3 +552,38 @@ fn masquerading_rules_equal_flanneld_s() {
         );
     }
 }
+
+/// The same with `EnableNFTables`: `nft list ruleset` on a weft node equals
+/// a real flanneld node's.
+#[test]
+fn nftables_rules_equal_flanneld_s() {
+    let conf = r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
+    let mut c = Cluster::new("fn", 2, conf).expect("testbed");
+    c.start_etcd().expect("etcd starts");
+    c.spawn_flanneld(1, &flanneld(), &["--ip-masq"]).unwrap();
+    c.wait_ready(1).unwrap();
+    c.start(0, weft(), &["--ip-masq"]).unwrap();
+    let dump = |i: usize| {
+        let subnet = c.nodes[i].subnet().unwrap().to_string();
+        let mut text = String::new();
+        Cluster::wait_for(Duration::from_secs(10), || {
+            let out = c.nodes[i].ns.exec("nft", &["list", "ruleset"]).unwrap();
+            text = String::from_utf8_lossy(&out.stdout).to_string();
+            text.contains("masquerade") && text.contains("accept")
+        });
+        text.replace(&subnet, "<subnet>")
+    };
+    let (weft_rules, flanneld_rules) = (dump(0), dump(1));
+    assert!(weft_rules.contains("masquerade"), "{weft_rules}");
+    assert_eq!(
+        weft_rules, flanneld_rules,
+        "weft's ruleset (left) differs from flanneld's (right)"
+    );
+    for i in 0..2 {
+        assert!(
+            c.nodes[i].stop().unwrap().success(),
+            "{}",
+            c.nodes[i].log_text()
+        );
+    }
+}

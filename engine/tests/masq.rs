@@ -157,14 +157,61 @@ fn forwarding_rules_by_default_and_not_when_turned_off() {
     assert!(!iptables_save(&c.nodes[0].ns).contains("FLANNEL-"));
 }
 
+/// `EnableNFTables`: the same masquerading and forwarding in nftables
+/// (table `ip flannel-ipv4`), the same behaviour on the wire, and the
+/// tables gone after exit.
 #[test]
-fn ip_masq_with_nftables_is_refused_at_start() {
+fn nftables_masquerading_and_forwarding() {
     let conf = r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
-    let mut c = Cluster::new("mn", 1, conf).unwrap();
-    c.spawn(0, weft(), &["--ip-masq"]).unwrap();
-    let said = Cluster::wait_for(Duration::from_secs(5), || {
-        c.nodes[0].log_text().contains("EnableNFTables")
-    });
-    assert!(said, "{}", c.nodes[0].log_text());
-    assert!(!c.nodes[0].stop().unwrap().success());
+    let mut c = Cluster::new("mn", 2, conf).unwrap();
+    start_all(&mut c, &["--ip-masq", "--iptables-resync", "1"]);
+    let (pod0, pod1) = (c.nodes[0].pod_ip().unwrap(), c.nodes[1].pod_ip().unwrap());
+    assert!(wait_ping(&c.nodes[0].ns, pod1));
+    let list = |ns: &Netns| {
+        let o = ns.exec("nft", &["list", "ruleset"]).unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let rules = list(&c.nodes[0].ns);
+    let sub = c.nodes[0].subnet().unwrap().to_string();
+    for line in [
+        "table ip flannel-ipv4 {".to_string(),
+        "chain postrtg {".into(),
+        format!("ip saddr {sub} ip daddr 10.244.0.0/16 return"),
+        "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random".into(),
+        "chain forward {".into(),
+        "ip saddr 10.244.0.0/16 accept".into(),
+    ] {
+        assert!(rules.contains(&line), "{line} missing:\n{rules}");
+    }
+    assert!(!c.nodes[0]
+        .ns
+        .exec("iptables-save", &[])
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("FLANNEL-"))
+        .unwrap_or(false));
+    let outside = Ipv4Addr::new(192, 168, 100, 254);
+    c.hub
+        .ip(&["addr", "add", "192.168.100.254/24", "dev", "br0"])
+        .unwrap();
+    assert_eq!(
+        source_seen(&c.nodes[0].ns, pod0, &c.hub, outside),
+        Some(c.nodes[0].underlay)
+    );
+    assert_eq!(
+        source_seen(&c.nodes[0].ns, pod0, &c.nodes[1].ns, pod1),
+        Some(pod0)
+    );
+    // A flushed chain is written again within the resync period.
+    c.nodes[0]
+        .ns
+        .exec("nft", &["flush", "chain", "ip", "flannel-ipv4", "postrtg"])
+        .unwrap();
+    assert!(Cluster::wait_for(Duration::from_secs(4), || list(
+        &c.nodes[0].ns
+    ) == rules));
+    assert!(c.nodes[0].stop().unwrap().success());
+    assert!(
+        !list(&c.nodes[0].ns).contains("flannel"),
+        "{}",
+        list(&c.nodes[0].ns)
+    );
 }

@@ -40,6 +40,11 @@ pub struct RunOptions {
     pub registry_dir: Option<PathBuf>,
     /// etcd, when the leases live there instead.
     pub etcd: Option<weft_routes::EtcdConfig>,
+    /// The Kubernetes API, when leases are nodes' podCIDRs
+    /// (`--kube-subnet-mgr`).
+    pub kube: Option<weft_routes::kube::KubeConfig>,
+    /// With `kube`: mark the node's network available once ready.
+    pub set_node_network_unavailable: bool,
     /// Renew our lease this long before it expires.
     pub renew_margin: Duration,
     /// Our PublicIP; default the underlay interface's address.
@@ -318,8 +323,8 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let nl = Netlink::open()?;
     let underlay = nl.choose_underlay(&opts.iface).await?;
     let public_ip = opts.public_ip.unwrap_or(underlay.addr);
-    let reg = open_registry(&opts).await?;
-    let reg: &dyn Registry = reg.as_ref();
+    let leases_from = open_registry(&opts).await?;
+    let reg: &dyn Registry = leases_from.registry();
     let conf = reg
         .config()
         .await
@@ -330,7 +335,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let plan = plan(&conf.backend, &opts, &underlay, public_ip, reg).await?;
     let previous = subnet_env::previous_subnet(&opts.subnet_file);
     let previous_network = subnet_env::previous_network(&opts.subnet_file);
-    let mut lease = alloc::acquire(reg, &conf, &plan.attrs, previous).await?;
+    let mut lease = match &leases_from {
+        Leases::Kube(k) => k.acquire(&plan.attrs).await?,
+        Leases::Store(_) => alloc::acquire(reg, &conf, &plan.attrs, previous).await?,
+    };
     let subnet = lease.subnet();
     tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");
 
@@ -406,7 +414,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
             network: conf.network,
             subnet_len: conf.subnet_len,
             own: lease.key,
-            own_public_ip: public_ip,
+            own_public_ip: lease.attrs.public_ip,
             own_mac: plan.vtep.map(|e| e.mac),
             underlay: underlay.networks.clone(),
         },
@@ -430,6 +438,17 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     set_expiry(&metrics, lease.expiration);
     metrics.ready.store(true, Ordering::Relaxed);
+    if let (Leases::Kube(k), true) = (&leases_from, opts.set_node_network_unavailable) {
+        match k.set_network_available().await {
+            Ok(()) => tracing::info!(
+                node = k.node_name(),
+                "node condition NetworkUnavailable set to False (FlannelIsUp)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set the node's NetworkUnavailable condition")
+            }
+        }
+    }
     match &plan.device {
         Some((device, _)) => {
             tracing::info!(%device, mtu = plan.mtu, threads, subnet_file = %opts.subnet_file.display(), "ready")
@@ -505,8 +524,15 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
                 continue;
             }
         };
-        match leases.iter().find(|l| l.key == lease.key) {
-            Some(l) if l.attrs.public_ip == public_ip => {
+        // Ours is the lease with our key and our PublicIP (which a node
+        // annotation may override). In Kubernetes another node may claim
+        // our podCIDR too: that is a refused lease, not a reason to leave.
+        let mut with_our_key = leases.iter().filter(|l| l.key == lease.key);
+        let ours = with_our_key
+            .clone()
+            .find(|l| l.attrs.public_ip == lease.attrs.public_ip);
+        match ours.or_else(|| with_our_key.next()) {
+            Some(l) if l.attrs.public_ip == lease.attrs.public_ip => {
                 lease.expiration = l.expiration;
             }
             Some(l) => {
@@ -792,15 +818,39 @@ async fn start_data_plane(
 
 /// Opens the registry the options name. etcd is retried with backoff
 /// (1 to 30 s) until it answers, as flanneld does at startup.
-async fn open_registry(opts: &RunOptions) -> anyhow::Result<Box<dyn Registry>> {
-    match (&opts.registry_dir, &opts.etcd) {
-        (Some(dir), _) => {
-            Ok(Box::new(FileRegistry::open(dir).with_context(|| {
-                format!("cannot open registry {}", dir.display())
-            })?))
+/// Where leases come from.
+enum Leases {
+    /// The file registry or etcd: leases allocated by weft.
+    Store(Box<dyn Registry>),
+    /// The Kubernetes API: our lease is our node's podCIDR.
+    Kube(Box<weft_routes::kube::KubeRegistry>),
+}
+
+impl Leases {
+    fn registry(&self) -> &dyn Registry {
+        match self {
+            Leases::Store(r) => r.as_ref(),
+            Leases::Kube(k) => k.as_ref(),
         }
-        (None, Some(cfg)) => connect_etcd(cfg).await,
-        (None, None) => bail!("no registry: pass --registry-dir or --etcd-endpoints"),
+    }
+}
+
+async fn open_registry(opts: &RunOptions) -> anyhow::Result<Leases> {
+    if let Some(k) = &opts.kube {
+        let r = weft_routes::kube::KubeRegistry::open(k)
+            .await
+            .context("kube subnet manager")?;
+        return Ok(Leases::Kube(Box::new(r)));
+    }
+    match (&opts.registry_dir, &opts.etcd) {
+        (Some(dir), _) => Ok(Leases::Store(Box::new(
+            FileRegistry::open(dir)
+                .with_context(|| format!("cannot open registry {}", dir.display()))?,
+        ))),
+        (None, Some(cfg)) => Ok(Leases::Store(connect_etcd(cfg).await?)),
+        (None, None) => {
+            bail!("no registry: pass --registry-dir, --etcd-endpoints or --kube-subnet-mgr")
+        }
     }
 }
 

@@ -38,10 +38,41 @@ struct RunArgs {
     #[arg(
         long,
         value_name = "DIR",
-        required_unless_present = "etcd_endpoints",
-        conflicts_with = "etcd_endpoints"
+        required_unless_present_any = ["etcd_endpoints", "kube_subnet_mgr"],
+        conflicts_with_all = ["etcd_endpoints", "kube_subnet_mgr"]
     )]
     registry_dir: Option<PathBuf>,
+    /// Leases from the Kubernetes API (flanneld's --kube-subnet-mgr): the
+    /// node's spec.podCIDR, with flannel's node annotations.
+    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, conflicts_with = "etcd_endpoints")]
+    kube_subnet_mgr: bool,
+    /// kubeconfig for --kube-subnet-mgr; default: in-cluster, else
+    /// ~/.kube/config.
+    #[arg(long, value_name = "FILE", env = "FLANNELD_KUBECONFIG_FILE")]
+    kubeconfig_file: Option<PathBuf>,
+    /// The API server's URL, overriding the kubeconfig's.
+    #[arg(long, value_name = "URL", env = "FLANNELD_KUBE_API_URL")]
+    kube_api_url: Option<String>,
+    /// Prefix of flannel's node annotations.
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "flannel.alpha.coreos.com",
+        env = "FLANNELD_KUBE_ANNOTATION_PREFIX"
+    )]
+    kube_annotation_prefix: String,
+    /// net-conf.json for --kube-subnet-mgr (the kube-flannel-cfg ConfigMap).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/etc/kube-flannel/net-conf.json",
+        env = "FLANNELD_NET_CONFIG_PATH"
+    )]
+    net_config_path: PathBuf,
+    /// With --kube-subnet-mgr: set the node's NetworkUnavailable condition
+    /// to False once ready, as flanneld does.
+    #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    set_node_network_unavailable: bool,
     /// etcd client URLs, comma-separated (flanneld's flag): leases live in
     /// etcd under --etcd-prefix, shared with flanneld nodes.
     #[arg(
@@ -282,6 +313,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         );
     }
     weft::daemon::run(weft::daemon::RunOptions {
+        kube: a.kube_subnet_mgr.then_some(weft_routes::kube::KubeConfig {
+            kubeconfig: a.kubeconfig_file,
+            api_url: a.kube_api_url,
+            annotation_prefix: a.kube_annotation_prefix,
+            net_conf_path: a.net_config_path,
+        }),
+        set_node_network_unavailable: a.set_node_network_unavailable,
         etcd: (!a.etcd_endpoints.is_empty()).then_some(weft_routes::EtcdConfig {
             endpoints: a.etcd_endpoints,
             prefix: a.etcd_prefix,

@@ -390,6 +390,49 @@ pub struct Cluster {
     pub etcd_tls: Option<EtcdTls>,
     /// Environment variables every weft started here gets.
     pub env: Vec<(String, String)>,
+    /// A real kube-apiserver, once `start_kube_apiserver` ran: nodes then
+    /// run with `--kube-subnet-mgr` against it.
+    pub kube: Option<KubeApi>,
+}
+
+/// A kube-apiserver in the hub, on the test etcd, as envtest starts one:
+/// its own CA and serving certificate, static bearer tokens, RBAC.
+#[derive(Debug)]
+pub struct KubeApi {
+    /// `https://192.168.100.250:6443`.
+    pub url: String,
+    /// A kubeconfig for `system:masters`.
+    pub admin_kubeconfig: PathBuf,
+    /// A kubeconfig for user `weft`, who has only what RBAC grants.
+    pub weft_kubeconfig: PathBuf,
+    /// net-conf.json for the nodes' `--net-config-path`.
+    pub net_conf: PathBuf,
+    /// Its log.
+    pub log: PathBuf,
+    process: Option<Child>,
+    binary: PathBuf,
+    args: Vec<String>,
+}
+
+impl KubeApi {
+    /// Stops the API server (SIGKILL), as an outage would.
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    /// What the API server logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A throwaway CA and the certificates a TLS etcd test uses.
@@ -412,6 +455,7 @@ pub const ETCD_PREFIX: &str = "/coreos.com/network";
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        drop(self.kube.take());
         if let Some(mut e) = self.etcd.take() {
             let _ = e.kill();
             let _ = e.wait();
@@ -439,6 +483,7 @@ impl Cluster {
             etcd: None,
             etcd_tls: None,
             env: Vec::new(),
+            kube: None,
         };
         for _ in 0..n {
             c.add_node(tag)?;
@@ -733,8 +778,15 @@ impl Cluster {
         let log = File::create(&node.log)?;
         let mut cmd = node.ns.command(weft);
         cmd.arg("run");
+        if let Some(k) = &self.kube {
+            cmd.arg("--kube-subnet-mgr")
+                .arg("--kubeconfig-file")
+                .arg(&k.weft_kubeconfig)
+                .arg("--net-config-path")
+                .arg(&k.net_conf)
+                .env("NODE_NAME", format!("node{i}"));
         // etcd mode once etcd was started, even while it is stopped.
-        if self.dir.path().join("etcd-data").exists() {
+        } else if self.dir.path().join("etcd-data").exists() {
             cmd.arg("--etcd-endpoints").arg(etcd_url);
             if let Some(t) = &self.etcd_tls {
                 cmd.arg("--etcd-cafile").arg(&t.ca);
@@ -758,21 +810,194 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts a real flanneld on node `i` against this cluster's etcd, as
-    /// a flannel node of the cluster: `--iface eth0`, the node's
-    /// subnet.env, flanneld's own defaults otherwise (`extra` adds flags).
+    /// Starts a real kube-apiserver (`binary`, see `.ci/peers.sh`) in the
+    /// hub on this cluster's etcd (started here if it is not), with a
+    /// throwaway CA, static tokens for `admin` (system:masters) and `weft`,
+    /// and RBAC. Returns once it answers; nodes started afterwards run
+    /// with `--kube-subnet-mgr` as node `node<i>`.
+    pub fn start_kube_apiserver(&mut self, binary: &Path) -> io::Result<()> {
+        if self.etcd.is_none() {
+            self.start_etcd()?;
+        }
+        let d = self.dir.path().join("kube");
+        std::fs::create_dir_all(&d)?;
+        let p = |n: &str| d.join(n).to_string_lossy().to_string();
+        sh(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=weft-kube-ca",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.crt"),
+            ],
+        )?;
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:192.168.100.250,IP:127.0.0.1,DNS:kubernetes\nextendedKeyUsage=serverAuth\n",
+        )?;
+        sh(
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=kube-apiserver",
+                "-keyout",
+                &p("server.key"),
+                "-out",
+                &p("server.csr"),
+            ],
+        )?;
+        sh(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &p("server.csr"),
+                "-CA",
+                &p("ca.crt"),
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &p("server.ext"),
+                "-out",
+                &p("server.crt"),
+            ],
+        )?;
+        sh("openssl", &["genrsa", "-out", &p("sa.key"), "2048"])?;
+        sh(
+            "openssl",
+            &["rsa", "-in", &p("sa.key"), "-pubout", "-out", &p("sa.pub")],
+        )?;
+        let admin = format!("admin-{:016x}", rand::random::<u64>());
+        let weft = format!("weft-{:016x}", rand::random::<u64>());
+        std::fs::write(
+            d.join("tokens.csv"),
+            format!("{admin},admin,1,\"system:masters\"\n{weft},weft,2\n"),
+        )?;
+        let url = "https://192.168.100.250:6443".to_string();
+        let ca = p("ca.crt");
+        let kubeconfig = |user: &str, token: &str| {
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: {user}\ncurrent-context: test\n"
+            )
+        };
+        std::fs::write(d.join("admin.kubeconfig"), kubeconfig("admin", &admin))?;
+        std::fs::write(d.join("weft.kubeconfig"), kubeconfig("weft", &weft))?;
+        std::fs::write(d.join("net-conf.json"), &self.net_conf)?;
+        let args: Vec<String> = [
+            format!("--etcd-servers={}", self.etcd_url()),
+            "--etcd-prefix=/registry".into(),
+            "--bind-address=192.168.100.250".into(),
+            "--advertise-address=192.168.100.250".into(),
+            "--secure-port=6443".into(),
+            format!("--tls-cert-file={}", p("server.crt")),
+            format!("--tls-private-key-file={}", p("server.key")),
+            format!("--token-auth-file={}", p("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--enable-priority-and-fairness=false".into(),
+            format!("--cert-dir={}", p("certs")),
+        ]
+        .into();
+        let mut api = KubeApi {
+            url,
+            admin_kubeconfig: d.join("admin.kubeconfig"),
+            weft_kubeconfig: d.join("weft.kubeconfig"),
+            net_conf: d.join("net-conf.json"),
+            log: d.join("kube-apiserver.log"),
+            process: None,
+            binary: binary.to_path_buf(),
+            args,
+        };
+        self.run_kube_apiserver(&mut api)?;
+        self.kube = Some(api);
+        Ok(())
+    }
+
+    /// (Re)starts the API server process and waits (up to 60 s) for its
+    /// port.
+    fn run_kube_apiserver(&self, api: &mut KubeApi) -> io::Result<()> {
+        let log = File::options().create(true).append(true).open(&api.log)?;
+        let child = self
+            .hub
+            .command(&api.binary)
+            .args(&api.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        api.process = Some(child);
+        let up = Cluster::wait_for(Duration::from_secs(60), || {
+            self.hub
+                .enter(|| std::net::TcpStream::connect(("192.168.100.250", 6443)).is_ok())
+                .unwrap_or(false)
+        });
+        if !up {
+            return Err(io::Error::other(format!(
+                "kube-apiserver did not listen within 60 s:\n{}",
+                api.log_text()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts the API server again after `KubeApi::stop`.
+    pub fn restart_kube_apiserver(&mut self) -> io::Result<()> {
+        let mut api = self
+            .kube
+            .take()
+            .ok_or_else(|| io::Error::other("no API server"))?;
+        let r = self.run_kube_apiserver(&mut api);
+        self.kube = Some(api);
+        r
+    }
+
+    /// Starts a real flanneld on node `i` against this cluster's etcd (or
+    /// its API server, with `--kube-subnet-mgr` as node `node<i>`), as a
+    /// flannel node of the cluster: `--iface eth0`, the node's subnet.env,
+    /// flanneld's own defaults otherwise (`extra` adds flags).
     /// It runs as the node's daemon: `wait_ready`, `stop` and the node's
     /// drop work on it as on weft, and it logs to the node's log.
     pub fn spawn_flanneld(&mut self, i: usize, flanneld: &Path, extra: &[&str]) -> io::Result<()> {
         let etcd_url = self.etcd_url();
+        let registry: Vec<String> = match &self.kube {
+            Some(k) => vec![
+                "--kube-subnet-mgr".into(),
+                format!("--kubeconfig-file={}", k.weft_kubeconfig.display()),
+                format!("--net-config-path={}", k.net_conf.display()),
+            ],
+            None => vec![
+                format!("--etcd-endpoints={etcd_url}"),
+                format!("--etcd-prefix={ETCD_PREFIX}"),
+            ],
+        };
         let node = &mut self.nodes[i];
         let _ = std::fs::remove_file(&node.subnet_file);
         let log = File::create(&node.log)?;
         let child = node
             .ns
             .command(flanneld)
-            .arg(format!("--etcd-endpoints={etcd_url}"))
-            .arg(format!("--etcd-prefix={ETCD_PREFIX}"))
+            .args(&registry)
+            .env("NODE_NAME", format!("node{i}"))
             .arg("--iface=eth0")
             .arg(format!("--subnet-file={}", node.subnet_file.display()))
             .args(extra)

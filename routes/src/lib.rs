@@ -13,6 +13,8 @@ pub mod etcd;
 #[doc(hidden)]
 pub mod harness;
 mod json;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod lease;
 pub mod registry;
 pub mod subnet_env;

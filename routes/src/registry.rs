@@ -87,6 +87,15 @@ pub enum RegistryError {
         /// The client's error.
         source: etcd_client::Error,
     },
+    /// The Kubernetes API refused or could not be reached.
+    #[cfg(feature = "kube")]
+    #[error("kubernetes: cannot {what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        source: kube::Error,
+    },
     /// The registry holds no usable config.
     #[error("no network config at {0}")]
     NoConfig(String),

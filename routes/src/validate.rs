@@ -133,7 +133,9 @@ pub struct Admitted {
 }
 
 impl LeasePolicy {
-    /// Splits `leases` into peers and refusals. Our own key is neither.
+    /// Splits `leases` into peers and refusals. Our own lease (our key
+    /// and our PublicIP) is neither; another node's claim to our subnet is
+    /// refused as `overlaps_own`.
     /// `incumbent` says which keys were accepted before: they are settled
     /// first, so an overlapping newcomer loses to them.
     pub fn admit(
@@ -143,7 +145,8 @@ impl LeasePolicy {
     ) -> (Vec<Admitted>, Vec<(SubnetKey, Rejection)>) {
         let mut refused = Vec::new();
         let mut candidates = Vec::new();
-        for l in leases.iter().filter(|l| l.key != self.own) {
+        let ours = |l: &Lease| l.key == self.own && l.attrs.public_ip == self.own_public_ip;
+        for l in leases.iter().filter(|l| !ours(l)) {
             match self.check(l) {
                 Ok(mac) => candidates.push(Admitted {
                     key: l.key,
@@ -318,9 +321,19 @@ mod tests {
     }
 
     #[test]
-    fn our_own_key_is_neither_peer_nor_refused() {
-        let (ok, refused) = policy().admit(&[lease("10.244.1.0-24", IP, MAC)], |_| false);
+    fn our_own_lease_is_neither_peer_nor_refused_but_a_claim_to_our_subnet_is() {
+        let (ok, refused) = policy()
+            .admit(&[lease("10.244.1.0-24", [192, 168, 100, 1], MAC)], |_| {
+                false
+            });
         assert!(ok.is_empty() && refused.is_empty());
+        // Another node (Kubernetes: another Node object) with our podCIDR.
+        let (ok, refused) = policy().admit(&[lease("10.244.1.0-24", IP, MAC)], |_| false);
+        assert!(ok.is_empty());
+        assert_eq!(
+            refused,
+            vec![("10.244.1.0-24".parse().unwrap(), Rejection::OverlapsOwn)]
+        );
     }
 
     #[test]

@@ -1,0 +1,387 @@
+//! weft as flanneld's `--kube-subnet-mgr` on a real kube-apiserver (built
+//! from the published k8s.io/kubernetes module by `.ci/peers.sh`, started in
+//! the hub on the test etcd) beside a real flanneld in the same mode.
+//! Nodes are created through the API with their podCIDR; no kubelet. weft
+//! runs as user `weft`, which holds exactly flannel's ClusterRole.
+//! Needs `--features kube-tests`.
+
+#![cfg(feature = "kube-tests")]
+
+mod common;
+use common::*;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use weft::testbed::Cluster;
+
+const PREFIX: &str = "flannel.alpha.coreos.com/";
+
+fn peer_binary(name: &str, env: &str) -> PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return p.into();
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/peers.sh");
+    let out = std::process::Command::new("bash")
+        .args([script, name])
+        .output()
+        .expect("run .ci/peers.sh");
+    assert!(
+        out.status.success(),
+        "cannot build {name} with {script}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().into()
+}
+
+/// Runs `f` with an admin client, on a runtime of its own, inside the hub
+/// (where the API server listens).
+fn admin<T: Send + 'static>(
+    c: &Cluster,
+    f: impl FnOnce(kube::Client) -> futures::future::BoxFuture<'static, T> + Send + 'static,
+) -> T {
+    let kubeconfig = c.kube.as_ref().unwrap().admin_kubeconfig.clone();
+    c.hub
+        .enter(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .unwrap();
+                f(kube::Client::try_from(cfg).unwrap()).await
+            })
+        })
+        .unwrap()
+}
+
+/// The API server, flannel's ClusterRole bound to user `weft`, and a Node
+/// object per host with podCIDR 10.244.<i+1>.0/24.
+fn kube_cluster(tag: &str, hosts: usize) -> Cluster {
+    let mut c = Cluster::new(tag, hosts, &net_conf("vxlan")).expect("testbed");
+    c.start_kube_apiserver(&peer_binary("kube-apiserver", "WEFT_KUBE_APISERVER"))
+        .expect("kube-apiserver starts");
+    admin(&c, move |client| {
+        Box::pin(async move {
+            // The API server answers the port before it serves: retry.
+            let nodes: Api<Node> = Api::all(client.clone());
+            for _ in 0..120 {
+                if nodes.list(&Default::default()).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let role: ClusterRole = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "flannel"},
+                "rules": [
+                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+                    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+                    {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}
+                ]
+            }))
+            .unwrap();
+            Api::<ClusterRole>::all(client.clone())
+                .create(&PostParams::default(), &role)
+                .await
+                .unwrap();
+            let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "flannel"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel"},
+                "subjects": [{"kind": "User", "name": "weft", "apiGroup": "rbac.authorization.k8s.io"}]
+            }))
+            .unwrap();
+            Api::<ClusterRoleBinding>::all(client.clone())
+                .create(&PostParams::default(), &binding)
+                .await
+                .unwrap();
+            for i in 0..hosts {
+                create_node(&nodes, i).await;
+            }
+        })
+    });
+    c
+}
+
+/// A Node object as a kubelet would register it: with its podCIDR and an
+/// annotation (flanneld v0.28 panics on a node without any annotation).
+async fn create_node(nodes: &Api<Node>, i: usize) {
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("node{i}"), "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+        "spec": {"podCIDR": format!("10.244.{}.0/24", i + 1), "podCIDRs": [format!("10.244.{}.0/24", i + 1)]}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+}
+
+fn node_of(c: &Cluster, i: usize) -> Node {
+    admin(c, move |client| {
+        Box::pin(async move {
+            Api::<Node>::all(client)
+                .get(&format!("node{i}"))
+                .await
+                .unwrap()
+        })
+    })
+}
+
+fn flannel_annotations(n: &Node) -> BTreeMap<String, String> {
+    n.metadata
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(PREFIX))
+        .collect()
+}
+
+/// Two weft nodes (tun, tap) and a real flanneld, all three in
+/// `--kube-subnet-mgr` mode: every pair pings and moves a hash-checked
+/// 20 MB both ways; weft's annotations have flanneld's keys and shapes;
+/// weft marks its node's network available, as flanneld does.
+#[test]
+fn two_weft_nodes_and_a_real_flanneld_on_the_api_server() {
+    let mut c = kube_cluster("kb", 3);
+    c.spawn_flanneld(2, &peer_binary("flanneld", "WEFT_FLANNELD"), &[])
+        .unwrap();
+    c.wait_ready(2).unwrap();
+    c.start(0, weft(), &["--device", "tun"]).unwrap();
+    c.start(1, weft(), &["--device", "tap"]).unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            c.nodes[i].subnet().unwrap().to_string(),
+            format!("10.244.{}.0/24", i + 1),
+            "node {i} took its podCIDR"
+        );
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        assert!(
+            wait_ping(&c.nodes[a].ns, c.nodes[b].pod_ip().unwrap()),
+            "{a} -> {b}\n{}\n{}",
+            c.nodes[a].log_text(),
+            c.nodes[b].log_text()
+        );
+        assert!(
+            ping(&c.nodes[b].ns, c.nodes[a].pod_ip().unwrap(), 3),
+            "{b} -> {a}"
+        );
+    }
+    let mut port = 5100;
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        transfer(&c, a, b, 20, port);
+        transfer(&c, b, a, 20, port + 1);
+        port += 2;
+    }
+    let shape = |i: usize| -> Vec<(String, String)> {
+        flannel_annotations(&node_of(&c, i))
+            .into_iter()
+            .map(|(k, v)| {
+                let kind = match serde_json::from_str::<serde_json::Value>(&v) {
+                    Ok(serde_json::Value::Object(o)) => {
+                        format!("object {:?}", o.keys().collect::<Vec<_>>())
+                    }
+                    _ => "text".into(),
+                };
+                (k, kind)
+            })
+            .collect()
+    };
+    assert_eq!(
+        shape(0),
+        shape(2),
+        "weft's annotations differ from flanneld's"
+    );
+    let a = flannel_annotations(&node_of(&c, 0));
+    assert_eq!(a[&format!("{PREFIX}kube-subnet-manager")], "true");
+    assert_eq!(a[&format!("{PREFIX}backend-type")], "vxlan");
+    assert_eq!(a[&format!("{PREFIX}public-ip")], "192.168.100.1");
+    for i in [0, 2] {
+        let conds = node_of(&c, i)
+            .status
+            .unwrap()
+            .conditions
+            .unwrap_or_default();
+        let nu = conds
+            .iter()
+            .find(|c| c.type_ == "NetworkUnavailable")
+            .unwrap_or_else(|| panic!("node{i}: no NetworkUnavailable condition"));
+        assert_eq!(
+            (nu.status.as_str(), nu.reason.as_deref()),
+            ("False", Some("FlannelIsUp"))
+        );
+    }
+    for i in 0..3 {
+        assert!(
+            c.nodes[i].stop().unwrap().success(),
+            "{}",
+            c.nodes[i].log_text()
+        );
+    }
+}
+
+/// Nodes come and go: a new node's route within 1 s of its annotations, a
+/// deleted node's route gone within 1 s; a restarted weft keeps its
+/// VtepMAC (read back from its node), so peers reprogram nothing.
+#[test]
+fn nodes_added_and_deleted_and_a_restart() {
+    let mut c = kube_cluster("kn", 2);
+    c.start(0, weft(), &["--metrics-addr", "127.0.0.1:9153"])
+        .unwrap();
+    let mac_before = flannel_annotations(&node_of(&c, 0))[&format!("{PREFIX}backend-data")].clone();
+    // A new flannel node appears: annotate it as flanneld would.
+    let t0 = std::time::Instant::now();
+    c.start(1, weft(), &[]).unwrap();
+    let route = |c: &Cluster| route_of(&c.nodes[0].ns, "10.244.2.0/24");
+    assert!(
+        Cluster::wait_for(Duration::from_secs(1) + t0.elapsed(), || !route(&c)
+            .is_empty()),
+        "no route to the new node\n{}",
+        c.nodes[0].log_text()
+    );
+    assert!(c.nodes[1].stop().unwrap().success());
+    admin(&c, |client| {
+        Box::pin(async move {
+            Api::<Node>::all(client)
+                .delete("node1", &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+    });
+    assert!(
+        Cluster::wait_for(Duration::from_secs(1), || route(&c).is_empty()),
+        "the deleted node's route stayed: {}",
+        route(&c)
+    );
+    assert!(c.nodes[0].stop().unwrap().success());
+    c.start(0, weft(), &[]).unwrap();
+    let mac_after = flannel_annotations(&node_of(&c, 0))[&format!("{PREFIX}backend-data")].clone();
+    assert_eq!(
+        mac_before, mac_after,
+        "the VtepMAC changed across a restart"
+    );
+    assert!(c.nodes[0].stop().unwrap().success());
+}
+
+/// The API server away for 20 s: forwarding between existing nodes goes
+/// on; a node added meanwhile is routed once it is back.
+#[test]
+fn the_api_server_away_for_20_s() {
+    let mut c = kube_cluster("ko", 2);
+    start_all(&mut c, &[]);
+    let pod1 = c.nodes[1].pod_ip().unwrap();
+    assert!(wait_ping(&c.nodes[0].ns, pod1));
+    c.kube.as_mut().unwrap().stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        assert!(
+            ping(&c.nodes[0].ns, pod1, 1),
+            "forwarding stopped while the API server was away"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    c.restart_kube_apiserver().unwrap();
+    // A node annotated while nobody watched converges: add node2 now, as a
+    // flannel node would announce itself.
+    admin(&c, |client| {
+        Box::pin(async move {
+            let nodes: Api<Node> = Api::all(client);
+            for _ in 0..120 {
+                if nodes.list(&Default::default()).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            create_node(&nodes, 2).await;
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:33\"}",
+                "flannel.alpha.coreos.com/public-ip": "192.168.100.33"
+            }}});
+            nodes
+                .patch_status("node2", &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .unwrap();
+        })
+    });
+    assert!(
+        Cluster::wait_for(Duration::from_secs(30), || {
+            !route_of(&c.nodes[0].ns, "10.244.3.0/24").is_empty()
+        }),
+        "the change made around the outage did not converge\n{}",
+        c.nodes[0].log_text()
+    );
+    assert!(ping(&c.nodes[0].ns, pod1, 1));
+    for i in 0..2 {
+        assert!(c.nodes[i].stop().unwrap().success());
+    }
+}
+
+/// Another node's annotations are as untrusted as any lease: garbage
+/// backend-data, an invalid public-ip and a podCIDR overlapping ours are
+/// refused and counted; weft keeps running.
+#[test]
+fn hostile_annotations_are_rejected() {
+    let mut c = kube_cluster("kh", 1);
+    c.start(0, weft(), &["--metrics-addr", "127.0.0.1:9153"])
+        .unwrap();
+    admin(&c, |client| {
+        Box::pin(async move {
+            let nodes: Api<Node> = Api::all(client);
+            for (name, cidr, data, ip) in [
+                ("evil-data", "10.244.20.0/24", "garbage", "192.168.100.20"),
+                (
+                    "evil-ip",
+                    "10.244.21.0/24",
+                    "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:21\"}",
+                    "not-an-ip",
+                ),
+                (
+                    "evil-overlap",
+                    "10.244.1.0/24",
+                    "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:22\"}",
+                    "192.168.100.22",
+                ),
+            ] {
+                let node: Node = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name},
+                    "spec": {"podCIDR": cidr}
+                }))
+                .unwrap();
+                nodes.create(&PostParams::default(), &node).await.unwrap();
+                let patch = serde_json::json!({"metadata": {"annotations": {
+                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                    "flannel.alpha.coreos.com/backend-type": "vxlan",
+                    "flannel.alpha.coreos.com/backend-data": data,
+                    "flannel.alpha.coreos.com/public-ip": ip
+                }}});
+                nodes
+                    .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    let want = [("backend_data", 1), ("public_ip", 1), ("overlaps_own", 1)];
+    let counted = Cluster::wait_for(Duration::from_secs(5), || {
+        let m = metrics(&c.nodes[0].ns, 9153);
+        want.iter().all(|(r, n)| {
+            metric(&m, &format!("weft_leases_rejected_total{{reason=\"{r}\"}}")) == Some(*n)
+        })
+    });
+    assert!(counted, "{}", metrics(&c.nodes[0].ns, 9153));
+    assert_eq!(
+        metric(&metrics(&c.nodes[0].ns, 9153), "weft_peers"),
+        Some(0)
+    );
+    assert!(
+        c.nodes[0].stop().unwrap().success(),
+        "{}",
+        c.nodes[0].log_text()
+    );
+}

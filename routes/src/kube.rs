@@ -1,0 +1,457 @@
+//! The Kubernetes subnet manager, as flanneld's `--kube-subnet-mgr`
+//! (flannel's `pkg/subnet/kube/kube.go`): a node's lease is its
+//! `spec.podCIDR`, and what flannel keeps in an etcd lease lives in the
+//! node's annotations under a prefix (`flannel.alpha.coreos.com/`):
+//! `backend-type`, `backend-data` (the same JSON as etcd's BackendData),
+//! `public-ip` (or `public-ip-overwrite`, when an operator set it) and
+//! `kube-subnet-manager: "true"`, which marks the nodes that are peers.
+//!
+//! Nodes are listed and then watched (kube-rs' reflector: a lost watch or
+//! an expired resource version lists again), so `leases` answers from the
+//! last known state at once, also while the API server is away. Leases
+//! here never expire.
+
+use crate::config::NetConf;
+use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::registry::{Registry, RegistryError};
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The watch's retry delays: 0.5 s doubling to 5 s, so an API server that
+/// comes back is listed again within seconds (client-go's reflector waits
+/// up to 30 s).
+#[derive(Debug, Clone, Copy)]
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(500))
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.0;
+        self.0 = (d * 2).min(Duration::from_secs(5));
+        Some(d)
+    }
+}
+
+impl kube::runtime::utils::Backoff for Backoff {
+    fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+/// flanneld's default annotation prefix.
+pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
+
+/// How to reach the API server and which node we are.
+#[derive(Debug, Clone, Default)]
+pub struct KubeConfig {
+    /// `--kubeconfig-file`; else in-cluster, else `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--kube-api-url`: overrides the server of the kubeconfig.
+    pub api_url: Option<String>,
+    /// `--kube-annotation-prefix`.
+    pub annotation_prefix: String,
+    /// `--net-config-path`: net-conf.json, as the ConfigMap mounts it.
+    pub net_conf_path: PathBuf,
+}
+
+/// The annotation keys under one prefix (flannel's `newAnnotations`: a
+/// prefix without a slash gets one).
+#[derive(Debug, Clone)]
+pub struct Annotations {
+    /// `kube-subnet-manager`.
+    pub managed: String,
+    /// `backend-type`.
+    pub backend_type: String,
+    /// `backend-data`.
+    pub backend_data: String,
+    /// `public-ip`.
+    pub public_ip: String,
+    /// `public-ip-overwrite`.
+    pub public_ip_overwrite: String,
+}
+
+impl Annotations {
+    /// The keys for `prefix`.
+    pub fn new(prefix: &str) -> Annotations {
+        let p = if prefix.contains('/') {
+            prefix.to_string()
+        } else {
+            format!("{prefix}/")
+        };
+        Annotations {
+            managed: format!("{p}kube-subnet-manager"),
+            backend_type: format!("{p}backend-type"),
+            backend_data: format!("{p}backend-data"),
+            public_ip: format!("{p}public-ip"),
+            public_ip_overwrite: format!("{p}public-ip-overwrite"),
+        }
+    }
+}
+
+/// The leases the Kubernetes API holds.
+pub struct KubeRegistry {
+    nodes: Api<Node>,
+    node_name: String,
+    keys: Annotations,
+    conf: NetConf,
+    store: reflector::Store<Node>,
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> RegistryError {
+    let what = what.into();
+    move |source| RegistryError::Kube { what, source }
+}
+
+impl KubeRegistry {
+    /// Connects, finds our node (`NODE_NAME`, else the pod's
+    /// `spec.nodeName` from `POD_NAME`/`POD_NAMESPACE`), reads net-conf.json
+    /// and lists the nodes.
+    pub async fn open(cfg: &KubeConfig) -> Result<KubeRegistry, RegistryError> {
+        let text =
+            std::fs::read_to_string(&cfg.net_conf_path).map_err(|source| RegistryError::Io {
+                path: cfg.net_conf_path.clone(),
+                source,
+            })?;
+        let conf = NetConf::parse(&text)?;
+        let mut config = match &cfg.kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                    RegistryError::NoConfig(format!("kubeconfig {}: {e}", path.display()))
+                })?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                    .await
+                    .map_err(|e| {
+                        RegistryError::NoConfig(format!("kubeconfig {}: {e}", path.display()))
+                    })?
+            }
+            None => kube::Config::infer().await.map_err(|e| {
+                RegistryError::NoConfig(format!(
+                    "no in-cluster config and no kubeconfig ({e}); pass --kubeconfig-file"
+                ))
+            })?,
+        };
+        if let Some(url) = &cfg.api_url {
+            config.cluster_url = url
+                .parse()
+                .map_err(|e| RegistryError::NoConfig(format!("--kube-api-url {url}: {e}")))?;
+        }
+        let client = kube::Client::try_from(config).map_err(kube_err("build a client"))?;
+        let node_name = match std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
+            Some(n) => n,
+            None => {
+                let (pod, ns) = match (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) {
+                    (Ok(p), Ok(n)) if !p.is_empty() && !n.is_empty() => (p, n),
+                    _ => {
+                        return Err(RegistryError::NoConfig(
+                            "the node's name: set NODE_NAME, or POD_NAME and POD_NAMESPACE".into(),
+                        ))
+                    }
+                };
+                let p = Api::<Pod>::namespaced(client.clone(), &ns)
+                    .get(&pod)
+                    .await
+                    .map_err(kube_err(format!("get pod {ns}/{pod}")))?;
+                p.spec
+                    .and_then(|s| s.node_name)
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        RegistryError::NoConfig(format!("pod {ns}/{pod} has no spec.nodeName"))
+                    })?
+            }
+        };
+        let nodes: Api<Node> = Api::all(client);
+        let (store, writer) = reflector::store();
+        let stream = reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
+            .backoff(Backoff::default())
+            .touched_objects();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut last_warning = None::<tokio::time::Instant>;
+            while let Some(r) = stream.next().await {
+                if let Err(e) = r {
+                    // The reflector keeps the last state and lists again.
+                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
+                        tracing::warn!(error = %e, "watching nodes failed; forwarding to the last known peers and retrying");
+                        last_warning = Some(tokio::time::Instant::now());
+                    }
+                }
+            }
+        });
+        let mut waited = Duration::ZERO;
+        while tokio::time::timeout(Duration::from_secs(5), store.wait_until_ready())
+            .await
+            .is_err()
+        {
+            waited += Duration::from_secs(5);
+            tracing::warn!(
+                ?waited,
+                "still waiting for the first list of nodes from the API server"
+            );
+        }
+        tracing::info!(node = %node_name, nodes = store.state().len(), "kube subnet manager: nodes listed");
+        Ok(KubeRegistry {
+            nodes,
+            node_name,
+            keys: Annotations::new(&cfg.annotation_prefix),
+            conf,
+            store,
+        })
+    }
+
+    /// Our node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// Our lease: waits until our node has a `spec.podCIDR` (saying which
+    /// node and field, every few seconds), checks it lies in `Network`, and
+    /// writes `attrs` into the node's annotations unless they say so
+    /// already (a strategic-merge patch of the status subresource, as
+    /// flanneld). A `public-ip-overwrite` annotation wins over `attrs`'
+    /// PublicIP, as in flanneld.
+    pub async fn acquire(&self, attrs: &LeaseAttrs) -> Result<Lease, RegistryError> {
+        let mut waited = Duration::ZERO;
+        let (node, cidr) = loop {
+            let node = self
+                .store
+                .get(&reflector::ObjectRef::new(&self.node_name))
+                .map(|n| (*n).clone());
+            match node.as_ref().map(pod_cidr) {
+                Some(Some(cidr)) => break (node.unwrap_or_default(), cidr),
+                found => {
+                    if waited.as_secs().is_multiple_of(10) {
+                        match found {
+                            None => {
+                                tracing::warn!(node = %self.node_name, ?waited, "waiting for node {} to exist in the API server", self.node_name)
+                            }
+                            Some(_) => {
+                                tracing::warn!(node = %self.node_name, ?waited, "waiting for node {} to get a spec.podCIDR (the controller manager's --allocate-node-cidrs, or set it by hand)", self.node_name)
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    waited += Duration::from_secs(1);
+                }
+            }
+        };
+        if !self.conf.network.contains(&cidr) {
+            return Err(RegistryError::NoConfig(format!(
+                "node {}'s podCIDR {cidr} is not inside the Network {} of net-conf.json",
+                self.node_name, self.conf.network
+            )));
+        }
+        let ann = node.metadata.annotations.clone().unwrap_or_default();
+        let mut attrs = attrs.clone();
+        if let Some(ip) = ann
+            .get(&self.keys.public_ip_overwrite)
+            .and_then(|v| v.parse::<Ipv4Addr>().ok())
+        {
+            if ip != attrs.public_ip {
+                tracing::info!(public_ip = %ip, "using the PublicIP of the node's {} annotation", self.keys.public_ip_overwrite);
+            }
+            attrs.public_ip = ip;
+        }
+        let want = self.annotations_for(&attrs);
+        let same = want
+            .iter()
+            .all(|(k, v)| ann.get(k).map(String::as_str) == Some(v.as_str()));
+        if !same {
+            let patch = json!({ "metadata": { "annotations": want } });
+            let mut delay = Duration::from_secs(1);
+            loop {
+                match self
+                    .nodes
+                    .patch_status(
+                        &self.node_name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(node = %self.node_name, error = %e, "cannot annotate our node; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        }
+        Ok(Lease {
+            key: SubnetKey::v4(cidr),
+            attrs,
+            expiration: None,
+        })
+    }
+
+    /// The annotations flanneld writes for `attrs`.
+    fn annotations_for(&self, attrs: &LeaseAttrs) -> std::collections::BTreeMap<String, String> {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(
+            self.keys.backend_type.clone(),
+            attrs.backend_type().to_string(),
+        );
+        let data = attrs
+            .backend_data
+            .as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "null".into());
+        m.insert(self.keys.backend_data.clone(), data);
+        m.insert(self.keys.public_ip.clone(), attrs.public_ip.to_string());
+        m.insert(self.keys.managed.clone(), "true".into());
+        m
+    }
+
+    /// Sets our node's `NetworkUnavailable` condition to False, reason
+    /// `FlannelIsUp`, as flanneld does once the network is up.
+    pub async fn set_network_available(&self) -> Result<(), RegistryError> {
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let patch = json!({ "status": { "conditions": [{
+            "type": "NetworkUnavailable",
+            "status": "False",
+            "reason": "FlannelIsUp",
+            "message": "Flannel is running on this node",
+            "lastTransitionTime": now,
+            "lastHeartbeatTime": now,
+        }]}});
+        self.nodes
+            .patch_status(
+                &self.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
+            .await
+            .map_err(kube_err(format!(
+                "set node {}'s NetworkUnavailable condition",
+                self.node_name
+            )))?;
+        Ok(())
+    }
+
+    /// A node's lease, if it is a flannel node with a podCIDR. Its
+    /// annotations are as untrusted as any lease: what does not parse
+    /// becomes something `LeasePolicy` refuses (an unparsable PublicIP
+    /// is 0.0.0.0), never a crash.
+    fn lease_of(&self, n: &Node) -> Option<Lease> {
+        let ann = n.metadata.annotations.as_ref()?;
+        if ann.get(&self.keys.managed).map(String::as_str) != Some("true") {
+            return None;
+        }
+        let cidr = pod_cidr(n)?;
+        let public_ip = ann
+            .get(&self.keys.public_ip)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let backend_type = ann
+            .get(&self.keys.backend_type)
+            .cloned()
+            .filter(|t| !t.is_empty());
+        let backend_data = ann
+            .get(&self.keys.backend_data)
+            .map(|d| serde_json::from_str::<Value>(d).unwrap_or_else(|_| Value::String(d.clone())));
+        Some(Lease {
+            key: SubnetKey::v4(cidr),
+            attrs: LeaseAttrs {
+                public_ip,
+                public_ipv6: None,
+                backend_type,
+                backend_data: backend_data.filter(|d| !d.is_null()),
+                backend_v6_data: None,
+            },
+            expiration: None,
+        })
+    }
+}
+
+/// A node's IPv4 pod CIDR: the first IPv4 one of `spec.podCIDRs`, else
+/// `spec.podCIDR`.
+fn pod_cidr(n: &Node) -> Option<Ipv4Net> {
+    let spec = n.spec.as_ref()?;
+    let all = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
+    all.filter_map(|c| c.parse::<Ipv4Net>().ok())
+        .map(|c| c.trunc())
+        .next()
+}
+
+#[async_trait::async_trait]
+impl Registry for KubeRegistry {
+    async fn config(&self) -> Result<NetConf, RegistryError> {
+        Ok(self.conf.clone())
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, RegistryError> {
+        let mut out: Vec<Lease> = self
+            .store
+            .state()
+            .iter()
+            .filter_map(|n| self.lease_of(n))
+            .collect();
+        out.sort_by_key(|l| l.key);
+        Ok(out)
+    }
+
+    /// Only our own node's lease can be "created": by annotating it.
+    async fn create(
+        &self,
+        key: &SubnetKey,
+        attrs: &LeaseAttrs,
+    ) -> Result<Option<Lease>, RegistryError> {
+        let l = self.acquire(attrs).await?;
+        Ok((l.key == *key).then_some(l))
+    }
+
+    async fn renew(&self, _key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError> {
+        self.acquire(attrs).await
+    }
+
+    /// Leases here are nodes: nothing to delete (flanneld leaves its
+    /// annotations too).
+    async fn delete(&self, _key: &SubnetKey) -> Result<(), RegistryError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotation_keys_take_flannel_s_prefix_rule() {
+        let a = Annotations::new(DEFAULT_PREFIX);
+        assert_eq!(a.backend_data, "flannel.alpha.coreos.com/backend-data");
+        assert_eq!(a.managed, "flannel.alpha.coreos.com/kube-subnet-manager");
+        let b = Annotations::new("example.com/weft-");
+        assert_eq!(b.public_ip, "example.com/weft-public-ip");
+    }
+
+    #[test]
+    fn pod_cidr_prefers_the_ipv4_entry_of_pod_cidrs() {
+        let mut n = Node {
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                pod_cidr: Some("fd00::/64".into()),
+                pod_cidrs: Some(vec!["fd00::/64".into(), "10.244.3.0/24".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(pod_cidr(&n), Some("10.244.3.0/24".parse().unwrap()));
+        n.spec = Some(Default::default());
+        assert_eq!(pod_cidr(&n), None);
+    }
+}

@@ -70,7 +70,7 @@ fn systemd_unit_flags_are_weft_flags() {
 
 #[test]
 fn daemonset_args_are_weft_flags_and_cni_config_matches() {
-    let yaml = deploy("kube-weft.yaml");
+    let yaml = deploy("kube-weft-etcd.yaml");
     let mut lines = yaml.lines().skip_while(|l| l.trim() != "args:").skip(1);
     let mut args = Vec::new();
     for l in lines.by_ref() {
@@ -132,7 +132,7 @@ fn deploy_files_grant_least_privilege() {
         assert_eq!(setting(key), want, "{key}");
     }
     assert!(!unit.contains("CAP_NET_RAW\n") && !unit.contains("CAP_NET_RAW "));
-    let yaml = deploy("kube-weft.yaml");
+    let yaml = deploy("kube-weft-etcd.yaml");
     for line in [
         "allowPrivilegeEscalation: false",
         "readOnlyRootFilesystem: true",
@@ -143,11 +143,74 @@ fn deploy_files_grant_least_privilege() {
     ] {
         assert!(
             yaml.lines().any(|l| l.trim() == line),
-            "kube-weft.yaml lacks {line}"
+            "kube-weft-etcd.yaml lacks {line}"
         );
     }
     assert!(
         !yaml.contains("NET_RAW\""),
-        "kube-weft.yaml still adds NET_RAW"
+        "kube-weft-etcd.yaml still adds NET_RAW"
     );
+}
+
+/// `kube-weft.yaml`, flannel's manifest with weft in the flannel
+/// container: its args are flanneld's (`--ip-masq --kube-subnet-mgr
+/// --healthz-port=8081`) and weft accepts them, its net-conf.json parses,
+/// its CNI config is `10-flannel.conflist`, its probes hit the healthz
+/// port, and it grants least privilege.
+#[test]
+fn kube_manifest_runs_weft_with_flanneld_s_flags() {
+    let yaml = deploy("kube-weft.yaml");
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "- name: kube-flannel")
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1);
+    let mut args = Vec::new();
+    for l in lines.by_ref() {
+        match l.trim().strip_prefix("- ") {
+            Some(a) => args.push(a.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(
+        args,
+        [
+            "run",
+            "--ip-masq",
+            "--kube-subnet-mgr",
+            "--healthz-port=8081"
+        ]
+    );
+    accepted(&args);
+    let block = |key: &str| -> String {
+        yaml.lines()
+            .skip_while(|l| !l.trim_start().starts_with(&format!("{key}: |")))
+            .skip(1)
+            .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect()
+    };
+    weft_routes::NetConf::parse(&block("net-conf.json")).expect("net-conf.json parses");
+    let cni: serde_json::Value = serde_json::from_str(&block("cni-conf.json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&deploy("10-flannel.conflist")).unwrap();
+    assert_eq!(cni["plugins"][0]["type"], "flannel");
+    assert_eq!(
+        cni["plugins"][0]["delegate"],
+        file["plugins"][0]["delegate"]
+    );
+    assert!(yaml.contains("port: 8081") && yaml.contains("path: /readyz"));
+    for line in [
+        "allowPrivilegeEscalation: false",
+        "readOnlyRootFilesystem: true",
+        "type: RuntimeDefault",
+        "drop: [\"ALL\"]",
+        "add: [\"NET_ADMIN\"]",
+        "serviceAccountName: flannel",
+        "name: kube-flannel-cfg",
+    ] {
+        assert!(
+            yaml.lines().any(|l| l.trim() == line),
+            "kube-weft.yaml lacks {line}"
+        );
+    }
 }

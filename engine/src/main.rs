@@ -31,7 +31,10 @@ enum Command {
     Status(StatusArgs),
 }
 
+/// (A flag given twice takes its last value, as Go's flag package does for
+/// flanneld.)
 #[derive(clap::Args)]
+#[command(args_override_self = true)]
 struct RunArgs {
     /// File registry directory: DIR/config holds net-conf.json,
     /// DIR/subnets/<ip>-<len> one lease each, in flannel's JSON.

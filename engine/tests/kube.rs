@@ -385,3 +385,110 @@ fn hostile_annotations_are_rejected() {
         c.nodes[0].log_text()
     );
 }
+
+/// flannel's own kube-flannel.yml, from the flannel module the peer is
+/// built from: the flanneld container's args and env, given to weft as
+/// they are. weft finds its node through POD_NAME/POD_NAMESPACE (a Pod
+/// object bound to node0) and runs with `--ip-masq` and the healthz port.
+#[test]
+fn flannel_s_manifest_args_and_env_run_weft() {
+    let _ = peer_binary("flanneld", "WEFT_FLANNELD"); // fetches the module
+    let modcache = std::process::Command::new("go")
+        .args(["env", "GOMODCACHE"])
+        .output()
+        .expect("go env");
+    let manifest = PathBuf::from(String::from_utf8_lossy(&modcache.stdout).trim())
+        .join("github.com/flannel-io/flannel@v0.28.10/Documentation/kube-flannel.yml");
+    let yaml = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+    // The flanneld container: its args, and its env names and literal values.
+    let container: Vec<&str> = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "- /opt/bin/flanneld")
+        .skip(1)
+        .take_while(|l| l.trim() != "volumeMounts:")
+        .collect();
+    let args: Vec<String> = container
+        .iter()
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- ").map(str::to_string))
+        .collect();
+    assert_eq!(
+        args,
+        ["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"]
+    );
+    let mut env: Vec<(String, Option<String>)> = Vec::new();
+    for (i, l) in container.iter().enumerate() {
+        if let Some(name) = l.trim().strip_prefix("- name: ") {
+            let value = container
+                .get(i + 1)
+                .and_then(|v| v.trim().strip_prefix("value: "))
+                .map(|v| v.trim_matches('"').to_string());
+            env.push((name.to_string(), value));
+        }
+    }
+    let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"POD_NAME") && names.contains(&"POD_NAMESPACE"),
+        "{names:?}"
+    );
+
+    let mut c = kube_cluster("km", 1);
+    admin(&c, |client| {
+        Box::pin(async move {
+            use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+            let ns: Namespace =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "kube-flannel"}}))
+                    .unwrap();
+            Api::<Namespace>::all(client.clone())
+                .create(&PostParams::default(), &ns)
+                .await
+                .unwrap();
+            // The ServiceAccount admission wants the default account, which
+            // a controller manager would create.
+            let sa: ServiceAccount =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))
+                    .unwrap();
+            Api::<ServiceAccount>::namespaced(client.clone(), "kube-flannel")
+                .create(&PostParams::default(), &sa)
+                .await
+                .unwrap();
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "kube-flannel-ds-x7k2p"},
+                "spec": {"nodeName": "node0", "automountServiceAccountToken": false,
+                         "containers": [{"name": "kube-flannel", "image": "weft:latest"}]}
+            }))
+            .unwrap();
+            Api::<Pod>::namespaced(client, "kube-flannel")
+                .create(&PostParams::default(), &pod)
+                .await
+                .unwrap();
+        })
+    });
+    // As the kubelet fills them in; NODE_NAME is not set by the manifest.
+    c.env.push(("NODE_NAME".into(), String::new()));
+    for (name, value) in env {
+        let value = match name.as_str() {
+            "POD_NAME" => "kube-flannel-ds-x7k2p".to_string(),
+            "POD_NAMESPACE" => "kube-flannel".to_string(),
+            _ => value.unwrap_or_default(),
+        };
+        c.env.push((name, value));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    c.start(0, weft(), &args).unwrap();
+    assert_eq!(c.nodes[0].subnet().unwrap().to_string(), "10.244.1.0/24");
+    let env = std::fs::read_to_string(&c.nodes[0].subnet_file).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+    let health = c.nodes[0]
+        .ns
+        .enter(|| std::net::TcpStream::connect(("127.0.0.1", 8081)).is_ok())
+        .unwrap();
+    assert!(health, "nothing on the healthz port");
+    assert!(
+        c.nodes[0].stop().unwrap().success(),
+        "{}",
+        c.nodes[0].log_text()
+    );
+}

@@ -1107,7 +1107,8 @@ impl Worker {
             tracing::warn!(worker = self.id, suppressed, error = %e, "device {what} failed");
         }
         // EIO (link down) and EBADFD (device gone) repeat at once: back off
-        // instead of spinning; the hardening issue adds recreation.
+        // instead of spinning. The control plane notices a deleted device
+        // within 500 ms and recreates it (`daemon.rs`, `DataPlane::watch`).
         if matches!(e.raw_os_error(), Some(libc::EIO | libc::EBADFD)) {
             std::thread::sleep(Duration::from_millis(100));
         }

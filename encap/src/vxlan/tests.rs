@@ -83,8 +83,9 @@ fn reply_round_trips() {
     assert_eq!(&buf[out], &KERNEL_REPLY[..]);
 }
 
-/// Every malformed-packet row of hardening.md's first table that a VXLAN
-/// decapsulator can see (source authentication is the hardening issue's).
+/// Every malformed-packet case a VXLAN decapsulator can see, as the Linux
+/// receiver (`vxlan_rcv` in vxlan_core.c) drops them (source
+/// authentication is the worker's, `engine/src/worker.rs`).
 #[test]
 fn drops_every_malformed_case_with_its_reason() {
     let b = node_b();

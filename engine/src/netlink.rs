@@ -245,22 +245,6 @@ impl Netlink {
         }
     }
 
-    async fn link_name(&self, index: u32) -> Result<String, NetlinkError> {
-        let mut s = self.handle.link().get().match_index(index).execute();
-        let m = s
-            .try_next()
-            .await
-            .map_err(req(format!("look up link #{index}")))?
-            .ok_or_else(|| NetlinkError::NoLink(format!("#{index}")))?;
-        Ok(m.attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            })
-            .unwrap_or_default())
-    }
-
     /// Every link with its IPv4 addresses, by index.
     pub async fn links(&self) -> Result<Vec<LinkAddrs>, NetlinkError> {
         let mut out = Vec::new();
@@ -303,95 +287,46 @@ impl Netlink {
     /// `--iface-regex`, `--iface-can-reach`), else the default route's
     /// interface, with the address chosen (or the interface's first).
     pub async fn choose_underlay(&self, choice: &IfaceChoice) -> Result<Underlay, NetlinkError> {
-        if choice.ifaces.is_empty() && choice.regexes.is_empty() && choice.can_reach.is_none() {
-            return self.underlay(None).await;
-        }
         let links = self.links().await?;
-        let found = match pick(&links, choice) {
-            Some(f) => Some(f),
-            None => match choice.can_reach {
-                Some(ip) => {
-                    let oif = self
-                        .route_to(ip)
-                        .await?
-                        .into_iter()
-                        .find_map(|(_, oif)| oif);
-                    oif.and_then(|o| links.iter().position(|l| l.index == o))
-                        .and_then(|i| links[i].addrs.first().map(|a| (i, a.addr())))
-                }
-                None => None,
-            },
+        let asked = !choice.ifaces.is_empty() || !choice.regexes.is_empty();
+        // An interface the kernel routes through: the one toward
+        // --iface-can-reach, else (nothing asked) the default route's.
+        let routed = match (pick(&links, choice), choice.can_reach) {
+            (Some(found), _) => return Ok(underlay_of(&links, found)),
+            (None, Some(ip)) => self
+                .route_to(ip)
+                .await?
+                .into_iter()
+                .find_map(|(_, oif)| oif),
+            (None, None) if !asked => Some(self.default_route_oif().await?),
+            (None, None) => None,
         };
-        let (i, addr) = found.ok_or_else(|| NetlinkError::NoMatch(choice.describe()))?;
-        let l = &links[i];
-        Ok(Underlay {
-            name: l.name.clone(),
-            index: l.index,
-            addr,
-            mtu: l.mtu,
-            networks: l.addrs.iter().map(|n| n.trunc()).collect(),
-        })
+        let i = routed
+            .and_then(|o| links.iter().position(|l| l.index == o))
+            .ok_or_else(|| NetlinkError::NoMatch(choice.describe()))?;
+        let addr = links[i]
+            .addrs
+            .first()
+            .map(|a| a.addr())
+            .ok_or_else(|| NetlinkError::NoAddress(links[i].name.clone()))?;
+        Ok(underlay_of(&links, (i, addr)))
     }
 
-    /// Finds the underlay: `iface` or the default route's interface, and its
-    /// first IPv4 address.
-    pub async fn underlay(&self, iface: Option<&str>) -> Result<Underlay, NetlinkError> {
-        let name = match iface {
-            Some(n) => n.to_string(),
-            None => {
-                let mut routes = self
-                    .handle
-                    .route()
-                    .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                    .execute();
-                let mut oif = None;
-                while let Some(r) = routes.try_next().await.map_err(req("list routes"))? {
-                    if r.header.destination_prefix_length == 0 && r.header.table == 254 {
-                        oif = r.attributes.iter().find_map(|a| match a {
-                            RouteAttribute::Oif(i) => Some(*i),
-                            _ => None,
-                        });
-                        if oif.is_some() {
-                            break;
-                        }
-                    }
-                }
-                self.link_name(oif.ok_or(NetlinkError::NoDefaultRoute)?)
-                    .await?
-            }
-        };
-        let (index, mtu) = self
-            .link(&name)
-            .await?
-            .ok_or_else(|| NetlinkError::NoLink(name.clone()))?;
-        let mut addrs = self
+    /// The output interface of the main table's IPv4 default route.
+    async fn default_route_oif(&self) -> Result<u32, NetlinkError> {
+        let mut routes = self
             .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
-        let mut nets = Vec::new();
-        while let Some(a) = addrs.try_next().await.map_err(req("list addresses"))? {
-            let v4 = a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Local(IpAddr::V4(v))
-                | AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
-                _ => None,
-            });
-            if let Some(net) = v4.and_then(|v| Ipv4Net::new(v, a.header.prefix_len).ok()) {
-                nets.push(net);
+        while let Some(r) = routes.try_next().await.map_err(req("list routes"))? {
+            if r.header.destination_prefix_length == 0 && r.header.table == RT_TABLE_MAIN {
+                if let Some(oif) = RouteEntry::of(&r).and_then(|e| e.oif) {
+                    return Ok(oif);
+                }
             }
         }
-        let addr = nets
-            .first()
-            .map(|n| n.addr())
-            .ok_or_else(|| NetlinkError::NoAddress(name.clone()))?;
-        Ok(Underlay {
-            name,
-            index,
-            addr,
-            mtu,
-            networks: nets.iter().map(|n| n.trunc()).collect(),
-        })
+        Err(NetlinkError::NoDefaultRoute)
     }
 
     /// Sets MTU, optionally the MAC, and brings the link up.
@@ -666,6 +601,18 @@ pub fn watch_routes(
         }
     });
     Ok(rx)
+}
+
+/// The underlay at `links[i]`, sending from `addr`.
+fn underlay_of(links: &[LinkAddrs], (i, addr): (usize, Ipv4Addr)) -> Underlay {
+    let l = &links[i];
+    Underlay {
+        name: l.name.clone(),
+        index: l.index,
+        addr,
+        mtu: l.mtu,
+        networks: l.addrs.iter().map(|n| n.trunc()).collect(),
+    }
 }
 
 #[cfg(test)]

@@ -56,32 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     c.start(0, &weft, &["--device", &device])?;
     let ready = t.elapsed();
-    let routes = || {
-        c.nodes[0]
-            .ns
-            .ip(&["route", "show", "dev", "flannel.1"])
-            .map(|o| {
-                o.stdout
-                    .split(|&b| b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let routes = || c.nodes[0].routes_via("flannel.1");
     let all = Cluster::wait_for(Duration::from_secs(20), || routes() >= n as usize);
     let programmed = t.elapsed();
-    let pid = c.nodes[0]
-        .daemon
-        .as_ref()
-        .map(|d| d.id())
-        .ok_or("weft not running")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
+    let rss = c.nodes[0].rss()?;
     println!(
         "{n} peers ({device}): ready (subnet.env written) after {:.2} s, {} routes after {:.2} s{}, RSS {rss}",
         ready.as_secs_f64(),

@@ -11,10 +11,9 @@
 //! The API server comes from `WEFT_KUBE_APISERVER` or `.ci/peers.sh`.
 
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::time::{Duration, Instant};
-use weft::testbed::Cluster;
+use weft::testbed::{grant_flannel_role, kube_admin, node_object, Cluster};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: u32 = std::env::args().nth(1).map_or(Ok(1000), |a| a.parse())?;
@@ -66,32 +65,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     c.start(0, &weft, &["--device", &device])?;
     let ready = t.elapsed();
-    let routes = || {
-        c.nodes[0]
-            .ns
-            .ip(&["route", "show", "dev", "flannel.1"])
-            .map(|o| {
-                o.stdout
-                    .split(|&b| b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let routes = || c.nodes[0].routes_via("flannel.1");
     let all = Cluster::wait_for(Duration::from_secs(60), || routes() >= n as usize);
     let programmed = t.elapsed();
-    let pid = c.nodes[0]
-        .daemon
-        .as_ref()
-        .map(|d| d.id())
-        .ok_or("weft not running")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap_or("?")
-        .trim()
-        .to_string();
+    let rss = c.nodes[0].rss()?;
     println!(
         "{n} peers ({device}): ready (subnet.env written) after {:.2} s, {} routes after {:.2} s{}, RSS {rss}",
         ready.as_secs_f64(),
@@ -109,46 +86,11 @@ async fn populate(
     kubeconfig: std::path::PathBuf,
     n: u32,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let client = kube::Client::try_from(cfg)?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    for _ in 0..120 {
-        if nodes.list(&Default::default()).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let role: ClusterRole = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "flannel"},
-        "rules": [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
-            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}
-        ]
-    }))?;
-    Api::<ClusterRole>::all(client.clone())
-        .create(&PostParams::default(), &role)
-        .await?;
-    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "flannel"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel"},
-        "subjects": [{"kind": "User", "name": "weft", "apiGroup": "rbac.authorization.k8s.io"}]
-    }))?;
-    Api::<ClusterRoleBinding>::all(client)
-        .create(&PostParams::default(), &binding)
-        .await?;
-    let node = |name: String, cidr: String| -> Result<Node, serde_json::Error> {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
-            "spec": {"podCIDR": cidr}
-        }))
-    };
+    let client = kube_admin(&kubeconfig).await?;
+    grant_flannel_role(&client).await?;
+    let nodes: Api<Node> = Api::all(client);
     nodes
-        .create(
-            &PostParams::default(),
-            &node("node0".into(), "10.0.1.0/24".into())?,
-        )
+        .create(&PostParams::default(), &node_object("node0", "10.0.1.0/24"))
         .await?;
     let mut tasks = Vec::new();
     for chunk in (0..n).collect::<Vec<_>>().chunks(50) {
@@ -159,7 +101,7 @@ async fn populate(
                 let s = 0x0a00_0000u32 + ((i + 256) << 8);
                 let [_, b, c, _] = s.to_be_bytes();
                 let name = format!("peer{i}");
-                let obj = node(name.clone(), format!("10.{b}.{c}.0/24")).expect("node JSON");
+                let obj = node_object(&name, &format!("10.{b}.{c}.0/24"));
                 nodes
                     .create(&PostParams::default(), &obj)
                     .await

@@ -104,13 +104,17 @@ impl Default for TrafficOptions {
 
 /// The rule sets weft keeps in place, and when it last checked them.
 struct Traffic {
-    ipt: crate::masq::Iptables,
-    /// iptables: (what, rules).
-    sets: Vec<(&'static str, Vec<crate::masq::Rule>)>,
-    /// nftables (`EnableNFTables`) instead.
-    nft: Option<crate::masq::nft::Rules>,
+    rules: RuleSets,
     resync: Duration,
     last: tokio::time::Instant,
+}
+
+/// Where the rules live.
+enum RuleSets {
+    /// iptables: (what, rules) per set.
+    Iptables(Vec<(&'static str, Vec<crate::masq::Rule>)>),
+    /// nftables (`EnableNFTables`): flanneld's tables, written whole.
+    Nftables(crate::masq::nft::Rules),
 }
 
 impl Traffic {
@@ -149,9 +153,7 @@ impl Traffic {
                 }
             }
             return Ok(Some(Traffic {
-                ipt,
-                sets: Vec::new(),
-                nft: Some(rules),
+                rules: RuleSets::Nftables(rules),
                 resync: t.resync,
                 last: tokio::time::Instant::now(),
             }));
@@ -186,9 +188,7 @@ impl Traffic {
             }
         }
         Ok((!sets.is_empty()).then(|| Traffic {
-            ipt,
-            sets,
-            nft: None,
+            rules: RuleSets::Iptables(sets),
             resync: t.resync,
             last: tokio::time::Instant::now(),
         }))
@@ -200,34 +200,34 @@ impl Traffic {
             return;
         }
         self.last = tokio::time::Instant::now();
-        if let Some(n) = &self.nft {
-            match n.ensure() {
-                Ok(true) => {
-                    tracing::warn!("some nftables rules were missing; wrote them all again")
+        let report = |what: &str, r: Result<bool, crate::masq::MasqError>| match r {
+            Ok(true) => tracing::warn!("some {what} rules were missing; wrote them all again"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check the {what} rules"),
+        };
+        match &self.rules {
+            RuleSets::Nftables(n) => report("nftables", n.ensure()),
+            RuleSets::Iptables(sets) => {
+                for (what, rules) in sets {
+                    report(what, crate::masq::Iptables.ensure(rules));
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot check the nftables rules"),
-            }
-        }
-        for (what, rules) in &self.sets {
-            match self.ipt.ensure(rules) {
-                Ok(true) => tracing::warn!("some {what} rules were missing; wrote them all again"),
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot check the {what} rules"),
             }
         }
     }
 
     /// Removes every rule and chain weft installed.
     fn remove(&self) {
-        if let Some(n) = &self.nft {
-            if let Err(e) = n.remove() {
-                tracing::warn!(error = %e, "cannot remove the nftables rules");
-            }
-        }
-        for (what, rules) in &self.sets {
-            if let Err(e) = self.ipt.remove(rules) {
+        let report = |what: &str, r: Result<(), crate::masq::MasqError>| {
+            if let Err(e) = r {
                 tracing::warn!(error = %e, "cannot remove the {what} rules");
+            }
+        };
+        match &self.rules {
+            RuleSets::Nftables(n) => report("nftables", n.remove()),
+            RuleSets::Iptables(sets) => {
+                for (what, rules) in sets {
+                    report(what, crate::masq::Iptables.remove(rules));
+                }
             }
         }
     }

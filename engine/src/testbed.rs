@@ -222,6 +222,35 @@ impl Node {
         }
     }
 
+    /// How many routes the node's main table has through `dev`.
+    pub fn routes_via(&self, dev: &str) -> usize {
+        self.ns
+            .ip(&["route", "show", "dev", dev])
+            .map(|o| {
+                o.stdout
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The daemon's resident memory (`VmRSS` of /proc/<pid>/status).
+    pub fn rss(&self) -> io::Result<String> {
+        let pid = self
+            .daemon
+            .as_ref()
+            .map(|d| d.id())
+            .ok_or_else(|| io::Error::other("not running"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Ok(status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string())
+    }
+
     /// Kills weft with SIGKILL (no cleanup), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.daemon.take() {
@@ -587,69 +616,18 @@ impl Cluster {
     pub fn enable_etcd_tls(&mut self) -> io::Result<EtcdTls> {
         let d = self.dir.path().join("pki");
         std::fs::create_dir_all(&d)?;
-        let p = |n: &str| d.join(n).to_string_lossy().to_string();
-        sh(
-            "openssl",
+        issue_pki(
+            &d,
+            "weft-test-ca",
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=weft-test-ca",
-                "-keyout",
-                &p("ca.key"),
-                "-out",
-                &p("ca.crt"),
+                (
+                    "server",
+                    "weft-server",
+                    "subjectAltName=IP:192.168.100.250,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+                ),
+                ("client", "weft-client", "extendedKeyUsage=clientAuth\n"),
             ],
         )?;
-        for (name, ext) in [
-            (
-                "server",
-                "subjectAltName=IP:192.168.100.250,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-            ),
-            ("client", "extendedKeyUsage=clientAuth\n"),
-        ] {
-            std::fs::write(d.join(format!("{name}.ext")), ext)?;
-            sh(
-                "openssl",
-                &[
-                    "req",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-subj",
-                    &format!("/CN=weft-{name}"),
-                    "-keyout",
-                    &p(&format!("{name}.key")),
-                    "-out",
-                    &p(&format!("{name}.csr")),
-                ],
-            )?;
-            sh(
-                "openssl",
-                &[
-                    "x509",
-                    "-req",
-                    "-days",
-                    "1",
-                    "-in",
-                    &p(&format!("{name}.csr")),
-                    "-CA",
-                    &p("ca.crt"),
-                    "-CAkey",
-                    &p("ca.key"),
-                    "-CAcreateserial",
-                    "-extfile",
-                    &p(&format!("{name}.ext")),
-                    "-out",
-                    &p(&format!("{name}.crt")),
-                ],
-            )?;
-        }
         let tls = EtcdTls {
             ca: d.join("ca.crt"),
             server: (d.join("server.crt"), d.join("server.key")),
@@ -822,62 +800,14 @@ impl Cluster {
         let d = self.dir.path().join("kube");
         std::fs::create_dir_all(&d)?;
         let p = |n: &str| d.join(n).to_string_lossy().to_string();
-        sh(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=weft-kube-ca",
-                "-keyout",
-                &p("ca.key"),
-                "-out",
-                &p("ca.crt"),
-            ],
-        )?;
-        std::fs::write(
-            d.join("server.ext"),
-            "subjectAltName=IP:192.168.100.250,IP:127.0.0.1,DNS:kubernetes\nextendedKeyUsage=serverAuth\n",
-        )?;
-        sh(
-            "openssl",
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=kube-apiserver",
-                "-keyout",
-                &p("server.key"),
-                "-out",
-                &p("server.csr"),
-            ],
-        )?;
-        sh(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &p("server.csr"),
-                "-CA",
-                &p("ca.crt"),
-                "-CAkey",
-                &p("ca.key"),
-                "-CAcreateserial",
-                "-extfile",
-                &p("server.ext"),
-                "-out",
-                &p("server.crt"),
-            ],
+        issue_pki(
+            &d,
+            "weft-kube-ca",
+            &[(
+                "server",
+                "kube-apiserver",
+                "subjectAltName=IP:192.168.100.250,IP:127.0.0.1,DNS:kubernetes\nextendedKeyUsage=serverAuth\n",
+            )],
         )?;
         sh("openssl", &["genrsa", "-out", &p("sa.key"), "2048"])?;
         sh(
@@ -1388,6 +1318,127 @@ pub enum Hop {
     Bridged,
     /// Sent to the router (its destination MAC is the router's).
     Routed,
+}
+
+/// A throwaway CA in `d` (`ca.crt`, `ca.key`), and for each (file name,
+/// common name, openssl extensions) a key and a certificate it signed
+/// (`<name>.key`, `<name>.crt`), valid for a day.
+fn issue_pki(d: &Path, ca_cn: &str, certs: &[(&str, &str, &str)]) -> io::Result<()> {
+    let p = |n: &str| d.join(n).to_string_lossy().to_string();
+    let subj = |cn: &str| format!("/CN={cn}");
+    sh(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &subj(ca_cn),
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+        ],
+    )?;
+    for (name, cn, ext) in certs {
+        let f = |suffix: &str| p(&format!("{name}.{suffix}"));
+        std::fs::write(f("ext"), ext)?;
+        sh(
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &subj(cn),
+                "-keyout",
+                &f("key"),
+                "-out",
+                &f("csr"),
+            ],
+        )?;
+        sh(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &f("csr"),
+                "-CA",
+                &p("ca.crt"),
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+                "-extfile",
+                &f("ext"),
+                "-out",
+                &f("crt"),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// An admin client from `kubeconfig` (`KubeApi::admin_kubeconfig`), once
+/// the API server serves: it answers its port a while before it does.
+/// Call it from inside the hub (`Cluster::hub.enter`).
+pub async fn kube_admin(kubeconfig: &Path) -> Result<kube::Client, Box<dyn std::error::Error>> {
+    use k8s_openapi::api::core::v1::Node;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = kube::Client::try_from(cfg)?;
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    for _ in 0..120 {
+        if nodes.list(&Default::default()).await.is_ok() {
+            return Ok(client);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err("the API server did not serve within 60 s".into())
+}
+
+/// Binds flannel's ClusterRole (pods get; nodes get/list/watch;
+/// nodes/status patch) and nothing else to user `weft`.
+pub async fn grant_flannel_role(client: &kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "flannel"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}
+        ]
+    }))?;
+    kube::Api::<ClusterRole>::all(client.clone())
+        .create(&Default::default(), &role)
+        .await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "flannel"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel"},
+        "subjects": [{"kind": "User", "name": "weft", "apiGroup": "rbac.authorization.k8s.io"}]
+    }))?;
+    kube::Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&Default::default(), &binding)
+        .await?;
+    Ok(())
+}
+
+/// A Node object as a kubelet registers one: `name`, `pod_cidr`, and an
+/// annotation (flanneld v0.28 panics on a node without any).
+pub fn node_object(name: &str, pod_cidr: &str) -> k8s_openapi::api::core::v1::Node {
+    let v = serde_json::json!({
+        "metadata": {"name": name, "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+    });
+    // A literal of the Node schema: it always deserializes.
+    serde_json::from_value(v).unwrap_or_default()
 }
 
 /// What a frame on the test wire carried.

@@ -372,3 +372,22 @@ pub fn check_hostile_leases(c: &Cluster) {
         }
     }
 }
+
+/// A real peer program: `$env` if set, else built and cached by
+/// `.ci/peers.sh <name>` (flanneld, kube-apiserver) on first use.
+pub fn peer_binary(name: &str, env: &str) -> std::path::PathBuf {
+    if let Ok(p) = std::env::var(env) {
+        return p.into();
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/peers.sh");
+    let out = std::process::Command::new("bash")
+        .args([script, name])
+        .output()
+        .expect("run .ci/peers.sh");
+    assert!(
+        out.status.success(),
+        "cannot build {name} with {script}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().into()
+}

@@ -29,6 +29,36 @@ fn accepted(args: &[String]) {
     );
 }
 
+/// The `- item` lines of the first `args:` list in `yaml` after the line
+/// `after` (trimmed), as they are.
+fn args_after(yaml: &str, after: &str) -> Vec<String> {
+    yaml.lines()
+        .skip_while(|l| l.trim() != after)
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- ").map(str::to_string))
+        .collect()
+}
+
+/// Asserts that the manifest `name` has every one of `lines` (trimmed).
+fn has_lines(name: &str, yaml: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            yaml.lines().any(|l| l.trim() == *line),
+            "{name} lacks {line}"
+        );
+    }
+}
+
+/// The least-privilege settings every weft container has.
+const LEAST_PRIVILEGE: [&str; 5] = [
+    "allowPrivilegeEscalation: false",
+    "readOnlyRootFilesystem: true",
+    "type: RuntimeDefault",
+    "drop: [\"ALL\"]",
+    "add: [\"NET_ADMIN\"]",
+];
+
 #[test]
 fn rejecting_a_flag_is_noticed() {
     let out = Command::new(weft())
@@ -71,14 +101,10 @@ fn systemd_unit_flags_are_weft_flags() {
 #[test]
 fn daemonset_args_are_weft_flags_and_cni_config_matches() {
     let yaml = deploy("kube-weft-etcd.yaml");
-    let mut lines = yaml.lines().skip_while(|l| l.trim() != "args:").skip(1);
-    let mut args = Vec::new();
-    for l in lines.by_ref() {
-        match l.trim().strip_prefix("- ") {
-            Some(a) => args.push(a.replace("$(ETCD_ENDPOINTS)", "https://10.0.0.1:2379")),
-            None => break,
-        }
-    }
+    let args: Vec<String> = args_after(&yaml, "- name: weft")
+        .iter()
+        .map(|a| a.replace("$(ETCD_ENDPOINTS)", "https://10.0.0.1:2379"))
+        .collect();
     assert_eq!(args.first().map(String::as_str), Some("run"), "{args:?}");
     assert!(args.iter().any(|a| a.starts_with("--etcd-endpoints=")));
     accepted(&args);
@@ -133,19 +159,8 @@ fn deploy_files_grant_least_privilege() {
     }
     assert!(!unit.contains("CAP_NET_RAW\n") && !unit.contains("CAP_NET_RAW "));
     let yaml = deploy("kube-weft-etcd.yaml");
-    for line in [
-        "allowPrivilegeEscalation: false",
-        "readOnlyRootFilesystem: true",
-        "type: RuntimeDefault",
-        "drop: [\"ALL\"]",
-        "add: [\"NET_ADMIN\"]",
-        "privileged: false",
-    ] {
-        assert!(
-            yaml.lines().any(|l| l.trim() == line),
-            "kube-weft-etcd.yaml lacks {line}"
-        );
-    }
+    has_lines("kube-weft-etcd.yaml", &yaml, &LEAST_PRIVILEGE);
+    has_lines("kube-weft-etcd.yaml", &yaml, &["privileged: false"]);
     assert!(
         !yaml.contains("NET_RAW\""),
         "kube-weft-etcd.yaml still adds NET_RAW"
@@ -160,18 +175,7 @@ fn deploy_files_grant_least_privilege() {
 #[test]
 fn kube_manifest_runs_weft_with_flanneld_s_flags() {
     let yaml = deploy("kube-weft.yaml");
-    let mut lines = yaml
-        .lines()
-        .skip_while(|l| l.trim() != "- name: kube-flannel")
-        .skip_while(|l| l.trim() != "args:")
-        .skip(1);
-    let mut args = Vec::new();
-    for l in lines.by_ref() {
-        match l.trim().strip_prefix("- ") {
-            Some(a) => args.push(a.to_string()),
-            None => break,
-        }
-    }
+    let args = args_after(&yaml, "- name: kube-flannel");
     assert_eq!(
         args,
         [
@@ -199,18 +203,10 @@ fn kube_manifest_runs_weft_with_flanneld_s_flags() {
         file["plugins"][0]["delegate"]
     );
     assert!(yaml.contains("port: 8081") && yaml.contains("path: /readyz"));
-    for line in [
-        "allowPrivilegeEscalation: false",
-        "readOnlyRootFilesystem: true",
-        "type: RuntimeDefault",
-        "drop: [\"ALL\"]",
-        "add: [\"NET_ADMIN\"]",
-        "serviceAccountName: flannel",
-        "name: kube-flannel-cfg",
-    ] {
-        assert!(
-            yaml.lines().any(|l| l.trim() == line),
-            "kube-weft.yaml lacks {line}"
-        );
-    }
+    has_lines("kube-weft.yaml", &yaml, &LEAST_PRIVILEGE);
+    has_lines(
+        "kube-weft.yaml",
+        &yaml,
+        &["serviceAccountName: flannel", "name: kube-flannel-cfg"],
+    );
 }

@@ -376,23 +376,9 @@ fn hostile_leases_in_etcd_are_rejected() {
 }
 
 /// The real flanneld (`.ci/peers.sh flanneld`: flannel's published module
-/// at a pinned release), from `WEFT_FLANNELD` or built and cached on
-/// first use.
+/// at a pinned release).
 fn flanneld() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("WEFT_FLANNELD") {
-        return p.into();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/peers.sh");
-    let out = std::process::Command::new("bash")
-        .args([script, "flanneld"])
-        .output()
-        .expect("run .ci/peers.sh");
-    assert!(
-        out.status.success(),
-        "cannot build flanneld with {script}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().into()
+    peer_binary("flanneld", "WEFT_FLANNELD")
 }
 
 /// weft (node 0, `weft_args`) and a real flanneld (node 1) on one etcd, with
@@ -507,39 +493,38 @@ fn real_flanneld_udp_proxy_and_weft() {
     }
 }
 
-/// `--ip-masq` and the default forwarding rules: weft's iptables ruleset
-/// equals a real flanneld's for the same config, line for line, once each
-/// node's own subnet is written as `<subnet>`.
-#[test]
-fn masquerading_rules_equal_flanneld_s() {
-    let mut c = Cluster::new("fm", 2, &net_conf("vxlan")).expect("testbed");
+/// weft (node 0) and a real flanneld (node 1), both with `--ip-masq` and
+/// `conf`: `list` (a command run in each node) prints the same ruleset on
+/// both, once each node's own subnet is written as `<subnet>` and `tidy`
+/// has dropped what legitimately differs. `complete` says when a node's
+/// listing holds all its rules (flanneld writes them after subnet.env).
+fn same_ruleset_as_flanneld(
+    tag: &str,
+    conf: &str,
+    list: &[&str],
+    complete: fn(&str) -> bool,
+    tidy: fn(&str) -> Option<String>,
+) -> String {
+    let mut c = Cluster::new(tag, 2, conf).expect("testbed");
     c.start_etcd().expect("etcd starts");
     c.spawn_flanneld(1, &flanneld(), &["--ip-masq"]).unwrap();
     c.wait_ready(1).unwrap();
     c.start(0, weft(), &["--ip-masq"]).unwrap();
     let dump = |i: usize| {
         let subnet = c.nodes[i].subnet().unwrap().to_string();
-        // flanneld writes its rules after subnet.env; let it finish.
         let mut text = String::new();
         Cluster::wait_for(Duration::from_secs(10), || {
-            let out = c.nodes[i].ns.exec("iptables-save", &[]).unwrap();
+            let out = c.nodes[i].ns.exec(list[0], &list[1..]).unwrap();
             text = String::from_utf8_lossy(&out.stdout).to_string();
-            let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
-            count("\"flanneld masq\"") == 7 && count("\"flanneld forward\"") == 3
+            complete(&text)
         });
         text.lines()
-            .filter(|l| !l.starts_with('#'))
-            // Chain counters differ with traffic.
-            .map(|l| match l.split_once(" [") {
-                Some((head, _)) if l.starts_with(':') => head.to_string(),
-                _ => l.to_string(),
-            })
+            .filter_map(tidy)
             .map(|l| l.replace(&subnet, "<subnet>"))
             .collect::<Vec<_>>()
             .join("\n")
     };
     let (weft_rules, flanneld_rules) = (dump(0), dump(1));
-    assert!(weft_rules.contains("MASQUERADE"), "{weft_rules}");
     assert_eq!(
         weft_rules, flanneld_rules,
         "weft's ruleset (left) differs from flanneld's (right)"
@@ -551,6 +536,30 @@ fn masquerading_rules_equal_flanneld_s() {
             c.nodes[i].log_text()
         );
     }
+    weft_rules
+}
+
+/// `--ip-masq` and the default forwarding rules: weft's iptables ruleset
+/// equals a real flanneld's for the same config, line for line, once each
+/// node's own subnet is written as `<subnet>`.
+#[test]
+fn masquerading_rules_equal_flanneld_s() {
+    let rules = same_ruleset_as_flanneld(
+        "fm",
+        &net_conf("vxlan"),
+        &["iptables-save"],
+        |text| {
+            let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+            count("\"flanneld masq\"") == 7 && count("\"flanneld forward\"") == 3
+        },
+        // Comments and chain counters differ with time and traffic.
+        |l| match l.split_once(" [") {
+            _ if l.starts_with('#') => None,
+            Some((head, _)) if l.starts_with(':') => Some(head.to_string()),
+            _ => Some(l.to_string()),
+        },
+    );
+    assert!(rules.contains("MASQUERADE"), "{rules}");
 }
 
 /// The same with `EnableNFTables`: `nft list ruleset` on a weft node equals
@@ -558,32 +567,12 @@ fn masquerading_rules_equal_flanneld_s() {
 #[test]
 fn nftables_rules_equal_flanneld_s() {
     let conf = r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
-    let mut c = Cluster::new("fn", 2, conf).expect("testbed");
-    c.start_etcd().expect("etcd starts");
-    c.spawn_flanneld(1, &flanneld(), &["--ip-masq"]).unwrap();
-    c.wait_ready(1).unwrap();
-    c.start(0, weft(), &["--ip-masq"]).unwrap();
-    let dump = |i: usize| {
-        let subnet = c.nodes[i].subnet().unwrap().to_string();
-        let mut text = String::new();
-        Cluster::wait_for(Duration::from_secs(10), || {
-            let out = c.nodes[i].ns.exec("nft", &["list", "ruleset"]).unwrap();
-            text = String::from_utf8_lossy(&out.stdout).to_string();
-            text.contains("masquerade") && text.contains("accept")
-        });
-        text.replace(&subnet, "<subnet>")
-    };
-    let (weft_rules, flanneld_rules) = (dump(0), dump(1));
-    assert!(weft_rules.contains("masquerade"), "{weft_rules}");
-    assert_eq!(
-        weft_rules, flanneld_rules,
-        "weft's ruleset (left) differs from flanneld's (right)"
+    let rules = same_ruleset_as_flanneld(
+        "fn",
+        conf,
+        &["nft", "list", "ruleset"],
+        |text| text.contains("masquerade") && text.contains("accept"),
+        |l| Some(l.to_string()),
     );
-    for i in 0..2 {
-        assert!(
-            c.nodes[i].stop().unwrap().success(),
-            "{}",
-            c.nodes[i].log_text()
-        );
-    }
+    assert!(rules.contains("masquerade"), "{rules}");
 }

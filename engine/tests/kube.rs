@@ -10,34 +10,16 @@
 mod common;
 use common::*;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use weft::testbed::Cluster;
+use weft::testbed::{grant_flannel_role, kube_admin, node_object, Cluster};
 
 const PREFIX: &str = "flannel.alpha.coreos.com/";
 
-fn peer_binary(name: &str, env: &str) -> PathBuf {
-    if let Ok(p) = std::env::var(env) {
-        return p.into();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/peers.sh");
-    let out = std::process::Command::new("bash")
-        .args([script, name])
-        .output()
-        .expect("run .ci/peers.sh");
-    assert!(
-        out.status.success(),
-        "cannot build {name} with {script}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().into()
-}
-
-/// Runs `f` with an admin client, on a runtime of its own, inside the hub
-/// (where the API server listens).
+/// Runs `f` with an admin client (once the API server serves), on a
+/// runtime of its own, inside the hub (where the API server listens).
 fn admin<T: Send + 'static>(
     c: &Cluster,
     f: impl FnOnce(kube::Client) -> futures::future::BoxFuture<'static, T> + Send + 'static,
@@ -49,13 +31,7 @@ fn admin<T: Send + 'static>(
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async move {
-                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .unwrap();
-                f(kube::Client::try_from(cfg).unwrap()).await
-            })
+            rt.block_on(async move { f(kube_admin(&kubeconfig).await.unwrap()).await })
         })
         .unwrap()
 }
@@ -68,37 +44,8 @@ fn kube_cluster(tag: &str, hosts: usize) -> Cluster {
         .expect("kube-apiserver starts");
     admin(&c, move |client| {
         Box::pin(async move {
-            // The API server answers the port before it serves: retry.
-            let nodes: Api<Node> = Api::all(client.clone());
-            for _ in 0..120 {
-                if nodes.list(&Default::default()).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            let role: ClusterRole = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "flannel"},
-                "rules": [
-                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
-                    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-                    {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}
-                ]
-            }))
-            .unwrap();
-            Api::<ClusterRole>::all(client.clone())
-                .create(&PostParams::default(), &role)
-                .await
-                .unwrap();
-            let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": "flannel"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel"},
-                "subjects": [{"kind": "User", "name": "weft", "apiGroup": "rbac.authorization.k8s.io"}]
-            }))
-            .unwrap();
-            Api::<ClusterRoleBinding>::all(client.clone())
-                .create(&PostParams::default(), &binding)
-                .await
-                .unwrap();
+            grant_flannel_role(&client).await.unwrap();
+            let nodes: Api<Node> = Api::all(client);
             for i in 0..hosts {
                 create_node(&nodes, i).await;
             }
@@ -107,14 +54,9 @@ fn kube_cluster(tag: &str, hosts: usize) -> Cluster {
     c
 }
 
-/// A Node object as a kubelet would register it: with its podCIDR and an
-/// annotation (flanneld v0.28 panics on a node without any annotation).
+/// Node `node<i>` with podCIDR 10.244.<i+1>.0/24.
 async fn create_node(nodes: &Api<Node>, i: usize) {
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": format!("node{i}"), "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
-        "spec": {"podCIDR": format!("10.244.{}.0/24", i + 1), "podCIDRs": [format!("10.244.{}.0/24", i + 1)]}
-    }))
-    .unwrap();
+    let node = node_object(&format!("node{i}"), &format!("10.244.{}.0/24", i + 1));
     nodes.create(&PostParams::default(), &node).await.unwrap();
 }
 
@@ -290,12 +232,6 @@ fn the_api_server_away_for_20_s() {
     admin(&c, |client| {
         Box::pin(async move {
             let nodes: Api<Node> = Api::all(client);
-            for _ in 0..120 {
-                if nodes.list(&Default::default()).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
             create_node(&nodes, 2).await;
             let patch = serde_json::json!({"metadata": {"annotations": {
                 "flannel.alpha.coreos.com/kube-subnet-manager": "true",
@@ -348,12 +284,10 @@ fn hostile_annotations_are_rejected() {
                     "192.168.100.22",
                 ),
             ] {
-                let node: Node = serde_json::from_value(serde_json::json!({
-                    "metadata": {"name": name},
-                    "spec": {"podCIDR": cidr}
-                }))
-                .unwrap();
-                nodes.create(&PostParams::default(), &node).await.unwrap();
+                nodes
+                    .create(&PostParams::default(), &node_object(name, cidr))
+                    .await
+                    .unwrap();
                 let patch = serde_json::json!({"metadata": {"annotations": {
                     "flannel.alpha.coreos.com/kube-subnet-manager": "true",
                     "flannel.alpha.coreos.com/backend-type": "vxlan",

@@ -426,3 +426,48 @@ fn flannel_s_manifest_args_and_env_run_weft() {
         c.nodes[0].log_text()
     );
 }
+
+/// A node without a podCIDR yet: weft waits, saying which node and which
+/// field, and takes the podCIDR once it is set. An operator's
+/// `public-ip-overwrite` annotation wins over the interface's address.
+#[test]
+fn waits_for_the_pod_cidr_and_honours_public_ip_overwrite() {
+    let mut c = kube_cluster("kw", 1);
+    admin(&c, |client| {
+        Box::pin(async move {
+            let nodes: Api<Node> = Api::all(client);
+            nodes
+                .delete("node0", &DeleteParams::default())
+                .await
+                .unwrap();
+            let bare: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "node0", "annotations": {
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "flannel.alpha.coreos.com/public-ip-overwrite": "192.168.100.99"
+                }}
+            }))
+            .unwrap();
+            nodes.create(&PostParams::default(), &bare).await.unwrap();
+        })
+    });
+    c.spawn(0, weft(), &[]).unwrap();
+    let said = Cluster::wait_for(Duration::from_secs(10), || {
+        strip_ansi(&c.nodes[0].log_text()).contains("waiting for node node0 to get a spec.podCIDR")
+    });
+    assert!(said, "{}", c.nodes[0].log_text());
+    assert!(c.nodes[0].subnet().is_none(), "ready without a podCIDR");
+    admin(&c, |client| {
+        Box::pin(async move {
+            let patch = serde_json::json!({"spec": {"podCIDR": "10.244.7.0/24"}});
+            Api::<Node>::all(client)
+                .patch("node0", &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .unwrap();
+        })
+    });
+    c.wait_ready(0).unwrap();
+    assert_eq!(c.nodes[0].subnet().unwrap().to_string(), "10.244.7.0/24");
+    let a = flannel_annotations(&node_of(&c, 0));
+    assert_eq!(a[&format!("{PREFIX}public-ip")], "192.168.100.99");
+    assert!(c.nodes[0].stop().unwrap().success());
+}

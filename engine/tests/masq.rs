@@ -215,3 +215,41 @@ fn nftables_masquerading_and_forwarding() {
         list(&c.nodes[0].ns)
     );
 }
+
+/// A weft killed with its masquerading rules in place, restarted on
+/// another subnet: the old subnet's rules go, the new one's come.
+#[test]
+fn rules_of_a_previous_subnet_are_removed() {
+    let mut c = Cluster::new("mp", 1, &net_conf("vxlan")).unwrap();
+    c.start(0, weft(), &["--ip-masq"]).unwrap();
+    let old = c.nodes[0].subnet().unwrap().to_string();
+    c.nodes[0].kill();
+    assert!(
+        iptables_save(&c.nodes[0].ns).contains(&old),
+        "no rules to leave behind"
+    );
+    // Another node takes the old subnet, so the restart gets a new one.
+    let lease = c.lease_path(0).unwrap();
+    std::fs::write(&lease, r#"{"PublicIP":"192.168.100.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:77"}}"#).unwrap();
+    // The testbed removes a node's subnet.env before it starts weft; a
+    // real restart finds the old one, which names the previous subnet.
+    let env = c.dir.path().join("kept-subnet.env");
+    std::fs::copy(&c.nodes[0].subnet_file, &env).unwrap();
+    let env_arg = env.to_str().unwrap().to_string();
+    c.spawn(0, weft(), &["--ip-masq", "--subnet-file", &env_arg])
+        .unwrap();
+    let restarted = Cluster::wait_for(Duration::from_secs(10), || {
+        weft_routes::subnet_env::previous_subnet(&env).is_some_and(|s| s.to_string() != old)
+    });
+    assert!(restarted, "{}", c.nodes[0].log_text());
+    let new = weft_routes::subnet_env::previous_subnet(&env)
+        .unwrap()
+        .to_string();
+    let rules = iptables_save(&c.nodes[0].ns);
+    assert!(
+        !rules.contains(&old),
+        "the old subnet's rules stayed:\n{rules}"
+    );
+    assert_eq!(rules.matches(&new).count(), 3, "{rules}");
+    assert!(c.nodes[0].stop().unwrap().success());
+}

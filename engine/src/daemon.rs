@@ -434,6 +434,11 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         mtu: plan.mtu,
         ipmasq: opts.traffic.ip_masq,
     };
+    // From the moment subnet.env says we are up, SIGTERM and SIGINT mean a
+    // clean shutdown (routes, rules and device removed), even if they come
+    // while the last start-up steps (the node condition) are in flight.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     env.write(&opts.subnet_file)
         .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
     set_expiry(&metrics, lease.expiration);
@@ -476,8 +481,6 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let mut underlay_changed = false;
     let mut last_recheck = tokio::time::Instant::now();
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(POLL);
     let mut registry_log = tokio::time::Instant::now() - Duration::from_secs(60);
     let mut last_renew_try: Option<tokio::time::Instant> = None;

@@ -5,7 +5,7 @@
 //! while each flow stays on one path. weft does the same: `hash` reads the
 //! inner IP 5-tuple, `src_port` scales it into the kernel's default range.
 
-use crate::ipv4::protocol;
+use crate::ipv4::{self, protocol, Packet};
 
 /// The kernel's default ephemeral range, which `udp_flow_src_port` uses.
 pub const PORT_MIN: u16 = 32768;
@@ -18,12 +18,14 @@ pub const PORT_MAX: u16 = 60999;
 pub fn hash(ip: &[u8]) -> u32 {
     let mut h = Mixer::default();
     match ip.first().map(|b| b >> 4) {
-        Some(4) if ip.len() >= 20 => {
-            h.add(&ip[12..20]);
-            let proto = ip[9];
+        Some(4) if ip.len() >= ipv4::MIN_HEADER_LEN => {
+            let p = Packet::new_unchecked(ip);
+            h.add(&p.src().octets());
+            h.add(&p.dst().octets());
+            let proto = p.protocol();
             h.add(&[proto]);
-            let hl = usize::from(ip[0] & 0x0f) * 4;
-            let unfragmented = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0;
+            let hl = p.header_len();
+            let unfragmented = !p.more_fragments() && p.frag_offset() == 0;
             if unfragmented && matches!(proto, protocol::TCP | protocol::UDP) {
                 if let Some(ports) = ip.get(hl..hl + 4) {
                     h.add(ports);

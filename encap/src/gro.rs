@@ -15,7 +15,8 @@
 //! verified first: the merged packet is handed over as CHECKSUM_PARTIAL,
 //! which the receiving stack does not check again.
 
-use crate::checksum;
+use crate::ipv4::{self, protocol, Packet};
+use crate::{checksum, l4, tcp};
 
 /// Bytes of a `virtio_net_hdr` (without `num_buffers`).
 pub const VNET_HDR_LEN: usize = 10;
@@ -33,9 +34,9 @@ pub const MAX_SEGMENTS: usize = 64;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
-const TCP_CWR: u8 = 0x80;
-const TCP_ACK: u8 = 0x10;
-const TCP_PSH: u8 = 0x08;
+const TCP_CWR: u8 = tcp::flags::CWR;
+const TCP_ACK: u8 = tcp::flags::ACK;
+const TCP_PSH: u8 = tcp::flags::PSH;
 
 /// A TCP/IPv4 segment that may merge with its neighbours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,44 +75,47 @@ pub fn segment(pkt: &[u8]) -> Option<Segment> {
 /// already (`l4::verify_or_complete`): the same rules, without summing the
 /// packet a second time.
 pub fn segment_unverified(pkt: &[u8]) -> Option<Segment> {
-    if pkt.len() < 40 || pkt[0] != 0x45 || pkt[9] != 6 {
+    if pkt.len() < ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN {
         return None;
     }
-    if usize::from(u16::from_be_bytes([pkt[2], pkt[3]])) != pkt.len() {
+    let ip = Packet::new_unchecked(pkt);
+    if ip.version() != 4 || ip.header_len() != ipv4::MIN_HEADER_LEN {
+        return None;
+    }
+    if ip.protocol() != protocol::TCP || usize::from(ip.total_len()) != pkt.len() {
         return None;
     }
     // No fragments: MF clear and offset zero (DF may be either).
-    if u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
+    if ip.more_fragments() || ip.frag_offset() != 0 {
         return None;
     }
-    let tcp = &pkt[20..];
-    let tcp_len = usize::from(tcp[12] >> 4) * 4;
-    if tcp_len < 20 || tcp.len() < tcp_len {
-        return None;
-    }
-    let flags = tcp[13];
+    let tcp = tcp::Segment::new_checked(ip.payload())?;
+    let flags = tcp.flags();
     if flags & !(TCP_ACK | TCP_PSH) != 0 || flags & TCP_ACK == 0 {
         return None;
     }
-    let payload = tcp.len() - tcp_len;
+    let payload = tcp.payload().len();
     if payload == 0 {
         return None;
     }
     Some(Segment {
-        tcp_len,
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        tcp_len: tcp.header_len(),
+        seq: tcp.seq(),
         payload,
         psh: flags & TCP_PSH != 0,
     })
 }
 
 fn tcp_checksum_ok(pkt: &[u8]) -> bool {
-    let tcp = &pkt[20..];
-    let mut pseudo = [0u8; 12];
-    pseudo[..8].copy_from_slice(&pkt[12..20]);
-    pseudo[9] = 6;
-    pseudo[10..].copy_from_slice(&(tcp.len() as u16).to_be_bytes());
-    checksum::fold(checksum::sum(tcp, checksum::sum(&pseudo, 0))) == 0xffff
+    let ip = Packet::new_unchecked(pkt);
+    let tcp = ip.payload();
+    let pseudo = l4::pseudo_header_sum(
+        ip.src().octets(),
+        ip.dst().octets(),
+        protocol::TCP,
+        tcp.len() as u16,
+    );
+    checksum::fold(checksum::sum(tcp, pseudo)) == 0xffff
 }
 
 /// The `virtio_net_hdr` that hands the TCP/IPv4 super-packet `ip` (behind
@@ -127,24 +131,28 @@ pub fn gso_header(
     mss: usize,
     mtu: usize,
 ) -> Option<[u8; VNET_HDR_LEN]> {
-    let p = crate::ipv4::Packet::new_checked(&*ip).ok()?;
-    if p.protocol() != 6 {
+    let p = Packet::new_checked(&*ip).ok()?;
+    if p.protocol() != protocol::TCP {
         return None;
     }
     let (hl, total) = (p.header_len(), usize::from(p.total_len()));
-    let pseudo =
-        crate::l4::pseudo_header_sum(p.src().octets(), p.dst().octets(), 6, (total - hl) as u16);
-    let tcp = ip.get_mut(hl..total)?;
-    let tcp_len = usize::from(*tcp.get(12)? >> 4) * 4;
-    if tcp_len < 20 || tcp.len() <= tcp_len {
+    let pseudo = l4::pseudo_header_sum(
+        p.src().octets(),
+        p.dst().octets(),
+        protocol::TCP,
+        (total - hl) as u16,
+    );
+    let mut tcp = tcp::Segment::new_checked(ip.get_mut(hl..total)?)?;
+    let tcp_len = tcp.header_len();
+    if tcp.payload().is_empty() {
         return None;
     }
     let fits = mtu.checked_sub(hl + tcp_len).filter(|&m| m > 0)?;
     let gso_size = if mss == 0 || mss > fits { fits } else { mss };
     let gso_size = u16::try_from(gso_size).ok()?;
-    tcp[16..18].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    tcp.set_checksum(checksum::fold(pseudo));
     let mut gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
-    if tcp[13] & TCP_CWR != 0 {
+    if tcp.flags() & TCP_CWR != 0 {
         // As the kernel's virtio_net_hdr_from_skb marks SKB_GSO_TCP_ECN.
         gso_type |= VIRTIO_NET_HDR_GSO_ECN;
     }
@@ -154,8 +162,30 @@ pub fn gso_header(
     out[2..4].copy_from_slice(&((l2_len + hl + tcp_len) as u16).to_le_bytes());
     out[4..6].copy_from_slice(&gso_size.to_le_bytes());
     out[6..8].copy_from_slice(&((l2_len + hl) as u16).to_le_bytes());
-    out[8..10].copy_from_slice(&16u16.to_le_bytes());
+    out[8..10].copy_from_slice(&(tcp::CHECKSUM.start as u16).to_le_bytes());
     Some(out)
+}
+
+/// Whether two segments (IPv4 without options, whole TCP headers of equal
+/// length: `Run::push` checked) have what `tcp_gro_receive` requires to be
+/// equal: TOS, TTL, DF and addresses; ports, ACK, window and options.
+#[inline]
+fn same_flow_and_headers(a: &[u8], b: &[u8]) -> bool {
+    let (ia, ib) = (Packet::new_unchecked(a), Packet::new_unchecked(b));
+    let (ta, tb) = (
+        tcp::Segment::new_unchecked(ia.payload()),
+        tcp::Segment::new_unchecked(ib.payload()),
+    );
+    ia.tos() == ib.tos()
+        && ia.ttl() == ib.ttl()
+        && ia.dont_fragment() == ib.dont_fragment()
+        && ia.src() == ib.src()
+        && ia.dst() == ib.dst()
+        && ta.src_port() == tb.src_port()
+        && ta.dst_port() == tb.dst_port()
+        && ta.ack() == tb.ack()
+        && ta.window() == tb.window()
+        && ta.options() == tb.options()
 }
 
 /// A run of segments being merged.
@@ -190,23 +220,14 @@ impl Run {
         let ok = last_pkt.len() >= l.header_len()
             && next_pkt.len() >= next.header_len()
             && self.count < MAX_SEGMENTS
+            && next.tcp_len == l.tcp_len
             && !l.psh
             // Equal sizes; only the last may be shorter, so nothing may follow a shorter one.
             && next.payload <= f.payload
             && l.payload == f.payload
             && self.bytes + next.payload <= MAX_MERGED
             && next.seq == l.seq.wrapping_add(l.payload as u32)
-            && next.tcp_len == l.tcp_len
-            // TOS and TTL, then addresses.
-            && last_pkt[1] == next_pkt[1]
-            && last_pkt[8] == next_pkt[8]
-            && last_pkt[6] & 0x40 == next_pkt[6] & 0x40
-            && last_pkt[12..20] == next_pkt[12..20]
-            // Ports, then ACK and window (bytes 8..12 and 14..16), then options.
-            && last_pkt[20..24] == next_pkt[20..24]
-            && last_pkt[28..32] == next_pkt[28..32]
-            && last_pkt[34..36] == next_pkt[34..36]
-            && last_pkt[40..20 + l.tcp_len] == next_pkt[40..20 + next.tcp_len];
+            && same_flow_and_headers(last_pkt, next_pkt);
         if ok {
             self.last = next;
             self.count += 1;
@@ -251,26 +272,24 @@ impl Run {
         out[2..4].copy_from_slice(&((l2_len + hl) as u16).to_le_bytes());
         out[4..6].copy_from_slice(&(self.first.payload as u16).to_le_bytes());
         out[6..8].copy_from_slice(&((l2_len + 20) as u16).to_le_bytes());
-        out[8..10].copy_from_slice(&16u16.to_le_bytes());
+        out[8..10].copy_from_slice(&(tcp::CHECKSUM.start as u16).to_le_bytes());
         out[VNET_HDR_LEN..VNET_HDR_LEN + l2_len].copy_from_slice(l2);
         let at = VNET_HDR_LEN + l2_len;
         let h = &mut out[at..at + hl];
         h.copy_from_slice(first);
-        h[2..4].copy_from_slice(&(self.bytes as u16).to_be_bytes());
-        h[10..12].fill(0);
-        let ip = checksum::checksum(&h[..20]);
-        h[10..12].copy_from_slice(&ip.to_be_bytes());
-        if self.last.psh {
-            h[20 + 13] |= TCP_PSH;
-        }
+        let (iph, tcph) = h.split_at_mut(ipv4::MIN_HEADER_LEN);
+        let mut ip = Packet::new_unchecked(iph);
+        ip.set_total_len(self.bytes as u16);
+        ip.fill_checksum();
         // CHECKSUM_PARTIAL: the TCP checksum field holds the folded
         // pseudo-header sum; the kernel completes it if it ever must.
-        let mut pseudo = [0u8; 12];
-        pseudo[..8].copy_from_slice(&h[12..20]);
-        pseudo[9] = 6;
-        pseudo[10..].copy_from_slice(&tcp_len.to_be_bytes());
-        let partial = checksum::fold(checksum::sum(&pseudo, 0));
-        h[36..38].copy_from_slice(&partial.to_be_bytes());
+        let pseudo =
+            l4::pseudo_header_sum(ip.src().octets(), ip.dst().octets(), protocol::TCP, tcp_len);
+        let mut tcp = tcp::Segment::new_unchecked(tcph);
+        if self.last.psh {
+            tcp.set_flags(TCP_PSH);
+        }
+        tcp.set_checksum(checksum::fold(pseudo));
         at + hl
     }
 }
@@ -286,11 +305,13 @@ mod tests {
 
     fn fix_tcp_checksum(p: &mut [u8]) {
         p[36..38].fill(0);
-        let mut pseudo = [0u8; 12];
-        pseudo[..8].copy_from_slice(&p[12..20]);
-        pseudo[9] = 6;
-        pseudo[10..].copy_from_slice(&((p.len() - 20) as u16).to_be_bytes());
-        let c = !checksum::fold(checksum::sum(&p[20..], checksum::sum(&pseudo, 0)));
+        let pseudo = l4::pseudo_header_sum(
+            p[12..16].try_into().unwrap(),
+            p[16..20].try_into().unwrap(),
+            6,
+            (p.len() - 20) as u16,
+        );
+        let c = !checksum::fold(checksum::sum(&p[20..], pseudo));
         p[36..38].copy_from_slice(&c.to_be_bytes());
     }
 

@@ -128,7 +128,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         be16(&self.buffer.as_ref()[field::FLG_OFF]) & 0x1fff
     }
 
-    /// The MF (more fragments) flag.
+    /// The DF (don't fragment) flag.
+    pub fn dont_fragment(&self) -> bool {
+        be16(&self.buffer.as_ref()[field::FLG_OFF]) & 0x4000 != 0
+    }
+
+    /// The more-fragments flag.
     pub fn more_fragments(&self) -> bool {
         be16(&self.buffer.as_ref()[field::FLG_OFF]) & 0x2000 != 0
     }
@@ -180,6 +185,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    /// Sets the total length (the caller refills the checksum).
+    pub fn set_total_len(&mut self, len: u16) {
+        self.buffer.as_mut()[field::LENGTH].copy_from_slice(&len.to_be_bytes());
+    }
+
     /// Decrements TTL by one and patches the checksum incrementally
     /// (RFC 1624), as flannel's proxy does. Returns the new TTL. The caller
     /// checks for TTL ≤ 1 first.

@@ -21,11 +21,11 @@ const PROTO_UDP: u8 = 17;
 
 mod field {
     /// Offset of the checksum in a TCP header (RFC 9293 §3.1).
-    pub const TCP_CHECKSUM: usize = 16;
+    pub const TCP_CHECKSUM: usize = crate::tcp::CHECKSUM.start;
     /// Offset of the checksum in a UDP header (RFC 768).
     pub const UDP_CHECKSUM: usize = 6;
     /// The shortest TCP header.
-    pub const TCP_MIN: usize = 20;
+    pub const TCP_MIN: usize = crate::tcp::MIN_HEADER_LEN;
     /// The UDP header.
     pub const UDP_LEN: usize = 8;
 }

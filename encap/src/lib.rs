@@ -23,6 +23,7 @@ pub mod harness;
 pub mod icmp;
 pub mod ipv4;
 pub mod l4;
+pub mod tcp;
 pub mod udp;
 pub mod vectors;
 pub mod vxlan;

@@ -60,11 +60,9 @@ pub fn tcp_segment(seq: u32, payload: usize, flags: u8) -> Vec<u8> {
     for (i, b) in t[32..].iter_mut().enumerate() {
         *b = (seq as usize).wrapping_add(i) as u8;
     }
-    let mut pseudo = [0u8; 12];
-    pseudo[..8].copy_from_slice(&p[12..20]);
-    pseudo[9] = 6;
-    pseudo[10..].copy_from_slice(&((total - 20) as u16).to_be_bytes());
-    let c = !checksum::fold(checksum::sum(&p[20..], checksum::sum(&pseudo, 0)));
+    let pseudo =
+        crate::l4::pseudo_header_sum([10, 244, 1, 2], [10, 244, 2, 3], 6, (total - 20) as u16);
+    let c = !checksum::fold(checksum::sum(&p[20..], pseudo));
     p[36..38].copy_from_slice(&c.to_be_bytes());
     p
 }

@@ -8,7 +8,7 @@
 //! ```
 
 use std::time::{Duration, Instant};
-use weft::testbed::{Cluster, ETCD_PREFIX};
+use weft_testbed::{Cluster, ETCD_PREFIX};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: u32 = std::env::args().nth(1).map_or(Ok(5000), |a| a.parse())?;

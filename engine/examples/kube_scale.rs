@@ -13,7 +13,7 @@
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::time::{Duration, Instant};
-use weft::testbed::{grant_flannel_role, kube_admin, node_object, Cluster};
+use weft_testbed::{grant_flannel_role, kube_admin, node_object, Cluster};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: u32 = std::env::args().nth(1).map_or(Ok(1000), |a| a.parse())?;

@@ -5,8 +5,9 @@ use crate::control::{self, Peers, Programming};
 use crate::device::{self, DeviceKind};
 use crate::metrics::{Metrics, WorkerStats};
 use crate::netlink::{Netlink, Underlay};
+use crate::tunnel::{Mode, Tunnel, TunnelConfig};
 use crate::udp_io;
-use crate::worker::{Mode, Worker};
+use crate::worker::Worker;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -17,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use weft_encap::{udp, vxlan};
 use weft_routes::{
-    alloc, subnet_env, Backend, FileRegistry, ForwardingTable, LeaseAttrs, Registry,
+    alloc, subnet_env, Backend, FileRegistry, ForwardingTable, Lease, LeaseAttrs, Registry,
 };
 
 /// How often the registry is polled: changes take effect within this.
@@ -67,6 +68,8 @@ pub struct RunOptions {
     pub threads: usize,
     /// TUN offloads and UDP GSO.
     pub offload: bool,
+    /// Data-path techniques switched off for measurements (`WEFT_DISABLE`).
+    pub tuning: crate::tuning::Tuning,
     /// Accept encapsulated traffic from outer sources that hold no lease
     /// (peers behind NAT); the inner source must still be a lease's.
     pub allow_nat_peers: bool,
@@ -335,7 +338,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
     let plan = plan(&conf.backend, &opts, &underlay, public_ip, reg).await?;
     let previous = subnet_env::previous_subnet(&opts.subnet_file);
     let previous_network = subnet_env::previous_network(&opts.subnet_file);
-    let mut lease = match &leases_from {
+    let lease = match &leases_from {
         Leases::Kube(k) => k.acquire(&plan.attrs).await?,
         Leases::Store(_) => alloc::acquire(reg, &conf, &plan.attrs, previous).await?,
     };
@@ -360,6 +363,7 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         conf: &conf,
         table: &table,
         offload: opts.offload,
+        tuning: opts.tuning,
         allow_nat_peers: opts.allow_nat_peers,
         stats: &stats,
     };
@@ -483,7 +487,12 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
 
     let mut tick = tokio::time::interval(POLL);
     let mut registry_log = tokio::time::Instant::now() - Duration::from_secs(60);
-    let mut last_renew_try: Option<tokio::time::Instant> = None;
+    let mut keeper = LeaseKeeper {
+        lease,
+        attrs: plan.attrs.clone(),
+        renew_margin: opts.renew_margin,
+        last_renew_try: None,
+    };
     let outcome: anyhow::Result<()> = loop {
         tokio::select! {
             _ = term.recv() => break Ok(()),
@@ -527,58 +536,10 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
                 continue;
             }
         };
-        // Ours is the lease with our key and our PublicIP (which a node
-        // annotation may override). In Kubernetes another node may claim
-        // our podCIDR too: that is a refused lease, not a reason to leave.
-        let mut with_our_key = leases.iter().filter(|l| l.key == lease.key);
-        let ours = with_our_key
-            .clone()
-            .find(|l| l.attrs.public_ip == lease.attrs.public_ip);
-        match ours.or_else(|| with_our_key.next()) {
-            Some(l) if l.attrs.public_ip == lease.attrs.public_ip => {
-                lease.expiration = l.expiration;
-            }
-            Some(l) => {
-                break Err(anyhow::anyhow!(
-                    "our lease {} now names PublicIP {}: another node took our subnet",
-                    lease.key,
-                    l.attrs.public_ip
-                ))
-            }
-            None => match reg.create(&lease.key, &plan.attrs).await {
-                Ok(Some(l)) => {
-                    tracing::warn!(subnet = %subnet, "our lease was removed; took it again");
-                    lease = l;
-                }
-                Ok(None) => {
-                    break Err(anyhow::anyhow!(
-                        "our lease {} was revoked and the subnet is taken",
-                        lease.key
-                    ))
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot re-create our lease"),
-            },
+        if let Err(e) = keeper.keep(reg, &leases).await {
+            break Err(e);
         }
-        // A reservation (no expiry) is never renewed. A failed renewal is
-        // retried once a minute, as flanneld does.
-        let renew_due = lease.expiration.is_some_and(|t| {
-            t.duration_since(SystemTime::now())
-                .map_or(true, |left| left < opts.renew_margin)
-        });
-        if renew_due && last_renew_try.is_none_or(|t| t.elapsed() >= RENEW_RETRY) {
-            last_renew_try = Some(tokio::time::Instant::now());
-            match reg.renew(&lease.key, &plan.attrs).await {
-                Ok(l) => {
-                    tracing::info!(subnet = %subnet, "lease renewed");
-                    lease = l;
-                    last_renew_try = None;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot renew our lease; retrying in a minute")
-                }
-            }
-        }
-        set_expiry(&metrics, lease.expiration);
+        set_expiry(&metrics, keeper.lease.expiration);
         if let Some(t) = traffic.as_mut() {
             t.resync();
         }
@@ -616,6 +577,82 @@ async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
         dp.guard.remove().await;
     }
     outcome
+}
+
+/// Our lease, kept: checked against each poll's leases, taken again when it
+/// was removed, renewed ahead of its expiry. All of the lease's state in
+/// the control loop lives here.
+struct LeaseKeeper {
+    lease: Lease,
+    /// What we (re)announce: our PublicIP and backend data.
+    attrs: LeaseAttrs,
+    /// Renew this long before the lease expires.
+    renew_margin: Duration,
+    /// When the last failed renewal was tried (retried once a minute).
+    last_renew_try: Option<tokio::time::Instant>,
+}
+
+impl LeaseKeeper {
+    /// One poll's worth of keeping; an error when the lease is lost for
+    /// good (revoked and taken, or another node's now).
+    async fn keep(&mut self, reg: &dyn Registry, leases: &[Lease]) -> anyhow::Result<()> {
+        // Ours is the lease with our key and our PublicIP (which a node
+        // annotation may override). In Kubernetes another node may claim
+        // our podCIDR too: that is a refused lease, not a reason to leave.
+        let mut with_our_key = leases.iter().filter(|l| l.key == self.lease.key);
+        let ours = with_our_key
+            .clone()
+            .find(|l| l.attrs.public_ip == self.lease.attrs.public_ip);
+        match ours.or_else(|| with_our_key.next()) {
+            Some(l) if l.attrs.public_ip == self.lease.attrs.public_ip => {
+                self.lease.expiration = l.expiration;
+            }
+            Some(l) => {
+                return Err(anyhow::anyhow!(
+                    "our lease {} now names PublicIP {}: another node took our subnet",
+                    self.lease.key,
+                    l.attrs.public_ip
+                ))
+            }
+            None => match reg.create(&self.lease.key, &self.attrs).await {
+                Ok(Some(l)) => {
+                    tracing::warn!(subnet = %self.lease.subnet(), "our lease was removed; took it again");
+                    self.lease = l;
+                }
+                Ok(None) => {
+                    return Err(anyhow::anyhow!(
+                        "our lease {} was revoked and the subnet is taken",
+                        self.lease.key
+                    ))
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot re-create our lease"),
+            },
+        }
+        // A reservation (no expiry) is never renewed. A failed renewal is
+        // retried once a minute, as flanneld does.
+        let renew_due = self.lease.expiration.is_some_and(|t| {
+            t.duration_since(SystemTime::now())
+                .map_or(true, |left| left < self.renew_margin)
+        });
+        if renew_due
+            && self
+                .last_renew_try
+                .is_none_or(|t| t.elapsed() >= RENEW_RETRY)
+        {
+            self.last_renew_try = Some(tokio::time::Instant::now());
+            match reg.renew(&self.lease.key, &self.attrs).await {
+                Ok(l) => {
+                    tracing::info!(subnet = %self.lease.subnet(), "lease renewed");
+                    self.lease = l;
+                    self.last_renew_try = None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew our lease; retrying in a minute")
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Plain routing can be one-sided (each node decides for itself), so pod
@@ -721,6 +758,7 @@ struct DataPlaneConfig<'a> {
     conf: &'a weft_routes::NetConf,
     table: &'a Arc<ArcSwap<ForwardingTable>>,
     offload: bool,
+    tuning: crate::tuning::Tuning,
     allow_nat_peers: bool,
     /// One per worker; its length is the number of workers.
     stats: &'a [Arc<WorkerStats>],
@@ -741,6 +779,7 @@ async fn start_data_plane(
         conf,
         table,
         offload,
+        tuning,
         allow_nat_peers,
         stats,
     } = *c;
@@ -767,16 +806,17 @@ async fn start_data_plane(
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for (id, (queue, s)) in queues.into_iter().zip(stats).enumerate() {
-        let socket = udp_io::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, plan.port), true)
+        let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, plan.port);
+        let socket = udp_io::bind(any, true, tuning.socket_buffers)
             .with_context(|| format!("cannot bind UDP port {}", plan.port))?;
         let tx_sockets = if plan.vtep.is_some() {
-            let n = if crate::tuning::get().flow_ports {
+            let n = if tuning.flow_ports {
                 VXLAN_TX_SOCKETS
             } else {
                 1
             };
             (0..n)
-                .map(|_| bind_tx(public_ip))
+                .map(|_| bind_tx(public_ip, tuning.socket_buffers))
                 .collect::<std::io::Result<Vec<_>>>()
                 .context("cannot open VXLAN send sockets")?
         } else {
@@ -787,17 +827,22 @@ async fn start_data_plane(
             (Some(ep), DeviceKind::Tun) => Mode::VxlanTun(ep),
             (Some(ep), DeviceKind::Tap) => Mode::VxlanTap(ep),
         };
-        let w = Worker {
-            id,
+        let tunnel = Tunnel::new(TunnelConfig {
             mode,
             local,
+            gateway: conf.network.network(),
             subnet,
             allow_nat_peers,
-            gateway: conf.network.network(),
             mtu: plan.mtu as usize,
+            send_sockets: tx_sockets.len(),
+        });
+        let w = Worker {
+            id,
+            tunnel,
             queue,
             socket,
             tx_sockets,
+            tuning,
             table: table.clone(),
             stats: s.clone(),
             stop: stop.clone(),
@@ -899,12 +944,22 @@ fn disable_ipv6(device: &str) {
 
 /// A send socket on an ephemeral port, sourced from our PublicIP when it is
 /// a local address (it is not behind NAT).
-fn bind_tx(public_ip: Ipv4Addr) -> std::io::Result<UdpSocket> {
-    udp_io::bind(SocketAddrV4::new(public_ip, 0), false)
-        .or_else(|_| udp_io::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), false))
+fn bind_tx(public_ip: Ipv4Addr, big_buffers: bool) -> std::io::Result<UdpSocket> {
+    udp_io::bind(SocketAddrV4::new(public_ip, 0), false, big_buffers).or_else(|_| {
+        udp_io::bind(
+            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            false,
+            big_buffers,
+        )
+    })
 }
 
-/// Deletes the device on every exit path that gets this far.
+/// Our device's delete at a clean shutdown. Error paths need no guard: the
+/// device is not persistent, so the kernel deletes it, with its addresses
+/// and routes, when its last queue closes (a failed start drops the queues;
+/// a crash closes them). `remove` deletes it at once, before the daemon
+/// reports that it is done, instead of when the last worker's queue is
+/// dropped.
 struct LinkGuard {
     nl: Netlink,
     index: u32,

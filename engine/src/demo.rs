@@ -6,9 +6,6 @@
 //! same kind of testbed. Everything it makes is removed at the end, also
 //! on Ctrl-C.
 
-use crate::device::DeviceKind;
-use crate::status::{self, Sample};
-use crate::testbed::{self, Cluster};
 use anyhow::{bail, Context};
 use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,9 +13,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use weft::device::DeviceKind;
+use weft::metrics::name;
+use weft::status::{self, Sample};
+use weft_testbed::{self as testbed, Cluster};
 
 /// Where every demo node serves its metrics (each in its own namespace).
-const METRICS: &str = "127.0.0.1:9474";
+const METRICS: &str = status::DEFAULT_METRICS_ADDR;
 /// First TCP port of the ring streams; the single-stream measurement uses
 /// the one below it.
 const RING_PORT: u16 = 5301;
@@ -68,8 +69,7 @@ struct Measured {
 
 /// Runs the demo.
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !testbed::is_root() {
         bail!("weft demo needs root: it creates network namespaces and devices");
     }
     if opts.nodes < 2 {
@@ -330,7 +330,7 @@ fn traffic_table(
     );
     for (i, (b, s)) in before.iter().zip(now).enumerate() {
         let drops: u64 = s
-            .nonzero("weft_dropped_packets_total", "reason")
+            .nonzero(name::DROPPED, "reason")
             .iter()
             .map(|(_, v)| v)
             .sum();

@@ -1,8 +1,14 @@
 //! The TUN or TAP device the kernel hands pod traffic to, one queue per
-//! worker (`IFF_MULTI_QUEUE` when there is more than one worker).
+//! worker (`IFF_MULTI_QUEUE` when there is more than one worker), read and
+//! written in batches: `Queue::read_batch` and `Queue::write_batch`
+//! (`write.rs`) keep the virtio offload header, TAP framing, segmentation
+//! on read and coalescing on write in here.
 
 use std::os::fd::{AsRawFd, RawFd};
 pub use tun_rs::VIRTIO_NET_HDR_LEN;
+pub use write::{WriteBatch, WriteOutcome};
+
+mod write;
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 /// Which kind of device weft reads from.
@@ -42,26 +48,77 @@ pub enum DeviceError {
     },
 }
 
+/// Why `Queue::read_batch` returned no packets.
+#[derive(Debug)]
+pub enum ReadError {
+    /// Nothing is waiting: the queue is drained until the next wakeup.
+    Drained,
+    /// The kernel handed over a (super-)packet that cannot be split (too
+    /// many segments, a bad virtio header): it is gone; read on.
+    Malformed(std::io::Error),
+    /// The read failed (EIO when the link is down, EBADFD when the device
+    /// was deleted, …).
+    Os(std::io::Error),
+}
+
 /// One queue of the device, owned by one worker.
 pub struct Queue {
     dev: SyncDevice,
+    kind: DeviceKind,
     offload: bool,
 }
 
 impl Queue {
     /// True when the queue was opened with `IFF_VNET_HDR` and TSO: reads
-    /// return super-packets (use `recv_multiple`) and writes take a
-    /// `virtio_net_hdr` (use `send_multiple`, or `send`, which adds an
-    /// empty one).
+    /// return super-packets (`read_batch` splits them) and writes take a
+    /// `virtio_net_hdr` (`writev`; `send` adds an empty one).
     pub fn offload(&self) -> bool {
         self.offload
     }
 
-    /// Reads one packet (TUN) or frame (TAP); `WouldBlock` when none is
-    /// ready. Without offloads only.
+    /// Reads what one device read yields, as whole packets (TUN) or frames
+    /// (TAP), each into `bufs[i][offset..]` with its length in `sizes[i]`,
+    /// and returns how many. Without offloads that is one packet. With
+    /// offloads it is a super-packet split into MTU-sized packets with
+    /// complete checksums: `bufs` needs room for the most segments one
+    /// super-packet holds, and `scratch` for the largest (virtio header
+    /// plus 64 KiB). The offload header and TAP framing stay in here.
     #[inline]
-    pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.dev.recv(buf)
+    pub fn read_batch(
+        &self,
+        scratch: &mut [u8],
+        bufs: &mut [Box<[u8]>],
+        sizes: &mut [usize],
+        offset: usize,
+    ) -> Result<usize, ReadError> {
+        use std::io::ErrorKind;
+        loop {
+            let read = match (self.offload, self.kind) {
+                (false, _) => match (bufs.first_mut(), sizes.first_mut()) {
+                    (Some(buf), Some(size)) => self.dev.recv(&mut buf[offset..]).map(|n| {
+                        *size = n;
+                        1
+                    }),
+                    _ => Ok(0),
+                },
+                (true, DeviceKind::Tun) => self.dev.recv_multiple(scratch, bufs, sizes, offset),
+                (true, DeviceKind::Tap) => self.recv_frames(scratch, bufs, sizes, offset),
+            };
+            return match read {
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => Err(ReadError::Drained),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // tun-rs reports what its splitter refuses as InvalidInput
+                // or as an error without an OS code.
+                Err(e)
+                    if self.offload
+                        && (e.kind() == ErrorKind::InvalidInput || e.raw_os_error().is_none()) =>
+                {
+                    Err(ReadError::Malformed(e))
+                }
+                Err(e) => Err(ReadError::Os(e)),
+            };
+        }
     }
 
     /// Writes one packet or frame (behind an empty `virtio_net_hdr` when
@@ -85,26 +142,12 @@ impl Queue {
         self.dev.send_vectored(parts)
     }
 
-    /// Reads one (super-)packet and splits it into MTU-sized packets with
-    /// complete checksums, each written into `bufs[i][offset..]` with its
-    /// length in `sizes[i]`. Returns how many. With offloads only.
-    #[inline]
-    pub fn recv_multiple(
-        &self,
-        scratch: &mut [u8],
-        bufs: &mut [Box<[u8]>],
-        sizes: &mut [usize],
-        offset: usize,
-    ) -> std::io::Result<usize> {
-        self.dev.recv_multiple(scratch, bufs, sizes, offset)
-    }
-
-    /// `recv_multiple` for a TAP device: reads one Ethernet frame, and if it
+    /// `read_batch` for a TAP device with offloads: reads one Ethernet frame, and if it
     /// carries a TCP super-packet splits that into MTU-sized frames with
     /// complete checksums, each behind a copy of the frame's Ethernet
     /// header. A frame the kernel left with a partial checksum gets it
     /// completed. With offloads only.
-    pub fn recv_frames(
+    fn recv_frames(
         &self,
         scratch: &mut [u8],
         bufs: &mut [Box<[u8]>],
@@ -251,6 +294,7 @@ fn create_with(
                 })?;
             Ok(Queue {
                 offload: offload && d.tcp_gso(),
+                kind,
                 dev: d,
             })
         })
@@ -280,16 +324,13 @@ mod tests {
         udp[2..4].copy_from_slice(&5000u16.to_be_bytes());
         udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
         udp[8..].copy_from_slice(payload);
-        let mut pseudo = [0u8; 12];
-        pseudo[..4].copy_from_slice(&[10, 244, 1, 2]);
-        pseudo[4..8].copy_from_slice(&[10, 244, 2, 3]);
-        pseudo[9] = 17;
-        pseudo[10..].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        let partial = checksum::fold(checksum::sum(&pseudo, 0));
+        let pseudo =
+            weft_encap::l4::pseudo_header_sum([10, 244, 1, 2], [10, 244, 2, 3], 17, udp_len as u16);
+        let partial = checksum::fold(pseudo);
         f[34 + 6..34 + 8].copy_from_slice(&partial.to_be_bytes());
         complete_checksum(&mut f, 34, 6).unwrap();
         // Valid: the segment plus the pseudo-header sums to all ones.
-        let total = checksum::fold(checksum::sum(&f[34..], checksum::sum(&pseudo, 0)));
+        let total = checksum::fold(checksum::sum(&f[34..], pseudo));
         assert_eq!(total, 0xffff);
         // Offsets outside the frame are an error, not a panic.
         let len = f.len();

@@ -6,6 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use weft::device::DeviceKind;
 
+#[cfg(feature = "demo")]
+mod demo;
+
 /// weft: a userspace data plane for flannel overlay networks. It speaks
 /// flannel's udp and VXLAN encapsulations, wire-compatible with flannel
 /// nodes and the Linux kernel's VXLAN, on kernels without the vxlan module.
@@ -25,6 +28,7 @@ enum Command {
     /// Build a small cluster in network namespaces on this host, run weft on
     /// every node, show live per-peer traffic, compare ping and throughput
     /// with the kernel's VXLAN, and remove everything (needs root).
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Show a running node's lease, peers, counters and drops, read from its
     /// metrics endpoint.
@@ -89,7 +93,7 @@ struct RunArgs {
     #[arg(
         long,
         value_name = "PREFIX",
-        default_value = "/coreos.com/network",
+        default_value = weft_routes::registry::DEFAULT_PREFIX,
         env = "FLANNELD_ETCD_PREFIX"
     )]
     etcd_prefix: String,
@@ -197,6 +201,17 @@ struct RunArgs {
     /// write (for comparison).
     #[arg(long, value_enum, default_value_t = Switch::On)]
     offload: Switch,
+    /// Data-path techniques to switch off, for measuring each one:
+    /// comma-separated gso, gro, mmsg, flowports, sockbuf (benchmarking
+    /// only).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "LIST",
+        env = "WEFT_DISABLE",
+        default_value = ""
+    )]
+    disable: weft::tuning::Tuning,
     /// Accept encapsulated traffic from addresses that hold no lease, for
     /// peers behind NAT whose packets arrive from another address than
     /// their PublicIP. The inner source must still lie in some lease's
@@ -233,11 +248,12 @@ struct RunArgs {
     threads: usize,
 }
 
+#[cfg(feature = "demo")]
 #[derive(clap::Args)]
 struct DemoArgs {
     /// The backend every node runs.
-    #[arg(long, value_enum, default_value_t = weft::demo::DemoBackend::Vxlan)]
-    backend: weft::demo::DemoBackend,
+    #[arg(long, value_enum, default_value_t = demo::DemoBackend::Vxlan)]
+    backend: demo::DemoBackend,
     /// How many nodes (2 to 20).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=20))]
     nodes: u16,
@@ -271,7 +287,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run(*a),
-        Command::Demo(a) => weft::demo::run(weft::demo::DemoOptions {
+        #[cfg(feature = "demo")]
+        Command::Demo(a) => demo::run(demo::DemoOptions {
             backend: a.backend,
             nodes: usize::from(a.nodes),
             device: a.device,
@@ -351,6 +368,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         metrics_required,
         threads: a.threads,
         offload: a.offload == Switch::On,
+        tuning: {
+            if !a.disable.all_on() {
+                tracing::warn!(off = %a.disable, "WEFT_DISABLE is set: some data-path techniques are off (benchmarking only)");
+            }
+            a.disable
+        },
         allow_nat_peers: a.allow_nat_peers,
         traffic: weft::daemon::TrafficOptions {
             ip_masq: a.ip_masq,

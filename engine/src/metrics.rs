@@ -4,6 +4,10 @@
 //! batch's counts once per batch with plain relaxed load+store (no locked
 //! read-modify-write), and the scraper sums the workers.
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -31,6 +35,59 @@ pub const ERRNO_SLOTS: usize = ERRNOS.len() + 1;
 pub fn errno_slot(e: Option<i32>) -> usize {
     e.and_then(|e| ERRNOS.iter().position(|(n, _)| *n == e))
         .unwrap_or(ERRNOS.len())
+}
+
+/// Every series' name, for the exposition and for its readers (`weft
+/// status`, `weft demo`).
+pub mod name {
+    /// `weft_rx_packets_total`.
+    pub const RX_PACKETS: &str = "weft_rx_packets_total";
+    /// `weft_rx_bytes_total`.
+    pub const RX_BYTES: &str = "weft_rx_bytes_total";
+    /// `weft_tx_packets_total`.
+    pub const TX_PACKETS: &str = "weft_tx_packets_total";
+    /// `weft_tx_bytes_total`.
+    pub const TX_BYTES: &str = "weft_tx_bytes_total";
+    /// `weft_routes_recovered_total`.
+    pub const ROUTES_RECOVERED: &str = "weft_routes_recovered_total";
+    /// `weft_icmp_suppressed_total`.
+    pub const ICMP_SUPPRESSED: &str = "weft_icmp_suppressed_total";
+    /// `weft_checksums_completed_total`.
+    pub const CHECKSUMS_COMPLETED: &str = "weft_checksums_completed_total";
+    /// `weft_device_recreations_total`.
+    pub const DEVICE_RECREATIONS: &str = "weft_device_recreations_total";
+    /// `weft_routes_refused_total`.
+    pub const ROUTES_REFUSED: &str = "weft_routes_refused_total";
+    /// `weft_dropped_packets_total`.
+    pub const DROPPED: &str = "weft_dropped_packets_total";
+    /// `weft_os_errors_total`.
+    pub const OS_ERRORS: &str = "weft_os_errors_total";
+    /// `weft_peers`.
+    pub const PEERS: &str = "weft_peers";
+    /// `weft_peers_direct`.
+    pub const PEERS_DIRECT: &str = "weft_peers_direct";
+    /// `weft_peers_unreachable`.
+    pub const PEERS_UNREACHABLE: &str = "weft_peers_unreachable";
+    /// `weft_node_info`.
+    pub const NODE_INFO: &str = "weft_node_info";
+    /// `weft_lease_expiry_seconds`.
+    pub const LEASE_EXPIRY: &str = "weft_lease_expiry_seconds";
+    /// `weft_ready`.
+    pub const READY: &str = "weft_ready";
+    /// `weft_leases_rejected_total`.
+    pub const LEASES_REJECTED: &str = "weft_leases_rejected_total";
+    /// `weft_lease_rejected`.
+    pub const LEASE_REJECTED: &str = "weft_lease_rejected";
+    /// `weft_peer_info`.
+    pub const PEER_INFO: &str = "weft_peer_info";
+    /// `weft_peer_rx_packets_total`.
+    pub const PEER_RX_PACKETS: &str = "weft_peer_rx_packets_total";
+    /// `weft_peer_rx_bytes_total`.
+    pub const PEER_RX_BYTES: &str = "weft_peer_rx_bytes_total";
+    /// `weft_peer_tx_packets_total`.
+    pub const PEER_TX_PACKETS: &str = "weft_peer_tx_packets_total";
+    /// `weft_peer_tx_bytes_total`.
+    pub const PEER_TX_BYTES: &str = "weft_peer_tx_bytes_total";
 }
 
 /// One worker's counters, on its own cache lines.
@@ -250,47 +307,47 @@ impl Metrics {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
         counter(
-            "weft_rx_packets_total",
+            name::RX_PACKETS,
             "Packets received from peers and delivered to the device.",
             self.sum(|w| &w.rx_packets),
         );
         counter(
-            "weft_rx_bytes_total",
+            name::RX_BYTES,
             "Bytes delivered to the device.",
             self.sum(|w| &w.rx_bytes),
         );
         counter(
-            "weft_tx_packets_total",
+            name::TX_PACKETS,
             "Packets read from the device and sent to peers.",
             self.sum(|w| &w.tx_packets),
         );
         counter(
-            "weft_tx_bytes_total",
+            name::TX_BYTES,
             "UDP payload bytes sent to peers.",
             self.sum(|w| &w.tx_bytes),
         );
         counter(
-            "weft_routes_recovered_total",
+            name::ROUTES_RECOVERED,
             "Routes of ours found missing (deleted by someone else) and put back.",
             self.routes_recovered.load(Relaxed),
         );
         counter(
-            "weft_icmp_suppressed_total",
+            name::ICMP_SUPPRESSED,
             "ICMP errors weft did not send because their rate limit was reached.",
             self.sum(|w| &w.icmp_suppressed),
         );
         counter(
-            "weft_checksums_completed_total",
+            name::CHECKSUMS_COMPLETED,
             "Received inner TCP/UDP segments whose checksum a kernel peer left partial (CHECKSUM_PARTIAL across a veth or virtio link), completed by weft.",
             self.sum(|w| &w.checksums_completed),
         );
         counter(
-            "weft_device_recreations_total",
+            name::DEVICE_RECREATIONS,
             "Times weft's device was found deleted and created again.",
             self.device_recreations.load(Relaxed),
         );
         counter(
-            "weft_routes_refused_total",
+            name::ROUTES_REFUSED,
             "Peer routes not programmed because the kernel already routes the prefix with a route weft did not install.",
             self.routes_refused.load(Relaxed),
         );
@@ -298,24 +355,28 @@ impl Metrics {
         self.render_rejected(&mut s);
         let _ = writeln!(
             s,
-            "# HELP weft_dropped_packets_total Packets dropped, by reason.\n# TYPE weft_dropped_packets_total counter"
+            "# HELP {n} Packets dropped, by reason.\n# TYPE {n} counter",
+            n = name::DROPPED
         );
         for r in DropReason::ALL {
             let _ = writeln!(
                 s,
-                "weft_dropped_packets_total{{reason=\"{}\"}} {}",
+                "{}{{reason=\"{}\"}} {}",
+                name::DROPPED,
                 r.label(),
                 self.dropped(r)
             );
         }
         let _ = writeln!(
             s,
-            "# HELP weft_os_errors_total Failed socket and device calls, by OS error.\n# TYPE weft_os_errors_total counter"
+            "# HELP {n} Failed socket and device calls, by OS error.\n# TYPE {n} counter",
+            n = name::OS_ERRORS
         );
         for (i, name) in ERRNOS.iter().map(|(_, n)| *n).chain(["other"]).enumerate() {
             let _ = writeln!(
                 s,
-                "weft_os_errors_total{{errno=\"{name}\"}} {}",
+                "{}{{errno=\"{name}\"}} {}",
+                name::OS_ERRORS,
                 self.sum(|w| &w.os_errors[i])
             );
         }
@@ -323,36 +384,39 @@ impl Metrics {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
         gauge(
-            "weft_peers",
+            name::PEERS,
             "Peers: other nodes' leases this node routes to.",
             self.peers.load(Relaxed),
         );
         gauge(
-            "weft_peers_direct",
+            name::PEERS_DIRECT,
             "Peers reached by plain routing, without encapsulation (host-gw, DirectRouting).",
             self.peers_direct.load(Relaxed),
         );
         gauge(
-            "weft_peers_unreachable",
+            name::PEERS_UNREACHABLE,
             "Peers whose routes the kernel refused (e.g. a host-gw gateway behind a router).",
             self.peers_unreachable.load(Relaxed),
         );
         if let Some(n) = self.node.get() {
             let _ = writeln!(
                 s,
-                "# HELP weft_node_info This node: its subnet, PublicIP, backend, device and MTU.\n# TYPE weft_node_info gauge\nweft_node_info{{subnet=\"{}\",public_ip=\"{}\",backend=\"{}\",device=\"{}\",mtu=\"{}\"}} 1",
-                n.subnet, n.public_ip, n.backend, n.device, n.mtu
+                "# HELP {m} This node: its subnet, PublicIP, backend, device and MTU.\n# TYPE {m} gauge\n{m}{{subnet=\"{}\",public_ip=\"{}\",backend=\"{}\",device=\"{}\",mtu=\"{}\"}} 1",
+                n.subnet, n.public_ip, n.backend, n.device, n.mtu,
+                m = name::NODE_INFO
             );
         }
         let _ = writeln!(
             s,
-            "# HELP weft_lease_expiry_seconds When our subnet lease expires (Unix time).\n# TYPE weft_lease_expiry_seconds gauge\nweft_lease_expiry_seconds {}",
-            self.lease_expiry.load(Relaxed)
+            "# HELP {n} When our subnet lease expires (Unix time).\n# TYPE {n} gauge\n{n} {}",
+            self.lease_expiry.load(Relaxed),
+            n = name::LEASE_EXPIRY
         );
         let _ = writeln!(
             s,
-            "# HELP weft_ready 1 when the lease, device, routes and subnet.env are in place.\n# TYPE weft_ready gauge\nweft_ready {}",
-            u8::from(self.ready.load(Relaxed))
+            "# HELP {n} 1 when the lease, device, routes and subnet.env are in place.\n# TYPE {n} gauge\n{n} {}",
+            u8::from(self.ready.load(Relaxed)),
+            n = name::READY
         );
         s
     }
@@ -362,19 +426,22 @@ impl Metrics {
     fn render_rejected(&self, s: &mut String) {
         let _ = writeln!(
             s,
-            "# HELP weft_leases_rejected_total Peer leases refused, by reason, counted once per change of a lease.\n# TYPE weft_leases_rejected_total counter"
+            "# HELP {n} Peer leases refused, by reason, counted once per change of a lease.\n# TYPE {n} counter",
+            n = name::LEASES_REJECTED
         );
         for r in Rejection::ALL {
             let _ = writeln!(
                 s,
-                "weft_leases_rejected_total{{reason=\"{}\"}} {}",
+                "{}{{reason=\"{}\"}} {}",
+                name::LEASES_REJECTED,
                 r.label(),
                 self.leases_rejected[r.index()].load(Relaxed)
             );
         }
         let _ = writeln!(
             s,
-            "# HELP weft_lease_rejected A lease refused now: its key, the PublicIP it claims and why.\n# TYPE weft_lease_rejected gauge"
+            "# HELP {n} A lease refused now: its key, the PublicIP it claims and why.\n# TYPE {n} gauge",
+            n = name::LEASE_REJECTED
         );
         let views = self
             .rejected_views
@@ -383,8 +450,11 @@ impl Metrics {
         for v in views.iter() {
             let _ = writeln!(
                 s,
-                "weft_lease_rejected{{key=\"{}\",public_ip=\"{}\",reason=\"{}\"}} 1",
-                v.key, v.public_ip, v.reason
+                "{}{{key=\"{}\",public_ip=\"{}\",reason=\"{}\"}} 1",
+                name::LEASE_REJECTED,
+                v.key,
+                v.public_ip,
+                v.reason
             );
         }
     }
@@ -393,35 +463,39 @@ impl Metrics {
         let views = self.peer_views.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(
             s,
-            "# HELP weft_peer_info A peer: its subnet, PublicIP, VtepMAC and how it is reached (tunnel, direct, unreachable).\n# TYPE weft_peer_info gauge"
+            "# HELP {n} A peer: its subnet, PublicIP, VtepMAC and how it is reached (tunnel, direct, unreachable).\n# TYPE {n} gauge",
+            n = name::PEER_INFO
         );
         for v in views.iter() {
             let mac = v.vtep_mac.map(|m| m.to_string()).unwrap_or_default();
             let _ = writeln!(
                 s,
-                "weft_peer_info{{subnet=\"{}\",public_ip=\"{}\",vtep_mac=\"{mac}\",via=\"{}\"}} 1",
-                v.subnet, v.public_ip, v.via
+                "{}{{subnet=\"{}\",public_ip=\"{}\",vtep_mac=\"{mac}\",via=\"{}\"}} 1",
+                name::PEER_INFO,
+                v.subnet,
+                v.public_ip,
+                v.via
             );
         }
         type Field = fn(&PeerCounters) -> &AtomicU64;
         let series: [(&str, &str, Field); 4] = [
             (
-                "weft_peer_rx_packets_total",
+                name::PEER_RX_PACKETS,
                 "Packets from the peer delivered to the device.",
                 |c| &c.rx_packets,
             ),
             (
-                "weft_peer_rx_bytes_total",
+                name::PEER_RX_BYTES,
                 "Bytes from the peer delivered to the device.",
                 |c| &c.rx_bytes,
             ),
             (
-                "weft_peer_tx_packets_total",
+                name::PEER_TX_PACKETS,
                 "Packets encapsulated toward the peer and handed to the socket.",
                 |c| &c.tx_packets,
             ),
             (
-                "weft_peer_tx_bytes_total",
+                name::PEER_TX_BYTES,
                 "UDP payload bytes encapsulated toward the peer.",
                 |c| &c.tx_bytes,
             ),
@@ -465,7 +539,7 @@ pub async fn serve_health(listener: tokio::net::TcpListener, metrics: Arc<Metric
 async fn serve_paths(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, with_metrics: bool) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
+        let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
@@ -476,52 +550,50 @@ async fn serve_paths(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, w
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut buf = [0u8; 2048];
-            let mut n = 0;
-            let read = tokio::time::timeout(CLIENT_TIMEOUT, async {
-                while n < buf.len() {
-                    match conn.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => n += k,
-                    }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let line = std::str::from_utf8(&buf[..n]).unwrap_or("");
-            let path = line.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/metrics" if with_metrics => {
-                    ("200 OK", "text/plain; version=0.0.4", metrics.render())
-                }
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" if metrics.ready.load(Relaxed) => {
-                    ("200 OK", "text/plain", "ready\n".to_string())
-                }
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready\n".to_string(),
-                ),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = tokio::time::timeout(CLIENT_TIMEOUT, async {
-                conn.write_all(head.as_bytes()).await?;
-                conn.write_all(body.as_bytes()).await
-            })
-            .await;
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let answer = respond(&metrics, req.uri().path(), with_metrics);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(CLIENT_TIMEOUT)
+                .keep_alive(false);
+            let served = http.serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+            // The request has `CLIENT_TIMEOUT` to arrive (the header read
+            // timeout), the answer as long again to be taken.
+            let _ = tokio::time::timeout(2 * CLIENT_TIMEOUT, served).await;
         });
     }
+}
+
+/// The answer to a request for `path`.
+fn respond(metrics: &Metrics, path: &str, with_metrics: bool) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match path {
+        "/metrics" if with_metrics => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" if metrics.ready.load(Relaxed) => {
+            (StatusCode::OK, "text/plain", "ready\n".to_string())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
 }
 
 #[cfg(test)]
@@ -579,5 +651,116 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+    }
+
+    /// Every scrape, with every kind of series present, parses with an
+    /// independent Prometheus text parser (prometheus-parse): one sample per
+    /// sample line (it skips lines it cannot read), every family documented
+    /// and typed (counters end in `_total`, the rest are gauges), every
+    /// label readable, and every name one of `name::*`.
+    #[test]
+    fn the_exposition_parses_as_prometheus_text() {
+        let w = Arc::new(WorkerStats::default());
+        let m = Metrics {
+            workers: vec![w.clone()],
+            ..Default::default()
+        };
+        let mut b = BatchStats::default();
+        b.rx(100);
+        b.drop(DropReason::SpoofedSource);
+        b.os_error(Some(libc::ENOBUFS), 1);
+        b.flush(&w);
+        *m.peer_views.lock().unwrap() = vec![PeerView {
+            subnet: "10.244.2.0/24".parse().unwrap(),
+            public_ip: [192, 0, 2, 2].into(),
+            vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
+            via: "tunnel",
+            counters: Arc::default(),
+        }];
+        *m.rejected_views.lock().unwrap() = vec![RejectedView {
+            key: "10.244.9.0-24".parse().unwrap(),
+            public_ip: [192, 0, 2, 9].into(),
+            reason: Rejection::ALL[0],
+        }];
+        let _ = m.node.set(NodeView {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            public_ip: [192, 0, 2, 1].into(),
+            backend: "vxlan",
+            device: "flannel.1".into(),
+            mtu: 1450,
+        });
+        let text = m.render();
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let sample_lines = text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .count();
+        assert_eq!(scrape.samples.len(), sample_lines, "{text}");
+        let known = [
+            name::RX_PACKETS,
+            name::RX_BYTES,
+            name::TX_PACKETS,
+            name::TX_BYTES,
+            name::ROUTES_RECOVERED,
+            name::ICMP_SUPPRESSED,
+            name::CHECKSUMS_COMPLETED,
+            name::DEVICE_RECREATIONS,
+            name::ROUTES_REFUSED,
+            name::DROPPED,
+            name::OS_ERRORS,
+            name::PEERS,
+            name::PEERS_DIRECT,
+            name::PEERS_UNREACHABLE,
+            name::NODE_INFO,
+            name::LEASE_EXPIRY,
+            name::READY,
+            name::LEASES_REJECTED,
+            name::LEASE_REJECTED,
+            name::PEER_INFO,
+            name::PEER_RX_PACKETS,
+            name::PEER_RX_BYTES,
+            name::PEER_TX_PACKETS,
+            name::PEER_TX_BYTES,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for s in &scrape.samples {
+            assert!(
+                known.contains(&s.metric.as_str()),
+                "{} is not in name::*",
+                s.metric
+            );
+            assert!(
+                scrape.docs.contains_key(&s.metric),
+                "{} has no HELP",
+                s.metric
+            );
+            match s.value {
+                prometheus_parse::Value::Counter(_) => assert!(s.metric.ends_with("_total")),
+                prometheus_parse::Value::Gauge(_) => assert!(!s.metric.ends_with("_total")),
+                ref v => panic!("{} is neither a counter nor a gauge: {v:?}", s.metric),
+            }
+            seen.insert(s.metric.clone());
+        }
+        assert_eq!(seen.len(), known.len(), "a family is missing from\n{text}");
+        let value = |metric: &str, label: &str, v: &str| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == metric && s.labels.get(label) == Some(v))
+                .map(|s| s.value.clone())
+        };
+        assert_eq!(
+            value(name::DROPPED, "reason", "spoofed_source"),
+            Some(prometheus_parse::Value::Counter(1.0))
+        );
+        assert_eq!(
+            value(name::PEER_INFO, "vtep_mac", "02:00:00:00:00:02"),
+            Some(prometheus_parse::Value::Gauge(1.0))
+        );
+        assert_eq!(
+            value(name::NODE_INFO, "device", "flannel.1"),
+            Some(prometheus_parse::Value::Gauge(1.0))
+        );
     }
 }

@@ -2,10 +2,10 @@
 //! from its `/metrics` endpoint and laid out as tables. The demo's live
 //! table reads the same samples.
 
+use crate::metrics::name;
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -87,14 +87,14 @@ impl Sample {
     /// The labels of `weft_node_info`, if the node has a lease.
     pub fn node(&self) -> Option<&BTreeMap<String, String>> {
         self.metrics
-            .get("weft_node_info")?
+            .get(name::NODE_INFO)?
             .first()
             .map(|s| &s.labels)
     }
 
     /// The peers, by subnet.
     pub fn peers(&self) -> Vec<PeerRow> {
-        let Some(info) = self.metrics.get("weft_peer_info") else {
+        let Some(info) = self.metrics.get(name::PEER_INFO) else {
             return Vec::new();
         };
         let count =
@@ -104,10 +104,10 @@ impl Sample {
                 let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
                 let subnet = l("subnet");
                 PeerRow {
-                    rx_packets: count("weft_peer_rx_packets_total", &subnet),
-                    rx_bytes: count("weft_peer_rx_bytes_total", &subnet),
-                    tx_packets: count("weft_peer_tx_packets_total", &subnet),
-                    tx_bytes: count("weft_peer_tx_bytes_total", &subnet),
+                    rx_packets: count(name::PEER_RX_PACKETS, &subnet),
+                    rx_bytes: count(name::PEER_RX_BYTES, &subnet),
+                    tx_packets: count(name::PEER_TX_PACKETS, &subnet),
+                    tx_bytes: count(name::PEER_TX_BYTES, &subnet),
                     public_ip: l("public_ip"),
                     vtep_mac: l("vtep_mac"),
                     via: l("via"),
@@ -121,7 +121,7 @@ impl Sample {
     pub fn rejected(&self) -> Vec<(String, String, String)> {
         let mut v: Vec<_> = self
             .metrics
-            .get("weft_lease_rejected")
+            .get(name::LEASE_REJECTED)
             .into_iter()
             .flatten()
             .map(|s| {
@@ -190,26 +190,61 @@ fn parse_labels(mut s: &str) -> Option<BTreeMap<String, String>> {
 /// The most `fetch` reads: a scrape of 100 000 peers is ~60 MB less.
 const MAX_RESPONSE: u64 = 16 << 20;
 
-/// Fetches `/metrics` from `addr` (HTTP/1.1, 2 s timeouts, at most
-/// `MAX_RESPONSE` bytes: whatever listens there is not trusted to stop).
+/// How long `fetch` waits to connect, and for the whole answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fetches `/metrics` from `addr` (HTTP/1.1 with hyper; a 2 s connect
+/// timeout, 10 s for the whole answer, at most `MAX_RESPONSE` bytes:
+/// whatever listens there is not trusted to stop).
 pub fn fetch(addr: SocketAddr) -> std::io::Result<String> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: weft\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    (&mut s).take(MAX_RESPONSE + 1).read_to_string(&mut out)?;
-    if out.len() as u64 > MAX_RESPONSE {
-        return Err(std::io::Error::other(format!(
-            "the answer from {addr} is larger than {MAX_RESPONSE} bytes"
-        )));
-    }
-    match out.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-        _ => Err(std::io::Error::other(format!(
-            "unexpected answer from {addr}: {}",
-            out.lines().next().unwrap_or("")
-        ))),
-    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(fetch_async(addr))
+}
+
+async fn fetch_async(addr: SocketAddr) -> std::io::Result<String> {
+    use http_body_util::{BodyExt, Empty, Limited};
+    use hyper::body::Bytes;
+    use std::io::{Error, ErrorKind};
+    let timed_out =
+        |what: &str| Error::new(ErrorKind::TimedOut, format!("{what} {addr} timed out"));
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| timed_out("connecting to"))??;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(Error::other)?;
+    let request = hyper::Request::get("/metrics")
+        .header(hyper::header::HOST, "weft")
+        .body(Empty::<Bytes>::new())
+        .map_err(Error::other)?;
+    let answer = async {
+        let response = sender.send_request(request).await.map_err(Error::other)?;
+        if response.status() != hyper::StatusCode::OK {
+            return Err(Error::other(format!(
+                "unexpected answer from {addr}: {}",
+                response.status()
+            )));
+        }
+        let body = Limited::new(response.into_body(), MAX_RESPONSE as usize)
+            .collect()
+            .await
+            .map_err(|e| {
+                Error::other(format!(
+                    "reading the answer from {addr}: {e} (at most {MAX_RESPONSE} bytes)"
+                ))
+            })?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|e| Error::new(ErrorKind::InvalidData, e))
+    };
+    // The connection is driven by its own task, dropped with the runtime.
+    tokio::spawn(conn);
+    tokio::time::timeout(ANSWER_TIMEOUT, answer)
+        .await
+        .map_err(|_| timed_out("reading from"))?
 }
 
 /// `weft status`: fetches and prints the tables.
@@ -230,7 +265,7 @@ pub fn run(addr: SocketAddr) -> anyhow::Result<()> {
 /// The tables `weft status` prints.
 pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
     let mut o = String::new();
-    let ready = s.value("weft_ready") == Some(1.0);
+    let ready = s.value(name::READY) == Some(1.0);
     match s.node() {
         Some(n) => {
             let l = |k: &str| n.get(k).map(String::as_str).unwrap_or("");
@@ -254,7 +289,7 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
         }
     }
     let _ = writeln!(o, "  ready      {}", if ready { "yes" } else { "no" });
-    if let Some(exp) = s.value("weft_lease_expiry_seconds").filter(|v| *v > 0.0) {
+    if let Some(exp) = s.value(name::LEASE_EXPIRY).filter(|v| *v > 0.0) {
         let now = now
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -308,27 +343,27 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
     let _ = writeln!(
         o,
         "  received   {} packets, {}",
-        count("weft_rx_packets_total"),
-        human_bytes(count("weft_rx_bytes_total"))
+        count(name::RX_PACKETS),
+        human_bytes(count(name::RX_BYTES))
     );
     let _ = writeln!(
         o,
         "  sent       {} packets, {}",
-        count("weft_tx_packets_total"),
-        human_bytes(count("weft_tx_bytes_total"))
+        count(name::TX_PACKETS),
+        human_bytes(count(name::TX_BYTES))
     );
     let _ = writeln!(
         o,
         "  routes put back {}, device recreated {} times",
-        count("weft_routes_recovered_total"),
-        count("weft_device_recreations_total")
+        count(name::ROUTES_RECOVERED),
+        count(name::DEVICE_RECREATIONS)
     );
     let _ = writeln!(
         o,
         "  routes refused (prefix routed by someone else) {}, partial checksums completed {}, ICMP errors held back {}",
-        count("weft_routes_refused_total"),
-        count("weft_checksums_completed_total"),
-        count("weft_icmp_suppressed_total")
+        count(name::ROUTES_REFUSED),
+        count(name::CHECKSUMS_COMPLETED),
+        count(name::ICMP_SUPPRESSED)
     );
     let list = |o: &mut String, title: &str, items: Vec<(String, u64)>| {
         if items.is_empty() {
@@ -340,16 +375,8 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
             }
         }
     };
-    list(
-        &mut o,
-        "drops",
-        s.nonzero("weft_dropped_packets_total", "reason"),
-    );
-    list(
-        &mut o,
-        "OS errors",
-        s.nonzero("weft_os_errors_total", "errno"),
-    );
+    list(&mut o, "drops", s.nonzero(name::DROPPED, "reason"));
+    list(&mut o, "OS errors", s.nonzero(name::OS_ERRORS, "errno"));
     o
 }
 

@@ -27,12 +27,14 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(10);
 /// receive the overlay's inbound traffic. `SO_REUSEPORT` alone shares the
 /// port only with sockets of the same user (`udp_lib_lport_inuse` in the
 /// kernel), so no other user can bind it at all.
-pub fn bind(addr: SocketAddrV4, reuse_port: bool) -> io::Result<UdpSocket> {
+///
+/// `big_buffers` asks for multi-megabyte socket buffers (`Tuning`).
+pub fn bind(addr: SocketAddrV4, reuse_port: bool, big_buffers: bool) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     if reuse_port {
         s.set_reuse_port(true)?;
     }
-    if crate::tuning::get().socket_buffers {
+    if big_buffers {
         set_buffers(&s);
     }
     s.set_write_timeout(Some(SEND_TIMEOUT))?;
@@ -179,18 +181,9 @@ impl Receiver {
         self.msgs.len()
     }
 
-    /// Receives up to `bufs.count()` datagrams without blocking, each into
-    /// its slot from `offset` on. Returns how many; `meta` describes them.
-    pub fn recv(
-        &mut self,
-        sock: &UdpSocket,
-        bufs: &mut PacketBufs,
-        offset: usize,
-    ) -> io::Result<usize> {
-        self.recv_into(sock, bufs.slots_mut(0), offset)
-    }
-
-    /// `recv` into any buffers, each from `offset` to its end.
+    /// Receives up to `bufs.len()` datagrams (at most `capacity()`)
+    /// without blocking, each into its buffer from `offset` to its end.
+    /// Returns how many; `meta` describes them.
     pub fn recv_into<B: AsMut<[u8]>>(
         &mut self,
         sock: &UdpSocket,
@@ -298,11 +291,12 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// State for batches of up to `n` datagrams; `gso` tries UDP GSO.
-    pub fn new(n: usize, gso: bool) -> Sender {
+    /// State for batches of up to `n` datagrams; `gso` tries UDP GSO;
+    /// without `batched`, one datagram (or GSO run) per syscall.
+    pub fn new(n: usize, gso: bool, batched: bool) -> Sender {
         Sender {
             msgs: Mmsg::new(n),
-            per_call: if crate::tuning::get().mmsg { n } else { 1 },
+            per_call: if batched { n } else { 1 },
             gso,
             cmsgs: vec![[0; 4]; n],
             runs: Vec::with_capacity(n),

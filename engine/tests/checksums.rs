@@ -7,8 +7,8 @@
 
 mod common;
 use common::*;
-use weft::testbed::{Cluster, UdpCapture};
 use weft_encap::checksum;
+use weft_testbed::{Cluster, UdpCapture};
 
 /// Checks the IPv4 header and, for TCP, the segment checksum of `ip`.
 /// Returns Some(is TCP) if valid, None if a checksum is wrong.
@@ -21,12 +21,8 @@ fn valid(ip: &[u8]) -> Option<bool> {
         return Some(false);
     }
     let seg = &ip[ihl..];
-    // Pseudo-header: source, destination, zero, protocol, TCP length.
-    let mut pseudo = [0u8; 12];
-    pseudo[..8].copy_from_slice(&ip[12..20]);
-    pseudo[9] = 6;
-    pseudo[10..].copy_from_slice(&(seg.len() as u16).to_be_bytes());
-    let acc = checksum::sum(seg, checksum::sum(&pseudo, 0));
+    let pseudo = pseudo_header(ip, seg.len() as u16);
+    let acc = checksum::sum(seg, pseudo);
     (checksum::fold(acc) == 0xffff).then_some(true)
 }
 
@@ -115,16 +111,19 @@ fn the_checker_catches_a_partial_checksum() {
     for (i, b) in ip[40..].iter_mut().enumerate() {
         *b = i as u8;
     }
-    let mut pseudo = [0u8; 12];
-    pseudo[..8].copy_from_slice(&ip[12..20]);
-    pseudo[9] = 6;
-    pseudo[10..].copy_from_slice(&120u16.to_be_bytes());
-    let partial = !checksum::fold(checksum::sum(&pseudo, 0));
+    let pseudo = pseudo_header(&ip, 120);
+    let partial = !checksum::fold(pseudo);
     ip[20 + 16..20 + 18].copy_from_slice(&(!partial).to_be_bytes());
     assert_eq!(valid(&ip), None, "a partial checksum passed");
     // Completed, it passes.
     ip[36..38].copy_from_slice(&[0, 0]);
-    let full = checksum::fold(checksum::sum(&ip[20..], checksum::sum(&pseudo, 0)));
+    let full = checksum::fold(checksum::sum(&ip[20..], pseudo));
     ip[36..38].copy_from_slice(&(!full).to_be_bytes());
     assert_eq!(valid(&ip), Some(true));
+}
+
+/// The TCP pseudo-header sum of the IPv4 packet `ip` for `len` TCP bytes.
+fn pseudo_header(ip: &[u8], len: u16) -> u64 {
+    let p = weft_encap::ipv4::Packet::new_unchecked(ip);
+    weft_encap::l4::pseudo_header_sum(p.src().octets(), p.dst().octets(), 6, len)
 }

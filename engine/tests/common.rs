@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::time::Duration;
-use weft::testbed::{tcp_transfer, Cluster, Netns};
+use weft_testbed::{tcp_transfer, Cluster, Netns};
 
 /// The weft binary under test.
 pub fn weft() -> &'static Path {
@@ -22,7 +22,7 @@ pub fn net_conf(backend: &str) -> String {
 /// `count` ICMP echoes from `ns` to `ip`, 50 ms apart; true if every one
 /// was answered.
 pub fn ping(ns: &Netns, ip: std::net::Ipv4Addr, count: u16) -> bool {
-    weft::testbed::ping_rtts(ns, ip, count, Duration::from_millis(50))
+    weft_testbed::ping_rtts(ns, ip, count, Duration::from_millis(50))
         .map(|r| r.len() == usize::from(count))
         .unwrap_or(false)
 }
@@ -76,7 +76,7 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
 pub fn transfer_pods(c: &Cluster, a: usize, b: usize, mb: usize, port: u16) {
     let from = c.nodes[a].pod_ip().expect("node a has a subnet");
     let to = c.nodes[b].pod_ip().expect("node b has a subnet");
-    let r = weft::testbed::tcp_transfer_from(
+    let r = weft_testbed::tcp_transfer_from(
         &c.nodes[a].ns,
         Some(from),
         &c.nodes[b].ns,
@@ -271,7 +271,7 @@ pub fn strip_ansi(text: &str) -> String {
 
 fn pod_bridge_for(ns: &Netns, key: &str) {
     let net: ipnet::Ipv4Net = key.replace('-', "/").parse().unwrap();
-    weft::testbed::pod_bridge(ns, net).unwrap();
+    weft_testbed::pod_bridge(ns, net).unwrap();
 }
 
 /// Checks what node 0 (weft on tap, metrics on 9153) made of

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::time::{Duration, Instant};
-use weft::testbed::{Carried, Cluster, Hop, WireTap};
+use weft_testbed::{Carried, Cluster, Hop, WireTap};
 
 const DIRECT_VXLAN: &str =
     r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;

@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 use std::time::Duration;
-use weft::testbed::{Cluster, ETCD_PREFIX};
+use weft_testbed::{Cluster, ETCD_PREFIX};
 
 fn etcd_cluster(tag: &str, nodes: usize) -> Cluster {
     let mut c = Cluster::new(tag, nodes, &net_conf("vxlan")).expect("testbed");
@@ -157,7 +157,7 @@ fn etcd_down_for_20_s_loses_no_forwarding_and_compaction_is_survived() {
     // 25 s of pings at 50 ms while etcd goes away for 20 s.
     let ns = c.nodes[0].ns.handle();
     let flow = std::thread::spawn(move || {
-        weft::testbed::ping_rtts(&ns, pod1, 500, Duration::from_millis(50))
+        weft_testbed::ping_rtts(&ns, pod1, 500, Duration::from_millis(50))
             .map(|r| r.len())
             .unwrap_or(0)
     });

@@ -9,7 +9,7 @@
 
 mod common;
 use common::*;
-use weft::testbed::{Cluster, Netns};
+use weft_testbed::{Cluster, Netns};
 
 /// Drops `percent` % of UDP datagrams to or from `port` in `ns`, at random.
 fn lose(ns: &Netns, port: u16, percent: u32) {
@@ -19,7 +19,7 @@ fn lose(ns: &Netns, port: u16, percent: u32) {
   chain in {{ type filter hook input priority 0; udp dport {port} numgen random mod 100 < {percent} counter drop; }}
 }}"
     );
-    let path = std::env::temp_dir().join(format!("{}.nft", weft::testbed::unique("loss")));
+    let path = std::env::temp_dir().join(format!("{}.nft", weft_testbed::unique("loss")));
     std::fs::write(&path, rules).unwrap();
     let r = ns.exec("nft", &["-f", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(&path);

@@ -8,8 +8,8 @@ mod common;
 use common::*;
 use std::io::{Read, Write};
 use std::time::Duration;
-use weft::testbed::Cluster;
 use weft_routes::LeaseAttrs;
+use weft_testbed::Cluster;
 
 /// The status line of `GET path` on 127.0.0.1:`port` in node 0.
 fn get(c: &Cluster, port: u16, path: &'static str) -> String {

@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use std::time::Duration;
-use weft::testbed::Cluster;
+use weft_testbed::Cluster;
 
 #[test]
 fn hostile_leases_in_the_file_registry_are_rejected() {

@@ -10,8 +10,8 @@
 
 mod common;
 use common::*;
-use weft::testbed::Cluster;
 use weft_routes::LeaseAttrs;
+use weft_testbed::Cluster;
 
 fn against_kernel(tag: &str, device: &str, offload: &str, wire_like: bool) {
     let mut c = Cluster::new(tag, 2, &net_conf("vxlan")).expect("testbed");

@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use weft::testbed::{grant_flannel_role, kube_admin, node_object, Cluster};
+use weft_testbed::{grant_flannel_role, kube_admin, node_object, Cluster};
 
 const PREFIX: &str = "flannel.alpha.coreos.com/";
 

@@ -4,8 +4,8 @@
 mod common;
 use common::*;
 use std::time::Duration;
-use weft::testbed::Cluster;
 use weft_routes::LeaseAttrs;
+use weft_testbed::Cluster;
 
 #[test]
 fn config_without_backend_runs_udp_with_a_warning() {

@@ -9,9 +9,9 @@ mod common;
 use common::*;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
-use weft::testbed::Cluster;
 use weft_encap::vectors::KERNEL_REQUEST;
 use weft_routes::LeaseAttrs;
+use weft_testbed::Cluster;
 
 fn send_all(c: &Cluster, to: SocketAddr, datagrams: Vec<Vec<u8>>) {
     c.nodes[1]
@@ -156,12 +156,8 @@ fn send_with_bad_udp_checksum(c: &Cluster, to: SocketAddr, payload: &[u8]) {
     udp.extend_from_slice(&len.to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
     udp.extend_from_slice(payload);
-    let mut pseudo = [0u8; 12];
-    pseudo[..4].copy_from_slice(&src.octets());
-    pseudo[4..8].copy_from_slice(&dst.ip().octets());
-    pseudo[9] = 17;
-    pseudo[10..].copy_from_slice(&len.to_be_bytes());
-    let good = !checksum::fold(checksum::sum(&udp, checksum::sum(&pseudo, 0)));
+    let pseudo = weft_encap::l4::pseudo_header_sum(src.octets(), dst.ip().octets(), 17, len);
+    let good = !checksum::fold(checksum::sum(&udp, pseudo));
     let bad = if good == 0xfffe {
         0x1234
     } else {

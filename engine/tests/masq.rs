@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
-use weft::testbed::{Cluster, Netns};
+use weft_testbed::{Cluster, Netns};
 
 /// What `ns` sees as the source of one datagram sent from `from` (an
 /// address of `sender`) to `to`:7000.

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 use weft::metrics::MAX_CONNECTIONS;
-use weft::testbed::Cluster;
+use weft_testbed::Cluster;
 
 #[test]
 fn idle_connections_cannot_take_the_endpoint() {

@@ -11,9 +11,9 @@ use common::*;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
-use weft::testbed::{Cluster, Netns};
 use weft_encap::{checksum, l4, vectors::KERNEL_REQUEST};
 use weft_routes::LeaseAttrs;
+use weft_testbed::{Cluster, Netns};
 
 const PORT: u16 = 7777;
 

@@ -12,7 +12,7 @@ mod common;
 use common::*;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
-use weft::testbed::Cluster;
+use weft_testbed::Cluster;
 
 const PROBE_ENV: &str = "WEFT_BIND_PROBE_ADDR";
 

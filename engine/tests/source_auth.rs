@@ -11,9 +11,9 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use weft::testbed::{Cluster, Netns};
 use weft_encap::ipv4;
 use weft_routes::LeaseAttrs;
+use weft_testbed::{Cluster, Netns};
 
 const POD_PORT: u16 = 7777;
 

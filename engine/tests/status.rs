@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use weft::testbed::Cluster;
+use weft_testbed::Cluster;
 
 fn status_of(c: &Cluster, i: usize, extra: &[&str]) -> String {
     let out = c.nodes[i]

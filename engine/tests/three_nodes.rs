@@ -4,18 +4,18 @@
 mod common;
 use common::*;
 use std::time::Duration;
-use weft::testbed::Cluster;
+use weft_testbed::Cluster;
 
 /// Pings `ip` from `ns` `count` times at 20 ms intervals on a thread;
 /// joining it gives the number of echo replies.
 fn ping_in_background(
-    ns: &weft::testbed::Netns,
+    ns: &weft_testbed::Netns,
     ip: std::net::Ipv4Addr,
     count: u16,
 ) -> std::thread::JoinHandle<usize> {
     let ns = ns.handle();
     std::thread::spawn(move || {
-        weft::testbed::ping_rtts(&ns, ip, count, Duration::from_millis(20))
+        weft_testbed::ping_rtts(&ns, ip, count, Duration::from_millis(20))
             .map(|r| r.len())
             .unwrap_or(0)
     })

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use weft::testbed::Cluster;
+use weft_testbed::Cluster;
 
 fn two_nodes(tag: &str, backend: &str, device: &str, offload: &str) {
     let mut c = Cluster::new(tag, 2, &net_conf(backend)).expect("testbed");
@@ -36,7 +36,7 @@ fn two_nodes(tag: &str, backend: &str, device: &str, offload: &str) {
     if backend == "udp" {
         // A destination in the Network that no peer holds: flannel0 owns
         // the whole Network route, so weft answers net unreachable itself.
-        let r = weft::testbed::ping_probe(
+        let r = weft_testbed::ping_probe(
             &c.nodes[0].ns,
             "10.244.250.9".parse().unwrap(),
             1,
@@ -45,7 +45,7 @@ fn two_nodes(tag: &str, backend: &str, device: &str, offload: &str) {
         .unwrap();
         assert_eq!(
             r,
-            vec![weft::testbed::IcmpReply::Error(
+            vec![weft_testbed::IcmpReply::Error(
                 "10.244.0.0".parse().unwrap(),
                 3,
                 0

@@ -1,6 +1,9 @@
-//! Test hosts on one machine: network namespaces joined by a bridge, each
-//! able to run a weft node against a shared file registry. `weft demo` and
-//! the integration tests both build on this.
+//! weft's test bench. Test hosts on one machine: network namespaces joined
+//! by a bridge, each able to run a weft node against a shared file registry,
+//! etcd or a kube-apiserver; packet captures; certificates. `weft demo`, the
+//! integration tests and the e2e harness build on this; the data plane does
+//! not. Its `unsafe` (namespace entry, packet sockets, one ethtool ioctl,
+//! `geteuid`) lives in this file, each block with a `// SAFETY:` line.
 //!
 //! Every namespace gets a unique name and is deleted on drop, and every
 //! process started here is killed on drop, so a failing test cleans up too.
@@ -480,7 +483,7 @@ pub const ETCD_URL: &str = "http://192.168.100.250:2379";
 /// The test etcd's address inside the hub namespace, for `etcdctl`.
 const ETCD_LOCAL: &str = "http://127.0.0.1:2379";
 /// flannel's key prefix, which the test etcd uses.
-pub const ETCD_PREFIX: &str = "/coreos.com/network";
+pub const ETCD_PREFIX: &str = weft_routes::registry::DEFAULT_PREFIX;
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -1681,6 +1684,13 @@ impl Drop for UdpCapture {
             let _ = t.join();
         }
     }
+}
+
+/// True when this process runs as root (the bench creates namespaces and
+/// devices).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use weft::testbed::{self, Cluster, Netns};
+use weft_testbed::{self as testbed, Cluster, Netns};
 
 #[derive(Clone, Copy)]
 enum Setup {

@@ -1,0 +1,499 @@
+//! The tunnel core: what happens to one packet in each direction, decided
+//! without file descriptors or syscalls (the shape of boringtun's
+//! `Tunn::encapsulate`/`decapsulate` and their `TunnResult`).
+//!
+//! - `outbound`: a packet read from the device becomes a datagram for one
+//!   peer (which send socket, which endpoint), or a drop with its reason,
+//!   perhaps with an ICMP error to write back into the device.
+//! - `inbound`: a datagram received from a peer becomes the bytes to write
+//!   to the device (and the peer to count them against), or a drop with
+//!   its reason, perhaps with an ICMP error to send back to the sender.
+//!
+//! Encapsulation, both decapsulations, source authorization, the size
+//! limits and every ICMP decision (and its rate limit) live here, once, for
+//! every backend and device kind. The worker (`worker.rs`) does the I/O
+//! around it; `encap` holds the wire formats it uses.
+
+use std::cell::Cell;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
+use std::time::Instant;
+use weft_encap::ethernet::{self, Frame};
+use weft_encap::icmp::{self, ErrorKind};
+use weft_encap::ipv4::{self, Packet};
+use weft_encap::{flow, udp, vxlan, DropReason};
+use weft_routes::{ForwardingTable, PeerId};
+
+/// Room for one ICMP error the core writes.
+pub type IcmpScratch = [u8; icmp::MAX_ERROR_LEN];
+
+/// What the tunnel carries, and how.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// flannel's udp backend on a TUN device.
+    Udp,
+    /// VXLAN on an L3 TUN device: weft writes the inner Ethernet header.
+    VxlanTun(vxlan::Endpoint),
+    /// VXLAN on an Ethernet TAP device: frames carry their own header.
+    VxlanTap(vxlan::Endpoint),
+}
+
+/// The ICMP side of a drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// No ICMP error is due.
+    None,
+    /// One was due, but the rate limit held it back.
+    Suppressed,
+    /// The first this many bytes of the scratch hold an ICMP error: into
+    /// the device for `outbound`, back to the sender for `inbound`.
+    Icmp(usize),
+}
+
+/// What to do with a packet read from the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// Send `buf[range]` (the UDP payload, encapsulated in place) to `to`
+    /// from send socket number `socket`; it is `peer`'s traffic.
+    Send {
+        /// The datagram within the buffer.
+        range: Range<usize>,
+        /// The peer's endpoint.
+        to: SocketAddrV4,
+        /// Which send socket: one flow keeps one outer source port.
+        socket: u8,
+        /// The peer, for its counters.
+        peer: PeerId,
+    },
+    /// Drop it.
+    Drop(DropReason, Reply),
+}
+
+/// A received packet that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// What goes to the device, within the datagram: the inner IP packet,
+    /// or on a TAP the inner frame.
+    pub deliver: Range<usize>,
+    /// The inner IP packet within the datagram.
+    pub ip: Range<usize>,
+    /// The sender, when it holds a lease (`None`: an accepted NAT peer).
+    pub peer: Option<PeerId>,
+    /// A kernel peer's TCP super-packet, larger than the device MTU, to be
+    /// segmented by the device or by us (`Tunnel::super_datagram`).
+    pub whole: bool,
+}
+
+/// What to do with a datagram received from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Write it to the device, once its L4 checksum is checked (`l4`).
+    Deliver(Delivery),
+    /// Drop it.
+    Drop(DropReason, Reply),
+}
+
+/// One end of the overlay, as the per-packet decisions need it.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// The backend and device kind.
+    pub mode: Mode,
+    /// Our tunnel address (`<subnet>.0`): the source of ICMP errors sent to
+    /// peers.
+    pub local: Ipv4Addr,
+    /// The source of ICMP errors written into our own device: the Network's
+    /// first address, which no node holds. An error from a local address
+    /// (as flannel's proxy sends it) is dropped by the kernel as a martian.
+    pub gateway: Ipv4Addr,
+    /// Our subnet: inner destinations of received packets must lie in it.
+    pub subnet: ipnet::Ipv4Net,
+    /// Accept encapsulated traffic from any outer source whose inner source
+    /// lies in some lease's subnet (peers behind NAT).
+    pub allow_nat_peers: bool,
+    /// Device MTU: larger inner packets are dropped as oversize.
+    pub mtu: usize,
+    /// VXLAN send sockets that flows are spread over (0 or 1: one).
+    pub send_sockets: usize,
+    icmp_budget: IcmpBudget,
+}
+
+/// What a `Tunnel` is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelConfig {
+    /// See `Tunnel::mode`.
+    pub mode: Mode,
+    /// See `Tunnel::local`.
+    pub local: Ipv4Addr,
+    /// See `Tunnel::gateway`.
+    pub gateway: Ipv4Addr,
+    /// See `Tunnel::subnet`.
+    pub subnet: ipnet::Ipv4Net,
+    /// See `Tunnel::allow_nat_peers`.
+    pub allow_nat_peers: bool,
+    /// See `Tunnel::mtu`.
+    pub mtu: usize,
+    /// See `Tunnel::send_sockets`.
+    pub send_sockets: usize,
+}
+
+impl Tunnel {
+    /// A tunnel with a full ICMP budget.
+    pub fn new(c: TunnelConfig) -> Tunnel {
+        Tunnel {
+            mode: c.mode,
+            local: c.local,
+            gateway: c.gateway,
+            subnet: c.subnet,
+            allow_nat_peers: c.allow_nat_peers,
+            mtu: c.mtu,
+            send_sockets: c.send_sockets,
+            icmp_budget: IcmpBudget::new(),
+        }
+    }
+
+    /// The largest datagram (UDP payload) the underlay carries to us, plus
+    /// a frame header: what receive buffers and size checks are built on.
+    pub fn max_datagram(&self) -> usize {
+        self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN
+    }
+
+    /// Bytes of link-layer header in front of each IP packet on the device.
+    pub fn l2_len(&self) -> usize {
+        match self.mode {
+            Mode::VxlanTap(_) => ethernet::HEADER_LEN,
+            _ => 0,
+        }
+    }
+
+    /// True when `datagram` is one datagram longer than the underlay MTU
+    /// that carries exactly one whole inner IPv4 packet: a kernel peer's
+    /// TCP super-packet, sent unsegmented across a veth or virtio link
+    /// (see `vxlan::carried_len`), not a UDP GRO run.
+    pub fn super_datagram(&self, datagram: &[u8]) -> bool {
+        let carried = match self.mode {
+            Mode::Udp => return false,
+            Mode::VxlanTun(_) | Mode::VxlanTap(_) => vxlan::carried_len(datagram),
+        };
+        datagram.len() > self.max_datagram() && carried == Some(datagram.len())
+    }
+
+    /// Encapsulates the packet at `buf[pkt]`, read from the device with
+    /// `HEADROOM` bytes free in front of it, for the peer that routes it.
+    /// An ICMP error for the device goes into `scratch`.
+    #[inline]
+    pub fn outbound(
+        &self,
+        table: &ForwardingTable,
+        buf: &mut [u8],
+        pkt: Range<usize>,
+        scratch: &mut IcmpScratch,
+    ) -> Outbound {
+        let (send, reply) = match self.mode {
+            Mode::Udp => self.outbound_udp(table, buf, pkt.clone()),
+            Mode::VxlanTun(ep) => self.outbound_vxlan_tun(ep, table, buf, pkt.clone()),
+            Mode::VxlanTap(ep) => self.outbound_vxlan_tap(ep, table, buf, pkt.clone()),
+        };
+        match send {
+            Ok(send) => send,
+            Err(reason) => {
+                let reply = match reply {
+                    Some(kind) => self.icmp_to_device(kind, &buf[pkt], scratch),
+                    None => Reply::None,
+                };
+                Outbound::Drop(reason, reply)
+            }
+        }
+    }
+
+    fn outbound_udp(
+        &self,
+        table: &ForwardingTable,
+        buf: &mut [u8],
+        pkt: Range<usize>,
+    ) -> (Result<Outbound, DropReason>, Option<ErrorKind>) {
+        let packet = &mut buf[pkt.clone()];
+        if packet.first().map(|b| b >> 4) != Some(4) {
+            // The udp backend carries IPv4 only: nothing routes this.
+            return (Err(DropReason::NoRoute), None);
+        }
+        let dst = match Packet::new_checked(&packet[..]) {
+            Ok(p) => p.dst(),
+            Err(_) => return (Err(DropReason::Ipv4Malformed), None),
+        };
+        let Some((peer, id)) = table.route(dst) else {
+            return (Err(DropReason::NoRoute), Some(ErrorKind::NetUnreachable));
+        };
+        match udp::prepare_send(packet) {
+            Ok(len) => (
+                Ok(Outbound::Send {
+                    range: pkt.start..pkt.start + len,
+                    to: peer.endpoint,
+                    socket: 0,
+                    peer: id,
+                }),
+                None,
+            ),
+            Err(DropReason::TtlExpired) => {
+                (Err(DropReason::TtlExpired), Some(ErrorKind::TtlExceeded))
+            }
+            Err(r) => (Err(r), None),
+        }
+    }
+
+    fn outbound_vxlan_tun(
+        &self,
+        ep: vxlan::Endpoint,
+        table: &ForwardingTable,
+        buf: &mut [u8],
+        pkt: Range<usize>,
+    ) -> (Result<Outbound, DropReason>, Option<ErrorKind>) {
+        let ip = &buf[pkt.clone()];
+        if ip.first().map(|b| b >> 4) != Some(4) {
+            // No IPv6 overlay yet: nothing can route it.
+            return (Err(DropReason::NoRoute), None);
+        }
+        let dst = match Packet::new_checked(ip) {
+            Ok(p) => p.dst(),
+            Err(_) => return (Err(DropReason::Ipv4Malformed), None),
+        };
+        let Some((peer, id)) = table.route(dst) else {
+            return (Err(DropReason::NoRoute), Some(ErrorKind::NetUnreachable));
+        };
+        let Some(mac) = peer.vtep_mac else {
+            return (Err(DropReason::NoRoute), None);
+        };
+        let socket = self.pick_socket(ip);
+        let to = peer.endpoint;
+        let send = ep
+            .encapsulate_ip(buf, pkt, mac)
+            .map(|range| Outbound::Send {
+                range,
+                to,
+                socket,
+                peer: id,
+            });
+        (send, None)
+    }
+
+    fn outbound_vxlan_tap(
+        &self,
+        ep: vxlan::Endpoint,
+        table: &ForwardingTable,
+        buf: &mut [u8],
+        pkt: Range<usize>,
+    ) -> (Result<Outbound, DropReason>, Option<ErrorKind>) {
+        let dst = match Frame::new_checked(&buf[pkt.clone()]) {
+            Ok(frame) => frame.dst(),
+            Err(_) => return (Err(DropReason::InnerTruncated), None),
+        };
+        // A TAP never lacks a route in a way ICMP could report: frames to
+        // unknown MACs (broadcast, neighbor discovery) are dropped quietly.
+        let Some((peer, id)) = table.route_mac(dst) else {
+            return (Err(DropReason::UnknownMac), None);
+        };
+        let socket = self.pick_socket(&buf[pkt.start + ethernet::HEADER_LEN..pkt.end]);
+        let to = peer.endpoint;
+        let send = ep.encapsulate_frame(buf, pkt).map(|range| Outbound::Send {
+            range,
+            to,
+            socket,
+            peer: id,
+        });
+        (send, None)
+    }
+
+    /// The send socket for an inner packet: by flow hash, so one flow keeps
+    /// one outer source port and flows spread across ports.
+    #[inline]
+    fn pick_socket(&self, inner_ip: &[u8]) -> u8 {
+        match self.send_sockets {
+            0 | 1 => 0,
+            n => (flow::hash(inner_ip) as usize % n) as u8,
+        }
+    }
+
+    /// An ICMP error about `offender` (an IPv4 packet from our device) to
+    /// write back into the device, from the Network's gateway address. Not
+    /// on a TAP: it would need a frame.
+    fn icmp_to_device(&self, kind: ErrorKind, offender: &[u8], scratch: &mut IcmpScratch) -> Reply {
+        let Ok(off) = Packet::new_checked(offender) else {
+            return Reply::None;
+        };
+        if matches!(self.mode, Mode::VxlanTap(_)) {
+            return Reply::None;
+        }
+        if !self.icmp_budget.take() {
+            return Reply::Suppressed;
+        }
+        match icmp::emit_error(kind, &off, self.gateway, scratch) {
+            Some(n) => Reply::Icmp(n),
+            None => Reply::None,
+        }
+    }
+
+    /// Decapsulates the datagram (UDP payload) `datagram` received from
+    /// `src` in place and checks everything but its L4 checksum, which the
+    /// caller checks (`l4::verify_or_complete`) right before the write, so
+    /// the bytes are in cache for the kernel's copy. An ICMP error for the
+    /// sender goes into `scratch`.
+    #[inline]
+    pub fn inbound(
+        &self,
+        table: &ForwardingTable,
+        datagram: &mut [u8],
+        src: SocketAddrV4,
+        scratch: &mut IcmpScratch,
+    ) -> Inbound {
+        let whole = self.super_datagram(datagram);
+        if datagram.len() > self.max_datagram() && !whole {
+            return Inbound::Drop(DropReason::Oversize, Reply::None);
+        }
+        let decapsulated = match self.mode {
+            Mode::Udp => {
+                if datagram.len() > self.mtu {
+                    return Inbound::Drop(DropReason::Oversize, Reply::None);
+                }
+                udp::decapsulate(datagram).map(|len| (0..len, 0..len))
+            }
+            Mode::VxlanTun(ep) => ep
+                .decapsulate(datagram)
+                .map(|inner| (inner.ip.clone(), inner.ip)),
+            Mode::VxlanTap(ep) => ep
+                .decapsulate(datagram)
+                .map(|inner| (inner.frame, inner.ip)),
+        };
+        let (deliver, ip) = match decapsulated {
+            Ok(d) => d,
+            // Only the udp backend forwards, so only its datagram is an IP
+            // packet whose TTL can run out here.
+            Err(DropReason::TtlExpired) => return self.expired(table, datagram, src, scratch),
+            Err(r) => return Inbound::Drop(r, Reply::None),
+        };
+        if ip.len() > self.mtu && !whole {
+            return Inbound::Drop(DropReason::Oversize, Reply::None);
+        }
+        match self.authorize(table, *src.ip(), &datagram[ip.clone()]) {
+            Ok(peer) => Inbound::Deliver(Delivery {
+                deliver,
+                ip,
+                peer,
+                whole,
+            }),
+            Err(r) => Inbound::Drop(r, Reply::None),
+        }
+    }
+
+    /// A received packet whose TTL ran out: answered with ICMP time
+    /// exceeded, from our tunnel address, only to a lease holder we accept,
+    /// so weft never reflects errors at forged sources.
+    fn expired(
+        &self,
+        table: &ForwardingTable,
+        packet: &[u8],
+        src: SocketAddrV4,
+        scratch: &mut IcmpScratch,
+    ) -> Inbound {
+        match self.authorize(table, *src.ip(), packet) {
+            Ok(Some(_)) => {
+                let reply = match Packet::new_checked(packet) {
+                    Err(_) => Reply::None,
+                    Ok(_) if !self.icmp_budget.take() => Reply::Suppressed,
+                    Ok(off) => icmp::emit_error(ErrorKind::TtlExceeded, &off, self.local, scratch)
+                        .map_or(Reply::None, Reply::Icmp),
+                };
+                Inbound::Drop(DropReason::TtlExpired, reply)
+            }
+            Ok(None) => Inbound::Drop(DropReason::TtlExpired, Reply::None),
+            Err(r) => Inbound::Drop(r, Reply::None),
+        }
+    }
+
+    /// Source authentication, before anything reaches the device: the outer
+    /// source must hold a lease (unless `allow_nat_peers`), the inner source
+    /// must lie in that node's subnet (with `allow_nat_peers`: in some
+    /// node's), and the inner destination in ours, and not be our subnet's
+    /// broadcast address or multicast. IPv6 inner packets are dropped:
+    /// there is no IPv6 overlay to authenticate them against. `ip` is the
+    /// inner packet, an IPv4 header the decapsulator checked. Returns the
+    /// sender, when it holds a lease.
+    #[inline]
+    pub fn authorize(
+        &self,
+        table: &ForwardingTable,
+        from: Ipv4Addr,
+        ip: &[u8],
+    ) -> Result<Option<PeerId>, DropReason> {
+        let entry = table.sender_entry(from);
+        if entry.is_none() && !self.allow_nat_peers {
+            return Err(DropReason::UnknownSender);
+        }
+        let (sender, id) = match entry {
+            Some((net, id)) => (Some(net), Some(id)),
+            None => (None, None),
+        };
+        if ip.first().is_some_and(|b| b >> 4 == 6) {
+            return Err(DropReason::Ipv6Unsupported);
+        }
+        let p = Packet::new_unchecked(ip);
+        if ip.len() < ipv4::MIN_HEADER_LEN || p.version() != 4 {
+            return Ok(id);
+        }
+        let (src, dst) = (p.src(), p.dst());
+        let src_ok = match sender {
+            Some(net) => net.contains(&src),
+            None => table.is_sender_subnet(src),
+        };
+        if !src_ok {
+            return Err(DropReason::SpoofedSource);
+        }
+        // Our `.0` stays: it is the device's own address, the source the
+        // kernel picks for this host's traffic to remote pods, so replies
+        // come back to it (as they do with flannel).
+        if !self.subnet.contains(&dst) || dst == self.subnet.broadcast() || dst.is_multicast() {
+            return Err(DropReason::NotForUs);
+        }
+        Ok(id)
+    }
+}
+
+/// The budget for ICMP errors weft generates, a token bucket like the
+/// kernel's `icmp_ratelimit`/`icmp_msgs_per_sec`: `RATE` a second with
+/// bursts of `BURST`, per tunnel (one per worker). A flood of expired or
+/// unroutable packets must not turn weft into an ICMP amplifier. Cells: the
+/// tunnel is one worker's, and its decisions take `&self`.
+#[derive(Debug)]
+struct IcmpBudget {
+    tokens: Cell<u32>,
+    last: Cell<Instant>,
+}
+
+impl IcmpBudget {
+    const RATE: u32 = 1000;
+    const BURST: u32 = 50;
+
+    fn new() -> Self {
+        IcmpBudget {
+            tokens: Cell::new(Self::BURST),
+            last: Cell::new(Instant::now()),
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&self) -> bool {
+        if self.tokens.get() == 0 {
+            let now = Instant::now();
+            let earned = now.duration_since(self.last.get()).as_micros() * u128::from(Self::RATE)
+                / 1_000_000;
+            if earned == 0 {
+                return false;
+            }
+            self.tokens.set(earned.min(u128::from(Self::BURST)) as u32);
+            self.last.set(now);
+        }
+        self.tokens.set(self.tokens.get() - 1);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;

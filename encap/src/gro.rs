@@ -79,27 +79,31 @@ pub fn segment_unverified(pkt: &[u8]) -> Option<Segment> {
         return None;
     }
     let ip = Packet::new_unchecked(pkt);
+    // IPv4 without options, TCP, exactly this long, not a fragment.
     if ip.version() != 4 || ip.header_len() != ipv4::MIN_HEADER_LEN {
         return None;
     }
     if ip.protocol() != protocol::TCP || usize::from(ip.total_len()) != pkt.len() {
         return None;
     }
-    // No fragments: MF clear and offset zero (DF may be either).
-    if ip.more_fragments() || ip.frag_offset() != 0 {
+    if ip.is_fragment() {
         return None;
     }
-    let tcp = tcp::Segment::new_checked(ip.payload())?;
+    let tcp = tcp::Segment::new_unchecked(&pkt[ipv4::MIN_HEADER_LEN..]);
+    let (tcp_len, len) = (tcp.header_len(), tcp.bytes().len());
+    if tcp_len < tcp::MIN_HEADER_LEN || len < tcp_len {
+        return None;
+    }
     let flags = tcp.flags();
     if flags & !(TCP_ACK | TCP_PSH) != 0 || flags & TCP_ACK == 0 {
         return None;
     }
-    let payload = tcp.payload().len();
+    let payload = len - tcp_len;
     if payload == 0 {
         return None;
     }
     Some(Segment {
-        tcp_len: tcp.header_len(),
+        tcp_len,
         seq: tcp.seq(),
         payload,
         psh: flags & TCP_PSH != 0,
@@ -167,25 +171,17 @@ pub fn gso_header(
 }
 
 /// Whether two segments (IPv4 without options, whole TCP headers of equal
-/// length: `Run::push` checked) have what `tcp_gro_receive` requires to be
-/// equal: TOS, TTL, DF and addresses; ports, ACK, window and options.
+/// length: `Run::push` checked) may merge: the same flow and the same
+/// headers where `tcp_gro_receive` requires it.
 #[inline]
 fn same_flow_and_headers(a: &[u8], b: &[u8]) -> bool {
     let (ia, ib) = (Packet::new_unchecked(a), Packet::new_unchecked(b));
+    // Both passed `segment_unverified`: IPv4 headers without options.
     let (ta, tb) = (
-        tcp::Segment::new_unchecked(ia.payload()),
-        tcp::Segment::new_unchecked(ib.payload()),
+        tcp::Segment::new_unchecked(&a[ipv4::MIN_HEADER_LEN..]),
+        tcp::Segment::new_unchecked(&b[ipv4::MIN_HEADER_LEN..]),
     );
-    ia.tos() == ib.tos()
-        && ia.ttl() == ib.ttl()
-        && ia.dont_fragment() == ib.dont_fragment()
-        && ia.src() == ib.src()
-        && ia.dst() == ib.dst()
-        && ta.src_port() == tb.src_port()
-        && ta.dst_port() == tb.dst_port()
-        && ta.ack() == tb.ack()
-        && ta.window() == tb.window()
-        && ta.options() == tb.options()
+    ia.same_flow_as(&ib) && ta.same_flow_as(&tb)
 }
 
 /// A run of segments being merged.

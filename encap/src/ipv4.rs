@@ -128,6 +128,24 @@ impl<T: AsRef<[u8]>> Packet<T> {
         be16(&self.buffer.as_ref()[field::FLG_OFF]) & 0x1fff
     }
 
+    /// Whether `other` has the same TOS, TTL, DF bit and addresses: what
+    /// Linux's GRO requires of IPv4 packets it merges (`inet_gro_receive`).
+    /// Both headers must be whole (`check_len`).
+    #[inline]
+    pub fn same_flow_as<U: AsRef<[u8]>>(&self, other: &Packet<U>) -> bool {
+        let (a, b) = (self.buffer.as_ref(), other.buffer.as_ref());
+        const DF: u8 = 0x40;
+        a[field::TOS] == b[field::TOS]
+            && a[field::TTL] == b[field::TTL]
+            && a[field::FLG_OFF.start] & DF == b[field::FLG_OFF.start] & DF
+            && a[field::SRC.start..field::DST.end] == b[field::SRC.start..field::DST.end]
+    }
+
+    /// True for a fragment: MF set or a fragment offset (DF may be either).
+    pub fn is_fragment(&self) -> bool {
+        be16(&self.buffer.as_ref()[field::FLG_OFF]) & 0x3fff != 0
+    }
+
     /// The DF (don't fragment) flag.
     pub fn dont_fragment(&self) -> bool {
         be16(&self.buffer.as_ref()[field::FLG_OFF]) & 0x4000 != 0

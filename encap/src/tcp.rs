@@ -127,6 +127,20 @@ impl<T: AsRef<[u8]>> Segment<T> {
         &self.buffer.as_ref()[self.header_len()..]
     }
 
+    /// Whether `other` has the same ports, ACK, window and options: what
+    /// Linux's GRO requires of TCP segments it merges (`tcp_gro_receive`).
+    /// Both headers must be whole (`new_checked`).
+    #[inline]
+    pub fn same_flow_as<U: AsRef<[u8]>>(&self, other: &Segment<U>) -> bool {
+        let (a, b) = (self.buffer.as_ref(), other.buffer.as_ref());
+        let options = MIN_HEADER_LEN..self.header_len();
+        a[field::SRC_PORT.start..field::DST_PORT.end]
+            == b[field::SRC_PORT.start..field::DST_PORT.end]
+            && a[field::ACK] == b[field::ACK]
+            && a[field::WINDOW] == b[field::WINDOW]
+            && a.get(options.clone()) == b.get(options)
+    }
+
     /// The whole segment.
     pub fn bytes(&self) -> &[u8] {
         self.buffer.as_ref()

@@ -94,8 +94,8 @@ pub enum Inbound {
 }
 
 /// One end of the overlay, as the per-packet decisions need it.
-#[derive(Debug)]
-pub struct Tunnel {
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelConfig {
     /// The backend and device kind.
     pub mode: Mode,
     /// Our tunnel address (`<subnet>.0`): the source of ICMP errors sent to
@@ -114,39 +114,22 @@ pub struct Tunnel {
     pub mtu: usize,
     /// VXLAN send sockets that flows are spread over (0 or 1: one).
     pub send_sockets: usize,
-    icmp_budget: IcmpBudget,
 }
 
-/// What a `Tunnel` is made from.
-#[derive(Debug, Clone, Copy)]
-pub struct TunnelConfig {
-    /// See `Tunnel::mode`.
-    pub mode: Mode,
-    /// See `Tunnel::local`.
-    pub local: Ipv4Addr,
-    /// See `Tunnel::gateway`.
-    pub gateway: Ipv4Addr,
-    /// See `Tunnel::subnet`.
-    pub subnet: ipnet::Ipv4Net,
-    /// See `Tunnel::allow_nat_peers`.
-    pub allow_nat_peers: bool,
-    /// See `Tunnel::mtu`.
-    pub mtu: usize,
-    /// See `Tunnel::send_sockets`.
-    pub send_sockets: usize,
+/// The tunnel core: a `TunnelConfig` and the state its decisions keep (the
+/// ICMP budget).
+#[derive(Debug)]
+pub struct Tunnel {
+    /// What it decides by.
+    pub config: TunnelConfig,
+    icmp_budget: IcmpBudget,
 }
 
 impl Tunnel {
     /// A tunnel with a full ICMP budget.
-    pub fn new(c: TunnelConfig) -> Tunnel {
+    pub fn new(config: TunnelConfig) -> Tunnel {
         Tunnel {
-            mode: c.mode,
-            local: c.local,
-            gateway: c.gateway,
-            subnet: c.subnet,
-            allow_nat_peers: c.allow_nat_peers,
-            mtu: c.mtu,
-            send_sockets: c.send_sockets,
+            config,
             icmp_budget: IcmpBudget::new(),
         }
     }
@@ -154,12 +137,12 @@ impl Tunnel {
     /// The largest datagram (UDP payload) the underlay carries to us, plus
     /// a frame header: what receive buffers and size checks are built on.
     pub fn max_datagram(&self) -> usize {
-        self.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN
+        self.config.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN
     }
 
     /// Bytes of link-layer header in front of each IP packet on the device.
     pub fn l2_len(&self) -> usize {
-        match self.mode {
+        match self.config.mode {
             Mode::VxlanTap(_) => ethernet::HEADER_LEN,
             _ => 0,
         }
@@ -169,12 +152,17 @@ impl Tunnel {
     /// that carries exactly one whole inner IPv4 packet: a kernel peer's
     /// TCP super-packet, sent unsegmented across a veth or virtio link
     /// (see `vxlan::carried_len`), not a UDP GRO run.
+    #[inline]
     pub fn super_datagram(&self, datagram: &[u8]) -> bool {
-        let carried = match self.mode {
-            Mode::Udp => return false,
-            Mode::VxlanTun(_) | Mode::VxlanTap(_) => vxlan::carried_len(datagram),
-        };
-        datagram.len() > self.max_datagram() && carried == Some(datagram.len())
+        if datagram.len() <= self.max_datagram() {
+            return false;
+        }
+        match self.config.mode {
+            Mode::Udp => false,
+            Mode::VxlanTun(_) | Mode::VxlanTap(_) => {
+                vxlan::carried_len(datagram) == Some(datagram.len())
+            }
+        }
     }
 
     /// Encapsulates the packet at `buf[pkt]`, read from the device with
@@ -188,7 +176,7 @@ impl Tunnel {
         pkt: Range<usize>,
         scratch: &mut IcmpScratch,
     ) -> Outbound {
-        let (send, reply) = match self.mode {
+        let (send, reply) = match self.config.mode {
             Mode::Udp => self.outbound_udp(table, buf, pkt.clone()),
             Mode::VxlanTun(ep) => self.outbound_vxlan_tun(ep, table, buf, pkt.clone()),
             Mode::VxlanTap(ep) => self.outbound_vxlan_tap(ep, table, buf, pkt.clone()),
@@ -306,7 +294,7 @@ impl Tunnel {
     /// one outer source port and flows spread across ports.
     #[inline]
     fn pick_socket(&self, inner_ip: &[u8]) -> u8 {
-        match self.send_sockets {
+        match self.config.send_sockets {
             0 | 1 => 0,
             n => (flow::hash(inner_ip) as usize % n) as u8,
         }
@@ -319,13 +307,13 @@ impl Tunnel {
         let Ok(off) = Packet::new_checked(offender) else {
             return Reply::None;
         };
-        if matches!(self.mode, Mode::VxlanTap(_)) {
+        if matches!(self.config.mode, Mode::VxlanTap(_)) {
             return Reply::None;
         }
         if !self.icmp_budget.take() {
             return Reply::Suppressed;
         }
-        match icmp::emit_error(kind, &off, self.gateway, scratch) {
+        match icmp::emit_error(kind, &off, self.config.gateway, scratch) {
             Some(n) => Reply::Icmp(n),
             None => Reply::None,
         }
@@ -348,9 +336,9 @@ impl Tunnel {
         if datagram.len() > self.max_datagram() && !whole {
             return Inbound::Drop(DropReason::Oversize, Reply::None);
         }
-        let decapsulated = match self.mode {
+        let decapsulated = match self.config.mode {
             Mode::Udp => {
-                if datagram.len() > self.mtu {
+                if datagram.len() > self.config.mtu {
                     return Inbound::Drop(DropReason::Oversize, Reply::None);
                 }
                 udp::decapsulate(datagram).map(|len| (0..len, 0..len))
@@ -369,7 +357,7 @@ impl Tunnel {
             Err(DropReason::TtlExpired) => return self.expired(table, datagram, src, scratch),
             Err(r) => return Inbound::Drop(r, Reply::None),
         };
-        if ip.len() > self.mtu && !whole {
+        if ip.len() > self.config.mtu && !whole {
             return Inbound::Drop(DropReason::Oversize, Reply::None);
         }
         match self.authorize(table, *src.ip(), &datagram[ip.clone()]) {
@@ -398,8 +386,10 @@ impl Tunnel {
                 let reply = match Packet::new_checked(packet) {
                     Err(_) => Reply::None,
                     Ok(_) if !self.icmp_budget.take() => Reply::Suppressed,
-                    Ok(off) => icmp::emit_error(ErrorKind::TtlExceeded, &off, self.local, scratch)
-                        .map_or(Reply::None, Reply::Icmp),
+                    Ok(off) => {
+                        icmp::emit_error(ErrorKind::TtlExceeded, &off, self.config.local, scratch)
+                            .map_or(Reply::None, Reply::Icmp)
+                    }
                 };
                 Inbound::Drop(DropReason::TtlExpired, reply)
             }
@@ -424,7 +414,7 @@ impl Tunnel {
         ip: &[u8],
     ) -> Result<Option<PeerId>, DropReason> {
         let entry = table.sender_entry(from);
-        if entry.is_none() && !self.allow_nat_peers {
+        if entry.is_none() && !self.config.allow_nat_peers {
             return Err(DropReason::UnknownSender);
         }
         let (sender, id) = match entry {
@@ -449,7 +439,10 @@ impl Tunnel {
         // Our `.0` stays: it is the device's own address, the source the
         // kernel picks for this host's traffic to remote pods, so replies
         // come back to it (as they do with flannel).
-        if !self.subnet.contains(&dst) || dst == self.subnet.broadcast() || dst.is_multicast() {
+        if !self.config.subnet.contains(&dst)
+            || dst == self.config.subnet.broadcast()
+            || dst.is_multicast()
+        {
             return Err(DropReason::NotForUs);
         }
         Ok(id)

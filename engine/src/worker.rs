@@ -228,7 +228,7 @@ impl Worker {
                 &self.queue,
                 INNER_SLOTS,
                 self.tunnel.l2_len(),
-                self.tunnel.mtu,
+                self.tunnel.config.mtu,
             ),
             senders: Vec::with_capacity(INNER_SLOTS),
             out: Vec::with_capacity(tx_slots),

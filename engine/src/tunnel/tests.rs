@@ -80,7 +80,7 @@ fn datagram(mode: Mode, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
 
 fn inbound_from(t: &Tunnel, from: Ipv4Addr, mut d: Vec<u8>) -> (Inbound, Vec<u8>, IcmpScratch) {
     let mut scratch = [0; icmp::MAX_ERROR_LEN];
-    let tbl = table(t.mode);
+    let tbl = table(t.config.mode);
     let r = t.inbound(&tbl, &mut d, SocketAddrV4::new(from, 8472), &mut scratch);
     (r, d, scratch)
 }
@@ -115,7 +115,7 @@ fn outbound_with(
 }
 
 fn outbound(t: &Tunnel, pkt: &[u8]) -> Outbound {
-    outbound_with(t, &table(t.mode), pkt).0
+    outbound_with(t, &table(t.config.mode), pkt).0
 }
 
 /// The reply B sends A (`KERNEL_REPLY`) as B's device hands it over: an IP
@@ -207,7 +207,7 @@ fn nat_peers_are_accepted_only_when_allowed_and_only_from_lease_subnets() {
         let mut t = tunnel(mode);
         let r = inbound_from(&t, STRANGER, datagram(mode, |_| {})).0;
         assert_eq!(dropped(&r), Some(DropReason::UnknownSender), "{mode:?}");
-        t.allow_nat_peers = true;
+        t.config.allow_nat_peers = true;
         match inbound_from(&t, STRANGER, datagram(mode, |_| {})).0 {
             Inbound::Deliver(d) => assert_eq!(d.peer, None, "{mode:?}"),
             r => panic!("{mode:?}: {r:?}"),
@@ -227,14 +227,14 @@ fn expired_packets_are_answered_only_to_lease_holders() {
         panic!("{r:?}");
     };
     let icmp = Packet::new_checked(&scratch[..n]).unwrap();
-    assert_eq!(icmp.src(), t.local);
+    assert_eq!(icmp.src(), t.config.local);
     assert_eq!(icmp.dst(), Packet::new_unchecked(&d[..]).src());
     assert_eq!(icmp.payload()[0], 11, "time exceeded");
     // A stranger gets nothing, also when NAT peers are allowed.
     let r = inbound_from(&t, STRANGER, expired()).0;
     assert_eq!(r, Inbound::Drop(DropReason::UnknownSender, Reply::None));
     let mut nat = tunnel(Mode::Udp);
-    nat.allow_nat_peers = true;
+    nat.config.allow_nat_peers = true;
     let r = inbound_from(&nat, STRANGER, expired()).0;
     assert_eq!(r, Inbound::Drop(DropReason::TtlExpired, Reply::None));
 }
@@ -251,7 +251,7 @@ fn unroutable_packets_get_icmp_from_the_gateway_except_on_a_tap() {
             panic!("{mode:?}: {r:?}");
         };
         let icmp = Packet::new_checked(&scratch[..n]).unwrap();
-        assert_eq!(icmp.src(), t.gateway, "{mode:?}");
+        assert_eq!(icmp.src(), t.config.gateway, "{mode:?}");
         assert_eq!(icmp.dst(), Ipv4Addr::new(10, 244, 2, 0));
         assert_eq!(icmp.payload()[0], 3, "destination unreachable");
     }
@@ -270,7 +270,7 @@ fn icmp_errors_are_rate_limited() {
     let mut pkt = KERNEL_REPLY[IP_AT..].to_vec();
     pkt[16..20].copy_from_slice(&[10, 244, 9, 1]);
     Packet::new_unchecked(&mut pkt[..]).fill_checksum();
-    let tbl = table(t.mode);
+    let tbl = table(t.config.mode);
     let (mut sent, mut held) = (0, 0);
     for _ in 0..1000 {
         match outbound_with(&t, &tbl, &pkt).0 {
@@ -289,7 +289,7 @@ fn super_datagrams_are_whole_and_others_oversize() {
     let t = tunnel(Mode::VxlanTun(endpoint()));
     // One inner IPv4 packet larger than the MTU, as a kernel peer sends a
     // TCP super-packet across a veth.
-    let big = datagram(t.mode, |_| {});
+    let big = datagram(t.config.mode, |_| {});
     let mut big = [&big[..IP_AT], &vec![0u8; 3000][..]].concat();
     big[IP_AT..IP_AT + 20].copy_from_slice(&KERNEL_REQUEST[IP_AT..IP_AT + 20]);
     let total = (big.len() - IP_AT) as u16;

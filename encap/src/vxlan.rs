@@ -168,6 +168,16 @@ pub struct Inner {
     pub ethertype: u16,
 }
 
+/// Why `Endpoint::encapsulate_ip` or `encapsulate_frame` built no datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncapError {
+    /// The packet cannot be carried: a drop with this reason.
+    Drop(DropReason),
+    /// The caller left less headroom in front of the packet than the
+    /// headers need: a bug in the caller, not a fault of the packet.
+    NoHeadroom,
+}
+
 /// One end of a VXLAN tunnel: our VNI and our VtepMAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
@@ -212,23 +222,23 @@ impl Endpoint {
     /// Encapsulates an IP packet at `buf[packet]` for a peer whose VtepMAC
     /// is `dst`: writes the inner Ethernet header and the VXLAN header into
     /// the headroom in front of it and returns the UDP payload's range.
-    /// Fails with `EtherType` for a packet that is neither IPv4 nor IPv6, and
-    /// with `ShortHeader` when the caller left too little headroom.
+    /// Fails with a drop (`EtherType`) for a packet that is neither IPv4
+    /// nor IPv6, and with `NoHeadroom` when the caller left too little.
     pub fn encapsulate_ip(
         &self,
         buf: &mut [u8],
         packet: Range<usize>,
         dst: MacAddr,
-    ) -> Result<Range<usize>, DropReason> {
+    ) -> Result<Range<usize>, EncapError> {
         let ethertype = match buf.get(packet.start).map(|b| b >> 4) {
             Some(4) => ethertype::IPV4,
             Some(6) => ethertype::IPV6,
-            _ => return Err(DropReason::EtherType),
+            _ => return Err(EncapError::Drop(DropReason::EtherType)),
         };
         let frame_start = packet
             .start
             .checked_sub(ethernet::HEADER_LEN)
-            .ok_or(DropReason::ShortHeader)?;
+            .ok_or(EncapError::NoHeadroom)?;
         let eth = ethernet::Repr {
             dst,
             src: self.mac,
@@ -242,16 +252,16 @@ impl Endpoint {
 
     /// Encapsulates an Ethernet frame at `buf[frame]` (from a TAP device):
     /// writes the VXLAN header in front of it and returns the UDP payload's
-    /// range. Fails with `ShortHeader` when there is no headroom.
+    /// range. Fails with `NoHeadroom` when there is none.
     pub fn encapsulate_frame(
         &self,
         buf: &mut [u8],
         frame: Range<usize>,
-    ) -> Result<Range<usize>, DropReason> {
+    ) -> Result<Range<usize>, EncapError> {
         let start = frame
             .start
             .checked_sub(HEADER_LEN)
-            .ok_or(DropReason::ShortHeader)?;
+            .ok_or(EncapError::NoHeadroom)?;
         Repr { vni: self.vni }.emit(&mut Header::new_unchecked(&mut buf[start..frame.start]));
         Ok(start..frame.end)
     }

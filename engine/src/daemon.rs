@@ -322,261 +322,371 @@ async fn plan(
     }
 }
 
+/// `weft run` as three states: `Node::start` takes the lease and puts the
+/// device, routes, rules and subnet.env in place (ready); `Node::serve` keeps
+/// them until a signal or a fatal error; `Node::stop` removes them. The
+/// lease's own state is `LeaseKeeper`.
 async fn run_async(opts: RunOptions) -> anyhow::Result<()> {
-    let nl = Netlink::open()?;
-    let underlay = nl.choose_underlay(&opts.iface).await?;
-    let public_ip = opts.public_ip.unwrap_or(underlay.addr);
-    let leases_from = open_registry(&opts).await?;
-    let reg: &dyn Registry = leases_from.registry();
-    let conf = reg
-        .config()
-        .await
-        .context("cannot read the network config")?;
-    if conf.backend_defaulted {
-        tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
-    }
-    let plan = plan(&conf.backend, &opts, &underlay, public_ip, reg).await?;
-    let previous = subnet_env::previous_subnet(&opts.subnet_file);
-    let previous_network = subnet_env::previous_network(&opts.subnet_file);
-    let lease = match &leases_from {
-        Leases::Kube(k) => k.acquire(&plan.attrs).await?,
-        Leases::Store(_) => alloc::acquire(reg, &conf, &plan.attrs, previous).await?,
-    };
-    let subnet = lease.subnet();
-    tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");
+    let mut node = Node::start(opts).await?;
+    let outcome = node.serve().await;
+    node.stop().await;
+    outcome
+}
 
-    let threads = opts.threads.max(1);
-    let table = Arc::new(ArcSwap::from_pointee(ForwardingTable::default()));
-    let programming = Programming::for_backend(
-        &conf.backend,
-        plan.device.as_ref().map_or(DeviceKind::Tun, |d| d.1),
-    );
-    // One set of counters per worker slot, kept across device recreations.
-    let stats: Vec<Arc<WorkerStats>> = match plan.device {
-        Some(_) => (0..threads).map(|_| Arc::default()).collect(),
-        None => Vec::new(),
-    };
-    let dp_config = DataPlaneConfig {
-        plan: &plan,
-        subnet,
-        public_ip,
-        conf: &conf,
-        table: &table,
-        offload: opts.offload,
-        tuning: opts.tuning,
-        allow_nat_peers: opts.allow_nat_peers,
-        stats: &stats,
-    };
-    let mut data_plane = match &plan.device {
-        Some((name, kind)) => Some(start_data_plane(&nl, &dp_config, name, *kind).await?),
-        None => None,
-    };
-    let metrics = Arc::new(Metrics {
-        workers: stats.clone(),
-        ..Default::default()
-    });
-    let _ = metrics.node.set(crate::metrics::NodeView {
-        subnet,
-        public_ip,
-        backend: conf.backend.type_name(),
-        device: plan
-            .device
-            .as_ref()
-            .map(|d| d.0.clone())
-            .unwrap_or_default(),
-        mtu: plan.mtu,
-    });
-    if let Some(addr) = opts.metrics_addr {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-                tokio::spawn(crate::metrics::serve(l, metrics.clone()));
-            }
-            Err(e) if !opts.metrics_required => {
-                tracing::warn!(%addr, error = %e, "cannot serve metrics on the default address; pass --metrics-addr to choose another")
-            }
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot listen on --metrics-addr {addr}"))
-            }
-        }
-    }
-    if let Some(addr) = opts.healthz_addr {
-        let l = tokio::net::TcpListener::bind(addr)
+/// A running node: what `start` put in place, `serve` keeps and `stop`
+/// removes.
+struct Node {
+    opts: RunOptions,
+    nl: Netlink,
+    leases_from: Leases,
+    conf: weft_routes::NetConf,
+    plan: Plan,
+    subnet: ipnet::Ipv4Net,
+    public_ip: Ipv4Addr,
+    table: Arc<ArcSwap<ForwardingTable>>,
+    /// One set of counters per worker slot, kept across device recreations.
+    stats: Vec<Arc<WorkerStats>>,
+    programming: Programming,
+    data_plane: Option<DataPlane>,
+    metrics: Arc<Metrics>,
+    peers: Peers,
+    traffic: Option<Traffic>,
+    keeper: LeaseKeeper,
+    /// SIGTERM and SIGINT, registered before subnet.env is written.
+    signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    /// Underlay route changes, when host-gw or DirectRouting watch them.
+    underlay_events: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+}
+
+impl Node {
+    /// Starting: takes the lease and puts the device, workers, routes,
+    /// rules and subnet.env in place; the node is ready when this returns.
+    async fn start(opts: RunOptions) -> anyhow::Result<Node> {
+        let nl = Netlink::open()?;
+        let underlay = nl.choose_underlay(&opts.iface).await?;
+        let public_ip = opts.public_ip.unwrap_or(underlay.addr);
+        let leases_from = open_registry(&opts).await?;
+        let reg: &dyn Registry = leases_from.registry();
+        let conf = reg
+            .config()
             .await
-            .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
-        tracing::info!(%addr, "serving /healthz and /readyz");
-        tokio::spawn(crate::metrics::serve_health(l, metrics.clone()));
-    }
-    let mut peers = Peers::new(control::PeersConfig {
-        nl: nl.clone(),
-        device: data_plane.as_ref().map(|d| d.index),
-        underlay: underlay.clone(),
-        programming,
-        port: plan.port,
-        policy: weft_routes::LeasePolicy {
-            backend: conf.backend.clone(),
-            network: conf.network,
-            subnet_len: conf.subnet_len,
-            own: lease.key,
-            own_public_ip: lease.attrs.public_ip,
-            own_mac: plan.vtep.map(|e| e.mac),
-            underlay: underlay.networks.clone(),
-        },
-        table: table.clone(),
-        metrics: metrics.clone(),
-    });
-    peers.sync(&reg.leases().await?).await;
-    // Rules before readiness: /readyz and subnet.env come once they are in.
-    let mut traffic = Traffic::start(opts.traffic, &conf, subnet, (previous_network, previous))?;
-    let mut blackhole_checked = tokio::time::Instant::now();
-    if opts.traffic.blackhole_route {
-        ensure_blackhole(&nl, subnet).await;
-    }
-    let env = subnet_env::SubnetEnv {
-        network: conf.network,
-        subnet,
-        mtu: plan.mtu,
-        ipmasq: opts.traffic.ip_masq,
-    };
-    // From the moment subnet.env says we are up, SIGTERM and SIGINT mean a
-    // clean shutdown (routes, rules and device removed), even if they come
-    // while the last start-up steps (the node condition) are in flight.
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    env.write(&opts.subnet_file)
-        .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
-    set_expiry(&metrics, lease.expiration);
-    metrics.ready.store(true, Ordering::Relaxed);
-    if let (Leases::Kube(k), true) = (&leases_from, opts.set_node_network_unavailable) {
-        match k.set_network_available().await {
-            Ok(()) => tracing::info!(
-                node = k.node_name(),
-                "node condition NetworkUnavailable set to False (FlannelIsUp)"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot set the node's NetworkUnavailable condition")
-            }
+            .context("cannot read the network config")?;
+        if conf.backend_defaulted {
+            tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
         }
-    }
-    match &plan.device {
-        Some((device, _)) => {
-            tracing::info!(%device, mtu = plan.mtu, threads, subnet_file = %opts.subnet_file.display(), "ready")
-        }
-        None => {
-            tracing::info!(mtu = plan.mtu, iface = %underlay.name, subnet_file = %opts.subnet_file.display(), "ready (host-gw: routes only, no device)")
-        }
-    }
-    // host-gw and DirectRouting decide per peer from the underlay's routes:
-    // re-decide as soon as those change.
-    let mut underlay_events = match programming == Programming::Gateway
-        || matches!(
-            conf.backend,
-            Backend::Vxlan {
-                direct_routing: true,
-                ..
-            }
-        ) {
-        true => Some(crate::netlink::watch_routes(conf.network)?),
-        false => None,
-    };
-    if underlay_events.is_some() {
-        warn_strict_rp_filter(&underlay.name);
-    }
-    let mut underlay_changed = false;
-    let mut last_recheck = tokio::time::Instant::now();
-
-    let mut tick = tokio::time::interval(POLL);
-    let mut registry_log = tokio::time::Instant::now() - Duration::from_secs(60);
-    let mut keeper = LeaseKeeper {
-        lease,
-        attrs: plan.attrs.clone(),
-        renew_margin: opts.renew_margin,
-        last_renew_try: None,
-    };
-    let outcome: anyhow::Result<()> = loop {
-        tokio::select! {
-            _ = term.recv() => break Ok(()),
-            _ = int.recv() => break Ok(()),
-            _ = tick.tick() => {}
-            Some(()) = recv_event(&mut underlay_events) => {
-                underlay_changed = true;
-                continue;
-            }
-        }
-        if let (Some(dp), Some((name, kind))) = (data_plane.as_mut(), &plan.device) {
-            if let Some(i) = dp.handles.iter().position(|h| h.is_finished()) {
-                let r = dp.handles.remove(i).join();
-                break Err(anyhow::anyhow!("worker {i} stopped: {r:?}"));
-            }
-            if let Some(index) = dp.watch(&nl, name).await {
-                match start_data_plane(&nl, &dp_config, name, *kind).await {
-                    Ok(new) => {
-                        tracing::warn!(device = %name, old_index = index, index = new.index, "device recreated; restoring routes");
-                        *dp = new;
-                        metrics.device_recreations.fetch_add(1, Ordering::Relaxed);
-                        peers.set_device(dp.index).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(device = %name, error = format!("{e:#}"), retry_in = ?dp.backoff, "cannot recreate the device");
-                        dp.retry_later();
-                    }
-                }
-            }
-            // Not ready while the device is gone: /readyz says so.
-            metrics.ready.store(dp.lost.is_none(), Ordering::Relaxed);
-        }
-        let leases = match reg.leases().await {
-            Ok(l) => l,
-            Err(e) => {
-                // Keep forwarding with the peers we know.
-                if registry_log.elapsed() > Duration::from_secs(30) {
-                    tracing::warn!(error = %e, "registry unavailable; forwarding to the last known peers");
-                    registry_log = tokio::time::Instant::now();
-                }
-                continue;
-            }
+        let plan = plan(&conf.backend, &opts, &underlay, public_ip, reg).await?;
+        let previous = subnet_env::previous_subnet(&opts.subnet_file);
+        let previous_network = subnet_env::previous_network(&opts.subnet_file);
+        let lease = match &leases_from {
+            Leases::Kube(k) => k.acquire(&plan.attrs).await?,
+            Leases::Store(_) => alloc::acquire(reg, &conf, &plan.attrs, previous).await?,
         };
-        if let Err(e) = keeper.keep(reg, &leases).await {
-            break Err(e);
+        let subnet = lease.subnet();
+        tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");
+
+        let threads = opts.threads.max(1);
+        let table = Arc::new(ArcSwap::from_pointee(ForwardingTable::default()));
+        let programming = Programming::for_backend(
+            &conf.backend,
+            plan.device.as_ref().map_or(DeviceKind::Tun, |d| d.1),
+        );
+        // One set of counters per worker slot, kept across device recreations.
+        let stats: Vec<Arc<WorkerStats>> = match plan.device {
+            Some(_) => (0..threads).map(|_| Arc::default()).collect(),
+            None => Vec::new(),
+        };
+        let dp_config = DataPlaneConfig {
+            plan: &plan,
+            subnet,
+            public_ip,
+            conf: &conf,
+            table: &table,
+            offload: opts.offload,
+            tuning: opts.tuning,
+            allow_nat_peers: opts.allow_nat_peers,
+            stats: &stats,
+        };
+        let data_plane = match &plan.device {
+            Some((name, kind)) => Some(start_data_plane(&nl, &dp_config, name, *kind).await?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics {
+            workers: stats.clone(),
+            ..Default::default()
+        });
+        let _ = metrics.node.set(crate::metrics::NodeView {
+            subnet,
+            public_ip,
+            backend: conf.backend.type_name(),
+            device: plan
+                .device
+                .as_ref()
+                .map(|d| d.0.clone())
+                .unwrap_or_default(),
+            mtu: plan.mtu,
+        });
+        if let Some(addr) = opts.metrics_addr {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+                    tokio::spawn(crate::metrics::serve(l, metrics.clone()));
+                }
+                Err(e) if !opts.metrics_required => {
+                    tracing::warn!(%addr, error = %e, "cannot serve metrics on the default address; pass --metrics-addr to choose another")
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))
+                }
+            }
         }
-        set_expiry(&metrics, keeper.lease.expiration);
-        if let Some(t) = traffic.as_mut() {
-            t.resync();
+        if let Some(addr) = opts.healthz_addr {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
+            tracing::info!(%addr, "serving /healthz and /readyz");
+            tokio::spawn(crate::metrics::serve_health(l, metrics.clone()));
         }
-        if opts.traffic.blackhole_route && blackhole_checked.elapsed() >= opts.traffic.resync {
-            blackhole_checked = tokio::time::Instant::now();
+        let mut peers = Peers::new(control::PeersConfig {
+            nl: nl.clone(),
+            device: data_plane.as_ref().map(|d| d.index),
+            underlay: underlay.clone(),
+            programming,
+            port: plan.port,
+            policy: weft_routes::LeasePolicy {
+                backend: conf.backend.clone(),
+                network: conf.network,
+                subnet_len: conf.subnet_len,
+                own: lease.key,
+                own_public_ip: lease.attrs.public_ip,
+                own_mac: plan.vtep.map(|e| e.mac),
+                underlay: underlay.networks.clone(),
+            },
+            table: table.clone(),
+            metrics: metrics.clone(),
+        });
+        peers.sync(&reg.leases().await?).await;
+        // Rules before readiness: /readyz and subnet.env come once they are in.
+        let traffic = Traffic::start(opts.traffic, &conf, subnet, (previous_network, previous))?;
+        if opts.traffic.blackhole_route {
             ensure_blackhole(&nl, subnet).await;
         }
-        peers.sync(&leases).await;
-        if underlay_changed || last_recheck.elapsed() >= RECHECK {
-            if underlay_changed {
-                tracing::debug!("underlay routes changed; re-deciding peers");
+        let env = subnet_env::SubnetEnv {
+            network: conf.network,
+            subnet,
+            mtu: plan.mtu,
+            ipmasq: opts.traffic.ip_masq,
+        };
+        // From the moment subnet.env says we are up, SIGTERM and SIGINT mean a
+        // clean shutdown (routes, rules and device removed), even if they come
+        // while the last start-up steps (the node condition) are in flight.
+        let term = signal(SignalKind::terminate())?;
+        let int = signal(SignalKind::interrupt())?;
+        env.write(&opts.subnet_file)
+            .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
+        set_expiry(&metrics, lease.expiration);
+        metrics.ready.store(true, Ordering::Relaxed);
+        if let (Leases::Kube(k), true) = (&leases_from, opts.set_node_network_unavailable) {
+            match k.set_network_available().await {
+                Ok(()) => tracing::info!(
+                    node = k.node_name(),
+                    "node condition NetworkUnavailable set to False (FlannelIsUp)"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set the node's NetworkUnavailable condition")
+                }
             }
-            underlay_changed = false;
-            last_recheck = tokio::time::Instant::now();
-            peers.recheck().await;
         }
-    };
+        match &plan.device {
+            Some((device, _)) => {
+                tracing::info!(%device, mtu = plan.mtu, threads, subnet_file = %opts.subnet_file.display(), "ready")
+            }
+            None => {
+                tracing::info!(mtu = plan.mtu, iface = %underlay.name, subnet_file = %opts.subnet_file.display(), "ready (host-gw: routes only, no device)")
+            }
+        }
+        // host-gw and DirectRouting decide per peer from the underlay's routes:
+        // re-decide as soon as those change.
+        let underlay_events = match programming == Programming::Gateway
+            || matches!(
+                conf.backend,
+                Backend::Vxlan {
+                    direct_routing: true,
+                    ..
+                }
+            ) {
+            true => Some(crate::netlink::watch_routes(conf.network)?),
+            false => None,
+        };
+        if underlay_events.is_some() {
+            warn_strict_rp_filter(&underlay.name);
+        }
+        let keeper = LeaseKeeper {
+            lease,
+            attrs: plan.attrs.clone(),
+            renew_margin: opts.renew_margin,
+            last_renew_try: None,
+        };
+        Ok(Node {
+            nl,
+            leases_from,
+            conf,
+            plan,
+            subnet,
+            public_ip,
+            table,
+            stats,
+            programming,
+            data_plane,
+            metrics,
+            peers,
+            traffic,
+            keeper,
+            signals: (term, int),
+            underlay_events,
+            opts,
+        })
+    }
 
-    tracing::info!("shutting down");
-    metrics.ready.store(false, Ordering::Relaxed);
-    if let Some(dp) = data_plane.as_mut() {
-        dp.stop_workers();
-    }
-    peers.clear().await;
-    if let Some(t) = traffic.take() {
-        t.remove();
-    }
-    if opts.traffic.blackhole_route {
-        let _ = nl.delete_blackhole(subnet).await;
-    }
-    if let Some(dp) = data_plane.filter(|dp| dp.lost.is_none()) {
-        if programming == Programming::NetworkRoute {
-            let _ = nl.delete_route(conf.network, dp.index).await;
+    /// Running: polls the registry and the device, keeps the lease, the
+    /// peers and the rules, until SIGTERM or SIGINT (`Ok`) or a fatal
+    /// error.
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let Node {
+            opts,
+            nl,
+            leases_from,
+            conf,
+            plan,
+            subnet,
+            public_ip,
+            table,
+            stats,
+            programming: _,
+            data_plane,
+            metrics,
+            peers,
+            traffic,
+            keeper,
+            signals: (term, int),
+            underlay_events,
+        } = self;
+        let (subnet, public_ip) = (*subnet, *public_ip);
+        let reg: &dyn Registry = leases_from.registry();
+        let dp_config = DataPlaneConfig {
+            plan,
+            subnet,
+            public_ip,
+            conf,
+            table,
+            offload: opts.offload,
+            tuning: opts.tuning,
+            allow_nat_peers: opts.allow_nat_peers,
+            stats,
+        };
+        let mut blackhole_checked = tokio::time::Instant::now();
+        let mut underlay_changed = false;
+        let mut last_recheck = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(POLL);
+        let mut registry_log = tokio::time::Instant::now() - Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                _ = tick.tick() => {}
+                Some(()) = recv_event(underlay_events) => {
+                    underlay_changed = true;
+                    continue;
+                }
+            }
+            if let (Some(dp), Some((name, kind))) = (data_plane.as_mut(), &plan.device) {
+                if let Some(i) = dp.handles.iter().position(|h| h.is_finished()) {
+                    let r = dp.handles.remove(i).join();
+                    return Err(anyhow::anyhow!("worker {i} stopped: {r:?}"));
+                }
+                if let Some(index) = dp.watch(nl, name).await {
+                    match start_data_plane(nl, &dp_config, name, *kind).await {
+                        Ok(new) => {
+                            tracing::warn!(device = %name, old_index = index, index = new.index, "device recreated; restoring routes");
+                            *dp = new;
+                            metrics.device_recreations.fetch_add(1, Ordering::Relaxed);
+                            peers.set_device(dp.index).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(device = %name, error = format!("{e:#}"), retry_in = ?dp.backoff, "cannot recreate the device");
+                            dp.retry_later();
+                        }
+                    }
+                }
+                // Not ready while the device is gone: /readyz says so.
+                metrics.ready.store(dp.lost.is_none(), Ordering::Relaxed);
+            }
+            let leases = match reg.leases().await {
+                Ok(l) => l,
+                Err(e) => {
+                    // Keep forwarding with the peers we know.
+                    if registry_log.elapsed() > Duration::from_secs(30) {
+                        tracing::warn!(error = %e, "registry unavailable; forwarding to the last known peers");
+                        registry_log = tokio::time::Instant::now();
+                    }
+                    continue;
+                }
+            };
+            keeper.keep(reg, &leases).await?;
+            set_expiry(metrics, keeper.lease.expiration);
+            if let Some(t) = traffic.as_mut() {
+                t.resync();
+            }
+            if opts.traffic.blackhole_route && blackhole_checked.elapsed() >= opts.traffic.resync {
+                blackhole_checked = tokio::time::Instant::now();
+                ensure_blackhole(nl, subnet).await;
+            }
+            peers.sync(&leases).await;
+            if underlay_changed || last_recheck.elapsed() >= RECHECK {
+                if underlay_changed {
+                    tracing::debug!("underlay routes changed; re-deciding peers");
+                }
+                underlay_changed = false;
+                last_recheck = tokio::time::Instant::now();
+                peers.recheck().await;
+            }
         }
-        dp.guard.remove().await;
     }
-    outcome
+
+    /// Stopping: removes what `start` put in place (the lease stays, as
+    /// flanneld leaves it, for the next start to take again).
+    async fn stop(self) {
+        let Node {
+            opts,
+            nl,
+            conf,
+            subnet,
+            programming,
+            mut data_plane,
+            metrics,
+            mut peers,
+            mut traffic,
+            ..
+        } = self;
+        tracing::info!("shutting down");
+        metrics.ready.store(false, Ordering::Relaxed);
+        if let Some(dp) = data_plane.as_mut() {
+            dp.stop_workers();
+        }
+        peers.clear().await;
+        if let Some(t) = traffic.take() {
+            t.remove();
+        }
+        if opts.traffic.blackhole_route {
+            let _ = nl.delete_blackhole(subnet).await;
+        }
+        if let Some(dp) = data_plane.filter(|dp| dp.lost.is_none()) {
+            if programming == Programming::NetworkRoute {
+                let _ = nl.delete_route(conf.network, dp.index).await;
+            }
+            dp.guard.remove().await;
+        }
+    }
 }
 
 /// Our lease, kept: checked against each poll's leases, taken again when it

@@ -54,6 +54,8 @@ pub mod name {
     pub const ICMP_SUPPRESSED: &str = "weft_icmp_suppressed_total";
     /// `weft_checksums_completed_total`.
     pub const CHECKSUMS_COMPLETED: &str = "weft_checksums_completed_total";
+    /// `weft_internal_errors_total`.
+    pub const INTERNAL_ERRORS: &str = "weft_internal_errors_total";
     /// `weft_device_recreations_total`.
     pub const DEVICE_RECREATIONS: &str = "weft_device_recreations_total";
     /// `weft_routes_refused_total`.
@@ -110,6 +112,8 @@ pub struct WorkerStats {
     pub icmp_suppressed: AtomicU64,
     /// Received inner segments whose partial checksum weft completed.
     pub checksums_completed: AtomicU64,
+    /// Packets not handled because of a mistake in weft itself.
+    pub internal_errors: AtomicU64,
 }
 
 /// A worker's counts for the batch in progress; published by `flush`.
@@ -131,6 +135,8 @@ pub struct BatchStats {
     pub icmp_suppressed: u64,
     /// See `WorkerStats`.
     pub checksums_completed: u64,
+    /// See `WorkerStats`.
+    pub internal_errors: u64,
     dirty: bool,
 }
 
@@ -172,6 +178,13 @@ impl BatchStats {
         self.dirty = true;
     }
 
+    /// Counts a packet a bug in weft left unhandled.
+    #[inline]
+    pub fn internal_error(&mut self) {
+        self.internal_errors += 1;
+        self.dirty = true;
+    }
+
     /// Counts a packet delivered to the device.
     #[inline]
     pub fn rx(&mut self, bytes: usize) {
@@ -206,6 +219,7 @@ impl BatchStats {
         add(&to.tx_bytes, self.tx_bytes);
         add(&to.icmp_suppressed, self.icmp_suppressed);
         add(&to.checksums_completed, self.checksums_completed);
+        add(&to.internal_errors, self.internal_errors);
         for (c, n) in to.drops.iter().zip(self.drops) {
             add(c, n);
         }
@@ -340,6 +354,11 @@ impl Metrics {
             name::CHECKSUMS_COMPLETED,
             "Received inner TCP/UDP segments whose checksum a kernel peer left partial (CHECKSUM_PARTIAL across a veth or virtio link), completed by weft.",
             self.sum(|w| &w.checksums_completed),
+        );
+        counter(
+            name::INTERNAL_ERRORS,
+            "Packets weft left unhandled because of a mistake in weft itself (a bug: the log says which); not drops of bad input.",
+            self.sum(|w| &w.internal_errors),
         );
         counter(
             name::DEVICE_RECREATIONS,
@@ -705,6 +724,7 @@ mod tests {
             name::ROUTES_RECOVERED,
             name::ICMP_SUPPRESSED,
             name::CHECKSUMS_COMPLETED,
+            name::INTERNAL_ERRORS,
             name::DEVICE_RECREATIONS,
             name::ROUTES_REFUSED,
             name::DROPPED,

@@ -67,7 +67,14 @@ pub enum Outbound {
     },
     /// Drop it.
     Drop(DropReason, Reply),
+    /// Not handled because the caller broke a precondition (too little
+    /// headroom in front of the packet): a bug in weft, not a fault of the
+    /// packet, counted and logged apart from drops.
+    Bug(&'static str),
 }
+
+/// What `outbound` says when the caller left no room for the headers.
+const NO_HEADROOM: &str = "no headroom in front of a packet from the device";
 
 /// A received packet that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,7 +267,7 @@ impl Tunnel {
                 socket,
                 peer: id,
             });
-        (send, None)
+        (send.or_else(encap_error), None)
     }
 
     fn outbound_vxlan_tap(
@@ -287,7 +294,7 @@ impl Tunnel {
             socket,
             peer: id,
         });
-        (send, None)
+        (send.or_else(encap_error), None)
     }
 
     /// The send socket for an inner packet: by flow hash, so one flow keeps
@@ -446,6 +453,14 @@ impl Tunnel {
             return Err(DropReason::NotForUs);
         }
         Ok(id)
+    }
+}
+
+/// A wire drop stays a drop; missing headroom is the caller's bug.
+fn encap_error(e: vxlan::EncapError) -> Result<Outbound, DropReason> {
+    match e {
+        vxlan::EncapError::Drop(r) => Err(r),
+        vxlan::EncapError::NoHeadroom => Ok(Outbound::Bug(NO_HEADROOM)),
     }
 }
 

@@ -316,6 +316,12 @@ impl Worker {
                 });
                 st.out_sock.push(socket);
             }
+            Outbound::Bug(what) => {
+                st.batch.internal_error();
+                if let Some(suppressed) = st.device_log.allow() {
+                    tracing::error!(worker = self.id, suppressed, "{what} (a bug in weft)");
+                }
+            }
             Outbound::Drop(reason, reply) => {
                 st.batch.drop(reason);
                 match reply {

@@ -197,6 +197,8 @@ fn trailing_bytes_are_trimmed_to_the_ip_length() {
     assert_eq!(inner.ip.end, KERNEL_REQUEST.len());
 }
 
+/// Missing headroom is the caller's mistake, reported as such (not as a
+/// drop of the packet), and never a panic.
 #[test]
 fn no_headroom_is_an_error_not_a_panic() {
     let mut buf = KERNEL_REQUEST[22..].to_vec();
@@ -204,15 +206,15 @@ fn no_headroom_is_an_error_not_a_panic() {
     let b = node_b();
     assert_eq!(
         b.encapsulate_ip(&mut buf, 0..n, MacAddr(MAC_A)),
-        Err(DropReason::ShortHeader)
+        Err(EncapError::NoHeadroom)
     );
     assert_eq!(
         b.encapsulate_frame(&mut buf, 0..n),
-        Err(DropReason::ShortHeader)
+        Err(EncapError::NoHeadroom)
     );
     buf[0] = 0x15;
     assert_eq!(
         b.encapsulate_ip(&mut buf, 0..n, MacAddr(MAC_A)),
-        Err(DropReason::EtherType)
+        Err(EncapError::Drop(DropReason::EtherType))
     );
 }

@@ -165,6 +165,19 @@ fn udp_encapsulation_is_the_packet_with_its_ttl_decremented() {
     assert_eq!(sent.payload(), Packet::new_unchecked(pkt).payload());
 }
 
+/// Missing headroom is a bug of the caller's, told apart from any drop.
+#[test]
+fn no_headroom_is_a_bug_not_a_drop() {
+    for mode in [Mode::VxlanTun(endpoint()), Mode::VxlanTap(endpoint())] {
+        let t = tunnel(mode);
+        let pkt = reply_from_device(mode);
+        let mut buf = pkt.to_vec();
+        let mut scratch = [0; icmp::MAX_ERROR_LEN];
+        let r = t.outbound(&table(mode), &mut buf, 0..pkt.len(), &mut scratch);
+        assert!(matches!(r, Outbound::Bug(_)), "{mode:?}: {r:?}");
+    }
+}
+
 #[test]
 fn one_flow_keeps_one_send_socket() {
     let t = tunnel(Mode::VxlanTun(endpoint()));

@@ -365,6 +365,13 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
         count(name::CHECKSUMS_COMPLETED),
         count(name::ICMP_SUPPRESSED)
     );
+    let internal = count(name::INTERNAL_ERRORS);
+    if internal > 0 {
+        let _ = writeln!(
+            o,
+            "  internal errors {internal} (a bug in weft, not the network: please report it)"
+        );
+    }
     let list = |o: &mut String, title: &str, items: Vec<(String, u64)>| {
         if items.is_empty() {
             let _ = writeln!(o, "\n{title}: none");
@@ -463,6 +470,10 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }
+        assert!(!text.contains("internal errors"), "{text}");
+        m.workers[0].internal_errors.store(2, Relaxed);
+        let text = render(&Sample::parse(&m.render()), now);
+        assert!(text.contains("internal errors 2 (a bug in weft"), "{text}");
     }
 
     #[test]

@@ -600,8 +600,7 @@ impl Node {
                 }
             }
             if let (Some(dp), Some((name, kind))) = (data_plane.as_mut(), &plan.device) {
-                if let Some(i) = dp.handles.iter().position(|h| h.is_finished()) {
-                    let r = dp.handles.remove(i).join();
+                if let Some((i, r)) = dp.workers.finished() {
                     return Err(anyhow::anyhow!("worker {i} stopped: {r:?}"));
                 }
                 if let Some(index) = dp.watch(nl, name).await {
@@ -671,7 +670,7 @@ impl Node {
         tracing::info!("shutting down");
         metrics.ready.store(false, Ordering::Relaxed);
         if let Some(dp) = data_plane.as_mut() {
-            dp.stop_workers();
+            dp.workers.stop();
         }
         peers.clear().await;
         if let Some(t) = traffic.take() {
@@ -684,7 +683,12 @@ impl Node {
             if programming == Programming::NetworkRoute {
                 let _ = nl.delete_route(conf.network, dp.index).await;
             }
-            dp.guard.remove().await;
+            // Dropping the queues would delete it too, but only when the
+            // last one closes; deleting it here means it is gone before we
+            // say we are done.
+            if let Err(e) = nl.delete_link(dp.index).await {
+                tracing::warn!(error = %e, "cannot delete the device");
+            }
         }
     }
 }
@@ -807,9 +811,7 @@ async fn recv_event(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<()>>) -
 /// weft's device and the workers that move its packets.
 struct DataPlane {
     index: u32,
-    guard: LinkGuard,
-    handles: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
-    stop: Arc<AtomicBool>,
+    workers: Workers,
     /// Set once the device was found deleted: when, and the next try to
     /// recreate it.
     lost: Option<(std::time::Instant, std::time::Instant)>,
@@ -817,14 +819,48 @@ struct DataPlane {
     backoff: Duration,
 }
 
-impl DataPlane {
-    fn stop_workers(&mut self) {
+/// The worker threads of one device, each owning one of its queues; a
+/// guard that stops and joins them when dropped. Whatever drops it (a clean
+/// stop, the device found deleted, a start that failed after its first
+/// workers were running), no worker outlives its data plane. Once the last
+/// queue is closed the kernel deletes the device, which is not persistent,
+/// with its addresses and routes.
+struct Workers {
+    stop: Arc<AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Workers {
+    fn new() -> Self {
+        Workers {
+            stop: Arc::new(AtomicBool::new(false)),
+            handles: Vec::new(),
+        }
+    }
+
+    /// Sets the stop flag and waits for every worker: each checks the flag
+    /// at least once per poll timeout.
+    fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
     }
 
+    /// A worker that has returned (with the error that ended it), taken out.
+    fn finished(&mut self) -> Option<(usize, std::thread::Result<std::io::Result<()>>)> {
+        let i = self.handles.iter().position(|h| h.is_finished())?;
+        Some((i, self.handles.remove(i).join()))
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl DataPlane {
     /// Checks that our device still exists. Once it has been deleted (or
     /// replaced by another link of its name), stops the workers and returns
     /// the old index whenever a try to recreate it is due.
@@ -835,7 +871,7 @@ impl DataPlane {
                 Ok(Some((index, _))) if index == self.index => return None,
                 Ok(_) => {
                     tracing::warn!(device = %name, index = self.index, "the device was deleted; recreating it");
-                    self.stop_workers();
+                    self.workers.stop();
                     self.lost = Some((now, now));
                     self.backoff = RECREATE_FIRST;
                 }
@@ -898,10 +934,6 @@ async fn start_data_plane(
         .link(name)
         .await?
         .with_context(|| format!("device {name} vanished after creation"))?;
-    let guard = LinkGuard {
-        nl: nl.clone(),
-        index,
-    };
     disable_ipv6(name);
     let tap_mac = match kind {
         DeviceKind::Tap => plan.vtep.map(|v| v.mac),
@@ -913,8 +945,8 @@ async fn start_data_plane(
     if Programming::for_backend(&conf.backend, kind) == Programming::NetworkRoute {
         nl.replace_route(conf.network, index, None, false).await?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut handles = Vec::new();
+    // From here on, returning early stops the workers already started.
+    let mut workers = Workers::new();
     for (id, (queue, s)) in queues.into_iter().zip(stats).enumerate() {
         let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, plan.port);
         let socket = udp_io::bind(any, true, tuning.socket_buffers)
@@ -955,9 +987,9 @@ async fn start_data_plane(
             tuning,
             table: table.clone(),
             stats: s.clone(),
-            stop: stop.clone(),
+            stop: workers.stop.clone(),
         };
-        handles.push(
+        workers.handles.push(
             std::thread::Builder::new()
                 .name(format!("weft-worker-{id}"))
                 .spawn(move || w.run())
@@ -966,16 +998,12 @@ async fn start_data_plane(
     }
     Ok(DataPlane {
         index,
-        guard,
-        handles,
-        stop,
+        workers,
         lost: None,
         backoff: RECREATE_FIRST,
     })
 }
 
-/// Opens the registry the options name. etcd is retried with backoff
-/// (1 to 30 s) until it answers, as flanneld does at startup.
 /// Where leases come from.
 enum Leases {
     /// The file registry or etcd: leases allocated by weft.
@@ -993,6 +1021,8 @@ impl Leases {
     }
 }
 
+/// Opens the registry the options name. etcd is retried with backoff
+/// (1 to 30 s) until it answers, as flanneld does at startup.
 async fn open_registry(opts: &RunOptions) -> anyhow::Result<Leases> {
     if let Some(k) = &opts.kube {
         let r = weft_routes::kube::KubeRegistry::open(k)
@@ -1064,21 +1094,59 @@ fn bind_tx(public_ip: Ipv4Addr, big_buffers: bool) -> std::io::Result<UdpSocket>
     })
 }
 
-/// Our device's delete at a clean shutdown. Error paths need no guard: the
-/// device is not persistent, so the kernel deletes it, with its addresses
-/// and routes, when its last queue closes (a failed start drops the queues;
-/// a crash closes them). `remove` deletes it at once, before the daemon
-/// reports that it is done, instead of when the last worker's queue is
-/// dropped.
-struct LinkGuard {
-    nl: Netlink,
-    index: u32,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
 
-impl LinkGuard {
-    async fn remove(self) {
-        if let Err(e) = self.nl.delete_link(self.index).await {
-            tracing::warn!(error = %e, "cannot delete the device");
-        }
+    /// A start that fails after its first workers are running (the second
+    /// socket cannot be bound, say) leaves none of them running: they would
+    /// keep the device's queues open and forward with a stale table.
+    #[test]
+    fn workers_stop_when_a_start_fails_half_way() {
+        let exited = Arc::new(AtomicUsize::new(0));
+        let start = |exited: Arc<AtomicUsize>| -> anyhow::Result<Workers> {
+            let mut workers = Workers::new();
+            for _ in 0..2 {
+                let stop = workers.stop.clone();
+                let exited = exited.clone();
+                workers.handles.push(std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    exited.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }));
+            }
+            bail!("cannot bind UDP port 8472")
+        };
+        assert!(start(exited.clone()).is_err());
+        assert_eq!(exited.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_finished_worker_is_reported_with_its_error() {
+        let mut workers = Workers::new();
+        workers
+            .handles
+            .push(std::thread::spawn(|| Err(std::io::Error::other("epoll"))));
+        let stop = workers.stop.clone();
+        workers.handles.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (i, r) = loop {
+            if let Some(f) = workers.finished() {
+                break f;
+            }
+            assert!(std::time::Instant::now() < deadline, "no worker finished");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert_eq!(i, 0);
+        assert_eq!(r.unwrap().unwrap_err().to_string(), "epoll");
+        assert_eq!(workers.handles.len(), 1);
     }
 }

@@ -34,6 +34,39 @@ pub const MAX_SEGMENTS: usize = 64;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
+
+/// A `virtio_net_hdr` (`include/uapi/linux/virtio_net.h`) that hands the
+/// device one TCP/IPv4 packet to segment, its TCP checksum to complete
+/// (NEEDS_CSUM). Offsets count from the start of the link-layer header.
+struct TcpGso {
+    /// Link-layer, IPv4 and TCP header bytes.
+    hdr_len: usize,
+    /// Payload bytes per segment.
+    gso_size: usize,
+    /// Where the TCP header starts.
+    csum_start: usize,
+    /// Marks SKB_GSO_TCP_ECN: the first segment carries CWR.
+    ecn: bool,
+}
+
+impl TcpGso {
+    /// Little-endian, as the TUN device takes it (`IFF_VNET_HDR` with
+    /// `TUNSETVNETLE` unset on a little-endian host).
+    fn encode(&self) -> [u8; VNET_HDR_LEN] {
+        let mut gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
+        if self.ecn {
+            gso_type |= VIRTIO_NET_HDR_GSO_ECN;
+        }
+        let mut out = [0u8; VNET_HDR_LEN];
+        out[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        out[1] = gso_type;
+        out[2..4].copy_from_slice(&(self.hdr_len as u16).to_le_bytes());
+        out[4..6].copy_from_slice(&(self.gso_size as u16).to_le_bytes());
+        out[6..8].copy_from_slice(&(self.csum_start as u16).to_le_bytes());
+        out[8..10].copy_from_slice(&(tcp::CHECKSUM.start as u16).to_le_bytes());
+        out
+    }
+}
 const TCP_CWR: u8 = tcp::flags::CWR;
 const TCP_ACK: u8 = tcp::flags::ACK;
 const TCP_PSH: u8 = tcp::flags::PSH;
@@ -155,19 +188,16 @@ pub fn gso_header(
     let gso_size = if mss == 0 || mss > fits { fits } else { mss };
     let gso_size = u16::try_from(gso_size).ok()?;
     tcp.set_checksum(checksum::fold(pseudo));
-    let mut gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
-    if tcp.flags() & TCP_CWR != 0 {
-        // As the kernel's virtio_net_hdr_from_skb marks SKB_GSO_TCP_ECN.
-        gso_type |= VIRTIO_NET_HDR_GSO_ECN;
-    }
-    let mut out = [0u8; VNET_HDR_LEN];
-    out[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-    out[1] = gso_type;
-    out[2..4].copy_from_slice(&((l2_len + hl + tcp_len) as u16).to_le_bytes());
-    out[4..6].copy_from_slice(&gso_size.to_le_bytes());
-    out[6..8].copy_from_slice(&((l2_len + hl) as u16).to_le_bytes());
-    out[8..10].copy_from_slice(&(tcp::CHECKSUM.start as u16).to_le_bytes());
-    Some(out)
+    Some(
+        TcpGso {
+            hdr_len: l2_len + hl + tcp_len,
+            gso_size: usize::from(gso_size),
+            csum_start: l2_len + hl,
+            // As the kernel's virtio_net_hdr_from_skb marks SKB_GSO_TCP_ECN.
+            ecn: tcp.flags() & TCP_CWR != 0,
+        }
+        .encode(),
+    )
 }
 
 /// Whether two segments (IPv4 without options, whole TCP headers of equal
@@ -260,15 +290,16 @@ impl Run {
             out[..VNET_HDR_LEN].fill(0);
             return VNET_HDR_LEN;
         };
-        let tcp_len = (self.bytes - 20) as u16;
+        let tcp_len = (self.bytes - ipv4::MIN_HEADER_LEN) as u16;
         let l2_len = l2.len();
-        // virtio_net_hdr, little-endian as the TUN device takes it.
-        out[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        out[1] = VIRTIO_NET_HDR_GSO_TCPV4;
-        out[2..4].copy_from_slice(&((l2_len + hl) as u16).to_le_bytes());
-        out[4..6].copy_from_slice(&(self.first.payload as u16).to_le_bytes());
-        out[6..8].copy_from_slice(&((l2_len + 20) as u16).to_le_bytes());
-        out[8..10].copy_from_slice(&(tcp::CHECKSUM.start as u16).to_le_bytes());
+        let vnet = TcpGso {
+            hdr_len: l2_len + hl,
+            gso_size: self.first.payload,
+            csum_start: l2_len + ipv4::MIN_HEADER_LEN,
+            // A segment with CWR never joins a run: only ACK and PSH may be set.
+            ecn: false,
+        };
+        out[..VNET_HDR_LEN].copy_from_slice(&vnet.encode());
         out[VNET_HDR_LEN..VNET_HDR_LEN + l2_len].copy_from_slice(l2);
         let at = VNET_HDR_LEN + l2_len;
         let h = &mut out[at..at + hl];

@@ -10,6 +10,7 @@ pub use write::{WriteBatch, WriteOutcome};
 
 mod write;
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+use weft_encap::ethernet::{ethertype, Frame};
 
 /// Which kind of device weft reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -191,7 +192,7 @@ impl Queue {
             ..hdr
         };
         let (eth, ip) = frame.split_at_mut(ETH);
-        let is_v6 = eth[12..14] == [0x86, 0xdd];
+        let is_v6 = Frame::new_unchecked(&*eth).ethertype() == ethertype::IPV6;
         let n = tun_rs::gso_split(ip, ip_hdr, bufs, sizes, offset + ETH, is_v6)?;
         for (b, size) in bufs.iter_mut().zip(sizes.iter_mut()).take(n) {
             b[offset..offset + ETH].copy_from_slice(eth);

@@ -17,7 +17,7 @@ pub const PORT_MAX: u16 = 60999;
 /// hashes whatever part of the header is present.
 pub fn hash(ip: &[u8]) -> u32 {
     let mut h = Mixer::default();
-    match ip.first().map(|b| b >> 4) {
+    match crate::ip_version(ip) {
         Some(4) if ip.len() >= ipv4::MIN_HEADER_LEN => {
             let p = Packet::new_unchecked(ip);
             h.add(&p.src().octets());

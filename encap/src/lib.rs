@@ -33,9 +33,16 @@ pub use ethernet::MacAddr;
 pub use vxlan::Vni;
 
 /// Bytes reserved in front of every packet buffer so that outer headers can be
-/// written in place. VXLAN needs 8 + 14 = 22; the rest leaves room for a
-/// `virtio_net_hdr` once device offloads arrive, and keeps buffers aligned.
+/// written in place. VXLAN needs 8 + 14 = 22; the rest is spare.
 pub const HEADROOM: usize = 64;
+
+/// The IP version of the packet in `packet` (the high nibble of its first
+/// byte, where IPv4 and IPv6 both keep it), read before choosing which
+/// header view to parse it with. `None` for an empty buffer.
+#[inline]
+pub fn ip_version(packet: &[u8]) -> Option<u8> {
+    packet.first().map(|b| b >> 4)
+}
 
 /// Error for a buffer too short for what it is supposed to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -230,7 +230,7 @@ impl Endpoint {
         packet: Range<usize>,
         dst: MacAddr,
     ) -> Result<Range<usize>, EncapError> {
-        let ethertype = match buf.get(packet.start).map(|b| b >> 4) {
+        let ethertype = match buf.get(packet.start..).and_then(crate::ip_version) {
             Some(4) => ethertype::IPV4,
             Some(6) => ethertype::IPV6,
             _ => return Err(EncapError::Drop(DropReason::EtherType)),

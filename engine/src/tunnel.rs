@@ -22,7 +22,7 @@ use weft_encap::ethernet::{self, Frame};
 use weft_encap::icmp::{self, ErrorKind};
 use weft_encap::ipv4::{self, Packet};
 use weft_encap::{flow, udp, vxlan, DropReason};
-use weft_routes::{ForwardingTable, PeerId};
+use weft_routes::{ForwardingTable, Peer, PeerId};
 
 /// Room for one ICMP error the core writes.
 pub type IcmpScratch = [u8; icmp::MAX_ERROR_LEN];
@@ -183,15 +183,15 @@ impl Tunnel {
         pkt: Range<usize>,
         scratch: &mut IcmpScratch,
     ) -> Outbound {
-        let (send, reply) = match self.config.mode {
+        let decided = match self.config.mode {
             Mode::Udp => self.outbound_udp(table, buf, pkt.clone()),
             Mode::VxlanTun(ep) => self.outbound_vxlan_tun(ep, table, buf, pkt.clone()),
             Mode::VxlanTap(ep) => self.outbound_vxlan_tap(ep, table, buf, pkt.clone()),
         };
-        match send {
+        match decided {
             Ok(send) => send,
-            Err(reason) => {
-                let reply = match reply {
+            Err((reason, icmp)) => {
+                let reply = match icmp {
                     Some(kind) => self.icmp_to_device(kind, &buf[pkt], scratch),
                     None => Reply::None,
                 };
@@ -200,38 +200,40 @@ impl Tunnel {
         }
     }
 
+    /// The peer that routes the IPv4 packet `ip` from the device. An IPv6
+    /// packet has no route (there is no IPv6 overlay yet); an unrouted
+    /// IPv4 destination earns an ICMP net unreachable.
+    fn route_ip<'t>(
+        &self,
+        table: &'t ForwardingTable,
+        ip: &[u8],
+    ) -> Result<(&'t Peer, PeerId), Refusal> {
+        if weft_encap::ip_version(ip) != Some(4) {
+            return Err((DropReason::NoRoute, None));
+        }
+        let dst = match Packet::new_checked(ip) {
+            Ok(p) => p.dst(),
+            Err(_) => return Err((DropReason::Ipv4Malformed, None)),
+        };
+        table
+            .route(dst)
+            .ok_or((DropReason::NoRoute, Some(ErrorKind::NetUnreachable)))
+    }
+
     fn outbound_udp(
         &self,
         table: &ForwardingTable,
         buf: &mut [u8],
         pkt: Range<usize>,
-    ) -> (Result<Outbound, DropReason>, Option<ErrorKind>) {
+    ) -> Result<Outbound, Refusal> {
         let packet = &mut buf[pkt.clone()];
-        if packet.first().map(|b| b >> 4) != Some(4) {
-            // The udp backend carries IPv4 only: nothing routes this.
-            return (Err(DropReason::NoRoute), None);
-        }
-        let dst = match Packet::new_checked(&packet[..]) {
-            Ok(p) => p.dst(),
-            Err(_) => return (Err(DropReason::Ipv4Malformed), None),
-        };
-        let Some((peer, id)) = table.route(dst) else {
-            return (Err(DropReason::NoRoute), Some(ErrorKind::NetUnreachable));
-        };
+        let (peer, id) = self.route_ip(table, packet)?;
         match udp::prepare_send(packet) {
-            Ok(len) => (
-                Ok(Outbound::Send {
-                    range: pkt.start..pkt.start + len,
-                    to: peer.endpoint,
-                    socket: 0,
-                    peer: id,
-                }),
-                None,
-            ),
+            Ok(len) => Ok(send(pkt.start..pkt.start + len, peer, 0, id)),
             Err(DropReason::TtlExpired) => {
-                (Err(DropReason::TtlExpired), Some(ErrorKind::TtlExceeded))
+                Err((DropReason::TtlExpired, Some(ErrorKind::TtlExceeded)))
             }
-            Err(r) => (Err(r), None),
+            Err(r) => Err((r, None)),
         }
     }
 
@@ -241,33 +243,17 @@ impl Tunnel {
         table: &ForwardingTable,
         buf: &mut [u8],
         pkt: Range<usize>,
-    ) -> (Result<Outbound, DropReason>, Option<ErrorKind>) {
+    ) -> Result<Outbound, Refusal> {
         let ip = &buf[pkt.clone()];
-        if ip.first().map(|b| b >> 4) != Some(4) {
-            // No IPv6 overlay yet: nothing can route it.
-            return (Err(DropReason::NoRoute), None);
-        }
-        let dst = match Packet::new_checked(ip) {
-            Ok(p) => p.dst(),
-            Err(_) => return (Err(DropReason::Ipv4Malformed), None),
-        };
-        let Some((peer, id)) = table.route(dst) else {
-            return (Err(DropReason::NoRoute), Some(ErrorKind::NetUnreachable));
-        };
+        let (peer, id) = self.route_ip(table, ip)?;
         let Some(mac) = peer.vtep_mac else {
-            return (Err(DropReason::NoRoute), None);
+            return Err((DropReason::NoRoute, None));
         };
         let socket = self.pick_socket(ip);
-        let to = peer.endpoint;
-        let send = ep
-            .encapsulate_ip(buf, pkt, mac)
-            .map(|range| Outbound::Send {
-                range,
-                to,
-                socket,
-                peer: id,
-            });
-        (send.or_else(encap_error), None)
+        match ep.encapsulate_ip(buf, pkt, mac) {
+            Ok(range) => Ok(send(range, peer, socket, id)),
+            Err(e) => encap_error(e),
+        }
     }
 
     fn outbound_vxlan_tap(
@@ -276,25 +262,21 @@ impl Tunnel {
         table: &ForwardingTable,
         buf: &mut [u8],
         pkt: Range<usize>,
-    ) -> (Result<Outbound, DropReason>, Option<ErrorKind>) {
+    ) -> Result<Outbound, Refusal> {
         let dst = match Frame::new_checked(&buf[pkt.clone()]) {
             Ok(frame) => frame.dst(),
-            Err(_) => return (Err(DropReason::InnerTruncated), None),
+            Err(_) => return Err((DropReason::InnerTruncated, None)),
         };
         // A TAP never lacks a route in a way ICMP could report: frames to
         // unknown MACs (broadcast, neighbor discovery) are dropped quietly.
         let Some((peer, id)) = table.route_mac(dst) else {
-            return (Err(DropReason::UnknownMac), None);
+            return Err((DropReason::UnknownMac, None));
         };
         let socket = self.pick_socket(&buf[pkt.start + ethernet::HEADER_LEN..pkt.end]);
-        let to = peer.endpoint;
-        let send = ep.encapsulate_frame(buf, pkt).map(|range| Outbound::Send {
-            range,
-            to,
-            socket,
-            peer: id,
-        });
-        (send.or_else(encap_error), None)
+        match ep.encapsulate_frame(buf, pkt) {
+            Ok(range) => Ok(send(range, peer, socket, id)),
+            Err(e) => encap_error(e),
+        }
     }
 
     /// The send socket for an inner packet: by flow hash, so one flow keeps
@@ -428,7 +410,7 @@ impl Tunnel {
             Some((net, id)) => (Some(net), Some(id)),
             None => (None, None),
         };
-        if ip.first().is_some_and(|b| b >> 4 == 6) {
+        if weft_encap::ip_version(ip) == Some(6) {
             return Err(DropReason::Ipv6Unsupported);
         }
         let p = Packet::new_unchecked(ip);
@@ -456,10 +438,23 @@ impl Tunnel {
     }
 }
 
+/// Why `outbound` will not send a packet, and the ICMP error it earns.
+type Refusal = (DropReason, Option<ErrorKind>);
+
+/// The datagram at `range` for `peer`.
+fn send(range: Range<usize>, peer: &Peer, socket: u8, id: PeerId) -> Outbound {
+    Outbound::Send {
+        range,
+        to: peer.endpoint,
+        socket,
+        peer: id,
+    }
+}
+
 /// A wire drop stays a drop; missing headroom is the caller's bug.
-fn encap_error(e: vxlan::EncapError) -> Result<Outbound, DropReason> {
+fn encap_error(e: vxlan::EncapError) -> Result<Outbound, Refusal> {
     match e {
-        vxlan::EncapError::Drop(r) => Err(r),
+        vxlan::EncapError::Drop(r) => Err((r, None)),
         vxlan::EncapError::NoHeadroom => Ok(Outbound::Bug(NO_HEADROOM)),
     }
 }

@@ -55,8 +55,10 @@ pub enum ReadError {
     /// Nothing is waiting: the queue is drained until the next wakeup.
     Drained,
     /// The kernel handed over a (super-)packet that cannot be split (too
-    /// many segments, a bad virtio header): it is gone; read on.
-    Malformed(std::io::Error),
+    /// many segments, a bad virtio header): it is gone, to be counted as a
+    /// drop for this reason, with the splitter's complaint for the log;
+    /// read on.
+    Malformed(weft_encap::DropReason, std::io::Error),
     /// The read failed (EIO when the link is down, EBADFD when the device
     /// was deleted, …).
     Os(std::io::Error),
@@ -115,7 +117,7 @@ impl Queue {
                     if self.offload
                         && (e.kind() == ErrorKind::InvalidInput || e.raw_os_error().is_none()) =>
                 {
-                    Err(ReadError::Malformed(e))
+                    Err(ReadError::Malformed(weft_encap::DropReason::DeviceError, e))
                 }
                 Err(e) => Err(ReadError::Os(e)),
             };

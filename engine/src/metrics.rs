@@ -37,6 +37,38 @@ pub fn errno_slot(e: Option<i32>) -> usize {
         .unwrap_or(ERRNOS.len())
 }
 
+/// Calls that failed, by OS error: what a batch send (`udp_io::Sender`)
+/// or a device write (`Queue::write_batch`) reports, for the worker to
+/// count with `BatchStats::failed`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Failures {
+    /// Packets lost to the failed calls.
+    pub packets: u64,
+    /// Those packets by `errno_slot`.
+    pub by_errno: [u64; ERRNO_SLOTS],
+    /// The last OS error, for the log.
+    pub last: Option<i32>,
+}
+
+impl Failures {
+    /// Records `packets` lost to OS error `errno`.
+    #[inline]
+    pub fn record(&mut self, errno: Option<i32>, packets: u64) {
+        self.packets += packets;
+        self.by_errno[errno_slot(errno)] += packets;
+        self.last = errno.or(self.last);
+    }
+
+    /// Adds another call's failures.
+    pub fn add(&mut self, o: &Failures) {
+        self.packets += o.packets;
+        for (c, n) in self.by_errno.iter_mut().zip(o.by_errno) {
+            *c += n;
+        }
+        self.last = o.last.or(self.last);
+    }
+}
+
 /// Every series' name, for the exposition and for its readers (`weft
 /// status`, `weft demo`).
 pub mod name {
@@ -117,26 +149,19 @@ pub struct WorkerStats {
 }
 
 /// A worker's counts for the batch in progress; published by `flush`.
+/// Fields as in `WorkerStats`, written only through the methods, which
+/// mark the batch for `flush`.
 #[derive(Default)]
 pub struct BatchStats {
-    /// See `WorkerStats`.
-    pub rx_packets: u64,
-    /// See `WorkerStats`.
-    pub rx_bytes: u64,
-    /// See `WorkerStats`.
-    pub tx_packets: u64,
-    /// See `WorkerStats`.
-    pub tx_bytes: u64,
-    /// See `WorkerStats`.
-    pub drops: [u64; DropReason::COUNT],
-    /// See `WorkerStats`.
-    pub os_errors: [u64; ERRNO_SLOTS],
-    /// See `WorkerStats`.
-    pub icmp_suppressed: u64,
-    /// See `WorkerStats`.
-    pub checksums_completed: u64,
-    /// See `WorkerStats`.
-    pub internal_errors: u64,
+    rx_packets: u64,
+    rx_bytes: u64,
+    tx_packets: u64,
+    tx_bytes: u64,
+    drops: [u64; DropReason::COUNT],
+    os_errors: [u64; ERRNO_SLOTS],
+    icmp_suppressed: u64,
+    checksums_completed: u64,
+    internal_errors: u64,
     dirty: bool,
 }
 
@@ -148,19 +173,29 @@ impl BatchStats {
         self.dirty = true;
     }
 
+    /// Counts `n` drops for one reason.
+    #[inline]
+    pub fn drops(&mut self, r: DropReason, n: u64) {
+        if n > 0 {
+            self.drops[r.index()] += n;
+            self.dirty = true;
+        }
+    }
+
+    /// Counts the packets lost to failed calls as drops for `reason`, and
+    /// the calls' OS errors.
+    #[inline]
+    pub fn failed(&mut self, reason: DropReason, f: &Failures) {
+        self.drops(reason, f.packets);
+        for (c, n) in self.os_errors.iter_mut().zip(f.by_errno) {
+            *c += n;
+        }
+    }
+
     /// Counts `n` failures with OS error `e`.
     #[inline]
     pub fn os_error(&mut self, e: Option<i32>, n: u64) {
         self.os_errors[errno_slot(e)] += n;
-        self.dirty = true;
-    }
-
-    /// Counts failures already sorted by `errno_slot`.
-    #[inline]
-    pub fn os_errors(&mut self, by_slot: &[u64; ERRNO_SLOTS]) {
-        for (c, n) in self.os_errors.iter_mut().zip(by_slot) {
-            *c += n;
-        }
         self.dirty = true;
     }
 
@@ -317,65 +352,73 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(4096);
-        let mut counter = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
         counter(
+            &mut s,
             name::RX_PACKETS,
             "Packets received from peers and delivered to the device.",
             self.sum(|w| &w.rx_packets),
         );
         counter(
+            &mut s,
             name::RX_BYTES,
             "Bytes delivered to the device.",
             self.sum(|w| &w.rx_bytes),
         );
         counter(
+            &mut s,
             name::TX_PACKETS,
             "Packets read from the device and sent to peers.",
             self.sum(|w| &w.tx_packets),
         );
         counter(
+            &mut s,
             name::TX_BYTES,
             "UDP payload bytes sent to peers.",
             self.sum(|w| &w.tx_bytes),
         );
         counter(
+            &mut s,
             name::ROUTES_RECOVERED,
             "Routes of ours found missing (deleted by someone else) and put back.",
             self.routes_recovered.load(Relaxed),
         );
         counter(
+            &mut s,
             name::ICMP_SUPPRESSED,
             "ICMP errors weft did not send because their rate limit was reached.",
             self.sum(|w| &w.icmp_suppressed),
         );
         counter(
+            &mut s,
             name::CHECKSUMS_COMPLETED,
             "Received inner TCP/UDP segments whose checksum a kernel peer left partial (CHECKSUM_PARTIAL across a veth or virtio link), completed by weft.",
             self.sum(|w| &w.checksums_completed),
         );
         counter(
+            &mut s,
             name::INTERNAL_ERRORS,
             "Packets weft left unhandled because of a mistake in weft itself (a bug: the log says which); not drops of bad input.",
             self.sum(|w| &w.internal_errors),
         );
         counter(
+            &mut s,
             name::DEVICE_RECREATIONS,
             "Times weft's device was found deleted and created again.",
             self.device_recreations.load(Relaxed),
         );
         counter(
+            &mut s,
             name::ROUTES_REFUSED,
             "Peer routes not programmed because the kernel already routes the prefix with a route weft did not install.",
             self.routes_refused.load(Relaxed),
         );
         self.render_peers(&mut s);
         self.render_rejected(&mut s);
-        let _ = writeln!(
-            s,
-            "# HELP {n} Packets dropped, by reason.\n# TYPE {n} counter",
-            n = name::DROPPED
+        family(
+            &mut s,
+            name::DROPPED,
+            "counter",
+            "Packets dropped, by reason.",
         );
         for r in DropReason::ALL {
             let _ = writeln!(
@@ -386,10 +429,11 @@ impl Metrics {
                 self.dropped(r)
             );
         }
-        let _ = writeln!(
-            s,
-            "# HELP {n} Failed socket and device calls, by OS error.\n# TYPE {n} counter",
-            n = name::OS_ERRORS
+        family(
+            &mut s,
+            name::OS_ERRORS,
+            "counter",
+            "Failed socket and device calls, by OS error.",
         );
         for (i, name) in ERRNOS.iter().map(|(_, n)| *n).chain(["other"]).enumerate() {
             let _ = writeln!(
@@ -399,54 +443,65 @@ impl Metrics {
                 self.sum(|w| &w.os_errors[i])
             );
         }
-        let mut gauge = |name: &str, help: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
         gauge(
+            &mut s,
             name::PEERS,
             "Peers: other nodes' leases this node routes to.",
             self.peers.load(Relaxed),
         );
         gauge(
+            &mut s,
             name::PEERS_DIRECT,
             "Peers reached by plain routing, without encapsulation (host-gw, DirectRouting).",
             self.peers_direct.load(Relaxed),
         );
         gauge(
+            &mut s,
             name::PEERS_UNREACHABLE,
             "Peers whose routes the kernel refused (e.g. a host-gw gateway behind a router).",
             self.peers_unreachable.load(Relaxed),
         );
         if let Some(n) = self.node.get() {
+            family(
+                &mut s,
+                name::NODE_INFO,
+                "gauge",
+                "This node: its subnet, PublicIP, backend, device and MTU.",
+            );
             let _ = writeln!(
                 s,
-                "# HELP {m} This node: its subnet, PublicIP, backend, device and MTU.\n# TYPE {m} gauge\n{m}{{subnet=\"{}\",public_ip=\"{}\",backend=\"{}\",device=\"{}\",mtu=\"{}\"}} 1",
-                n.subnet, n.public_ip, n.backend, n.device, n.mtu,
-                m = name::NODE_INFO
+                "{}{{subnet=\"{}\",public_ip=\"{}\",backend=\"{}\",device=\"{}\",mtu=\"{}\"}} 1",
+                name::NODE_INFO,
+                n.subnet,
+                n.public_ip,
+                n.backend,
+                n.device,
+                n.mtu
             );
         }
-        let _ = writeln!(
-            s,
-            "# HELP {n} When our subnet lease expires (Unix time).\n# TYPE {n} gauge\n{n} {}",
+        gauge(
+            &mut s,
+            name::LEASE_EXPIRY,
+            "When our subnet lease expires (Unix time).",
             self.lease_expiry.load(Relaxed),
-            n = name::LEASE_EXPIRY
         );
-        let _ = writeln!(
-            s,
-            "# HELP {n} 1 when the lease, device, routes and subnet.env are in place.\n# TYPE {n} gauge\n{n} {}",
-            u8::from(self.ready.load(Relaxed)),
-            n = name::READY
+        gauge(
+            &mut s,
+            name::READY,
+            "1 when the lease, device, routes and subnet.env are in place.",
+            u64::from(self.ready.load(Relaxed)),
         );
         s
     }
 
-    /// The per-peer series: one info gauge (how the peer is reached) and
-    /// four counters per peer, labelled by subnet and PublicIP.
+    /// Refused leases: counted by reason, and each refused now as a gauge
+    /// labelled by its key, PublicIP and reason.
     fn render_rejected(&self, s: &mut String) {
-        let _ = writeln!(
+        family(
             s,
-            "# HELP {n} Peer leases refused, by reason, counted once per change of a lease.\n# TYPE {n} counter",
-            n = name::LEASES_REJECTED
+            name::LEASES_REJECTED,
+            "counter",
+            "Peer leases refused, by reason, counted once per change of a lease.",
         );
         for r in Rejection::ALL {
             let _ = writeln!(
@@ -457,10 +512,11 @@ impl Metrics {
                 self.leases_rejected[r.index()].load(Relaxed)
             );
         }
-        let _ = writeln!(
+        family(
             s,
-            "# HELP {n} A lease refused now: its key, the PublicIP it claims and why.\n# TYPE {n} gauge",
-            n = name::LEASE_REJECTED
+            name::LEASE_REJECTED,
+            "gauge",
+            "A lease refused now: its key, the PublicIP it claims and why.",
         );
         let views = self
             .rejected_views
@@ -478,12 +534,15 @@ impl Metrics {
         }
     }
 
+    /// The per-peer series: one info gauge (how the peer is reached) and
+    /// four counters per peer, labelled by subnet and PublicIP.
     fn render_peers(&self, s: &mut String) {
         let views = self.peer_views.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(
+        family(
             s,
-            "# HELP {n} A peer: its subnet, PublicIP, VtepMAC and how it is reached (tunnel, direct, unreachable).\n# TYPE {n} gauge",
-            n = name::PEER_INFO
+            name::PEER_INFO,
+            "gauge",
+            "A peer: its subnet, PublicIP, VtepMAC and how it is reached (tunnel, direct, unreachable).",
         );
         for v in views.iter() {
             let mac = v.vtep_mac.map(|m| m.to_string()).unwrap_or_default();
@@ -520,7 +579,7 @@ impl Metrics {
             ),
         ];
         for (name, help, field) in series {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            family(s, name, "counter", help);
             for v in views.iter() {
                 let _ = writeln!(
                     s,
@@ -532,6 +591,23 @@ impl Metrics {
             }
         }
     }
+}
+
+/// The `# HELP` and `# TYPE` lines that open a metric family.
+fn family(s: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A counter family of one unlabelled sample.
+fn counter(s: &mut String, name: &str, help: &str, v: u64) {
+    family(s, name, "counter", help);
+    let _ = writeln!(s, "{name} {v}");
+}
+
+/// A gauge family of one unlabelled sample.
+fn gauge(s: &mut String, name: &str, help: &str, v: u64) {
+    family(s, name, "gauge", help);
+    let _ = writeln!(s, "{name} {v}");
 }
 
 /// Connections `serve` handles at once; more are closed on accept.

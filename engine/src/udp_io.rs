@@ -7,6 +7,7 @@
 //! `MSG_DONTWAIT`, so the poll loop never blocks on them.
 
 use crate::bufs::PacketBufs;
+use crate::metrics::Failures;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -250,11 +251,7 @@ pub struct SendOutcome {
     /// Bytes in those datagrams.
     pub bytes: u64,
     /// Datagrams dropped on an error.
-    pub failed: usize,
-    /// The last error seen, for the log.
-    pub last_error: Option<i32>,
-    /// Failed datagrams by `metrics::errno_slot`.
-    pub errors: [u64; crate::metrics::ERRNO_SLOTS],
+    pub failed: Failures,
 }
 
 /// The most segments one UDP GSO send carries (the kernel's older limit).
@@ -269,11 +266,7 @@ impl SendOutcome {
     fn add(&mut self, o: SendOutcome) {
         self.sent += o.sent;
         self.bytes += o.bytes;
-        self.failed += o.failed;
-        self.last_error = o.last_error.or(self.last_error);
-        for (c, n) in self.errors.iter_mut().zip(o.errors) {
-            *c += n;
-        }
+        self.failed.add(&o.failed);
     }
 }
 
@@ -417,18 +410,13 @@ impl Sender {
                 }
                 Some(libc::EAGAIN) => {
                     // Buffer full for the whole send timeout: drop the rest.
-                    out.last_error = err.raw_os_error();
-                    out.failed += n - start;
-                    out.errors[crate::metrics::errno_slot(err.raw_os_error())] +=
-                        (n - start) as u64;
+                    out.failed.record(err.raw_os_error(), (n - start) as u64);
                     break;
                 }
                 _ => {
                     // This run is refused (EMSGSIZE, ENETUNREACH,
                     // ECONNREFUSED from an earlier ICMP, …): drop it alone.
-                    out.last_error = err.raw_os_error();
-                    out.failed += count;
-                    out.errors[crate::metrics::errno_slot(err.raw_os_error())] += count as u64;
+                    out.failed.record(err.raw_os_error(), count as u64);
                     k += 1;
                 }
             }
@@ -469,20 +457,17 @@ impl Sender {
                 continue;
             }
             let err = io::Error::last_os_error();
-            out.last_error = err.raw_os_error();
             match err.kind() {
                 io::ErrorKind::Interrupted => continue,
                 io::ErrorKind::WouldBlock => {
                     // Buffer full for the whole send timeout: drop the rest.
-                    out.failed += n - i;
-                    out.errors[crate::metrics::errno_slot(err.raw_os_error())] += (n - i) as u64;
+                    out.failed.record(err.raw_os_error(), (n - i) as u64);
                     break;
                 }
                 _ => {
                     // This datagram is refused (EMSGSIZE, ENETUNREACH,
                     // ECONNREFUSED from an earlier ICMP, …): drop it alone.
-                    out.failed += 1;
-                    out.errors[crate::metrics::errno_slot(err.raw_os_error())] += 1;
+                    out.failed.record(err.raw_os_error(), 1);
                     i += 1;
                 }
             }

@@ -266,8 +266,8 @@ impl Worker {
             let k = match read {
                 Ok(k) => k,
                 Err(ReadError::Drained) => break,
-                Err(ReadError::Malformed(e)) => {
-                    st.batch.drop(DropReason::DeviceError);
+                Err(ReadError::Malformed(reason, e)) => {
+                    st.batch.drop(reason);
                     if let Some(suppressed) = st.device_log.allow() {
                         tracing::warn!(worker = self.id, suppressed, error = %e, "cannot split a packet from the device");
                     }
@@ -366,13 +366,13 @@ impl Worker {
 
     fn account_send(&self, st: &mut State, o: SendOutcome) {
         st.batch.tx(o.sent, o.bytes);
-        if o.failed > 0 {
-            st.batch.drops[DropReason::SendError.index()] += o.failed as u64;
-            st.batch.os_errors(&o.errors);
-            if let Some(suppressed) = st.send_log.allow() {
-                let err = o.last_error.map(io::Error::from_raw_os_error);
-                tracing::warn!(worker = self.id, dropped = o.failed, suppressed, error = ?err, "UDP send failed");
-            }
+        if o.failed.packets == 0 {
+            return;
+        }
+        st.batch.failed(DropReason::SendError, &o.failed);
+        if let Some(suppressed) = st.send_log.allow() {
+            let err = o.failed.last.map(io::Error::from_raw_os_error);
+            tracing::warn!(worker = self.id, dropped = o.failed.packets, suppressed, error = ?err, "UDP send failed");
         }
     }
 
@@ -495,16 +495,16 @@ impl Worker {
 
     /// Counts what a batch write could not do.
     fn account_writes(&self, st: &mut State, out: WriteOutcome) {
-        st.batch.drops[DropReason::Oversize.index()] += out.unsplittable;
-        if out.failed == 0 {
+        st.batch.drops(DropReason::Oversize, out.unsplittable);
+        if out.failed.packets == 0 {
             return;
         }
-        st.batch.drops[DropReason::DeviceError.index()] += out.failed;
-        st.batch.os_errors(&out.errors);
+        st.batch.failed(DropReason::DeviceError, &out.failed);
         if let Some(suppressed) = st.device_log.allow() {
-            tracing::warn!(worker = self.id, failed = out.failed, suppressed, error = ?out.last_error, "device write failed");
+            let err = out.failed.last.map(io::Error::from_raw_os_error);
+            tracing::warn!(worker = self.id, failed = out.failed.packets, suppressed, error = ?err, "device write failed");
         }
-        Self::back_off(out.last_error.as_ref());
+        Self::back_off(out.failed.last);
     }
 
     /// Sorts a failed receive: true if the socket may have more to read.
@@ -532,17 +532,14 @@ impl Worker {
         if let Some(suppressed) = st.device_log.allow() {
             tracing::warn!(worker = self.id, suppressed, error = %e, "device {what} failed");
         }
-        Self::back_off(Some(e));
+        Self::back_off(e.raw_os_error());
     }
 
     /// EIO (link down) and EBADFD (device gone) repeat at once: back off
     /// instead of spinning. The control plane notices a deleted device
     /// within 500 ms and recreates it (`daemon.rs`, `DataPlane::watch`).
-    fn back_off(e: Option<&io::Error>) {
-        if matches!(
-            e.and_then(io::Error::raw_os_error),
-            Some(libc::EIO | libc::EBADFD)
-        ) {
+    fn back_off(errno: Option<i32>) {
+        if matches!(errno, Some(libc::EIO | libc::EBADFD)) {
             std::thread::sleep(Duration::from_millis(100));
         }
     }

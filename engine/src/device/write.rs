@@ -8,7 +8,7 @@
 
 use super::Queue;
 use crate::bufs::PacketBufs;
-use crate::metrics::{errno_slot, ERRNO_SLOTS};
+use crate::metrics::Failures;
 use std::io;
 use weft_encap::gro;
 
@@ -18,8 +18,8 @@ struct Entry {
     buf: u32,
     start: u32,
     end: u32,
-    /// With offloads: its GSO header's index in `gso_hdrs`, plus one; 0
-    /// for an ordinary packet.
+    /// A super-packet's GSO header's index in `gso_hdrs`, plus one; 0 for
+    /// an ordinary packet.
     gso: u32,
     /// A super-packet larger than the MTU.
     whole: bool,
@@ -29,33 +29,12 @@ struct Entry {
 }
 
 /// What a `write_batch` did, for the caller to count.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct WriteOutcome {
     /// Writes the device refused (each a packet or a merged run).
-    pub failed: u64,
-    /// The refusals by `metrics::errno_slot`.
-    pub errors: [u64; ERRNO_SLOTS],
-    /// The last refusal.
-    pub last_error: Option<io::Error>,
-    /// Super-packets that could not be segmented (not TCP/IPv4): dropped.
+    pub failed: Failures,
+    /// Super-packets that could not be segmented: dropped.
     pub unsplittable: u64,
-}
-
-impl WriteOutcome {
-    fn new() -> Self {
-        WriteOutcome {
-            failed: 0,
-            errors: [0; ERRNO_SLOTS],
-            last_error: None,
-            unsplittable: 0,
-        }
-    }
-
-    fn failed(&mut self, e: io::Error) {
-        self.failed += 1;
-        self.errors[errno_slot(e.raw_os_error())] += 1;
-        self.last_error = Some(e);
-    }
 }
 
 /// Packets bound for the device, as ranges of the caller's receive
@@ -90,7 +69,7 @@ impl WriteBatch {
             mtu,
             offload,
             entries: Vec::with_capacity(capacity),
-            gso_hdrs: Vec::with_capacity(if offload { capacity } else { 0 }),
+            gso_hdrs: Vec::with_capacity(capacity),
             gro_hdr: [0; gro::SUPER_HEADER_MAX],
             split: PacketBufs::new(split_room, mtu + l2),
             split_sizes: vec![0; split_room],
@@ -115,10 +94,12 @@ impl WriteBatch {
     /// Holds the packet (or on a TAP, the frame) at `bufs[buf][range]` for
     /// the next `write_batch`. A `whole` super-packet (a kernel peer's TCP
     /// super-packet, larger than the MTU) must have a valid TCP checksum
-    /// already: with offloads its GSO header is built now, with `mss` as
-    /// the segment size (0: as many bytes as fit the MTU), and that header
-    /// hands the checksum to the kernel. False, and nothing held, when it
-    /// is not a TCP/IPv4 super-packet that can be handed over.
+    /// already: its GSO header is built now. With offloads that header
+    /// goes to the device, with `mss` as the segment size (0: as many bytes
+    /// as fit the MTU), and hands the checksum to the kernel; without, it
+    /// tells our own splitter (which sees the IP packet, not the frame) to
+    /// cut MTU-sized packets. False, and nothing held, when it is not a
+    /// TCP/IPv4 super-packet that can be handed over.
     pub fn push(
         &mut self,
         bufs: &mut [Vec<u8>],
@@ -128,9 +109,13 @@ impl WriteBatch {
         mss: usize,
     ) -> bool {
         let mut gso = 0;
-        if whole && self.offload {
+        if whole {
             let ip = &mut bufs[buf][range.start + self.l2..range.end];
-            match gro::gso_header(self.l2, ip, mss, self.mtu) {
+            let header = match self.offload {
+                true => gro::gso_header(self.l2, ip, mss, self.mtu),
+                false => gro::gso_header(0, ip, 0, self.mtu),
+            };
+            match header {
                 Some(h) => {
                     self.gso_hdrs.push(h);
                     gso = self.gso_hdrs.len() as u32;
@@ -187,7 +172,7 @@ impl Queue {
         bufs: &mut [Vec<u8>],
         mut ready: impl FnMut(usize, &mut [u8], bool) -> bool,
     ) -> WriteOutcome {
-        let mut out = WriteOutcome::new();
+        let mut out = WriteOutcome::default();
         if batch.offload {
             self.write_runs(batch, bufs, &mut ready, &mut out);
         } else {
@@ -219,25 +204,27 @@ impl Queue {
             match written {
                 Ok(true) => {}
                 Ok(false) => out.unsplittable += 1,
-                Err(err) => out.failed(err),
+                Err(err) => out.failed.record(err.raw_os_error(), 1),
             }
         }
     }
 
     /// Cuts the TCP super-packet of entry `e` into packets that fit the
-    /// device, as the kernel's GSO would, and writes each (behind a copy of
-    /// its frame's Ethernet header on a TAP). False when it is not a
-    /// TCP/IPv4 super-packet the splitter takes.
+    /// device, as the kernel's GSO would, by the header `push` built, and
+    /// writes each (behind a copy of its frame's Ethernet header on a
+    /// TAP). False when the splitter refuses it (more segments than
+    /// `SPLIT_ROOM`).
     fn write_split(&self, b: &mut WriteBatch, bufs: &mut [Vec<u8>], e: Entry) -> io::Result<bool> {
         let l2 = b.l2;
         let frame = &mut bufs[e.buf as usize][e.start as usize..e.end as usize];
         let (eth, ip) = frame.split_at_mut(l2);
-        let hdr = gro::gso_header(0, ip, 0, b.mtu)
+        let header = e.gso.checked_sub(1).map(|h| b.gso_hdrs[h as usize]);
+        let n = header
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
-            .and_then(|h| tun_rs::VirtioNetHdr::decode(&h));
-        let n = hdr.and_then(|hdr| {
-            tun_rs::gso_split(ip, hdr, b.split.slots_mut(0), &mut b.split_sizes, l2, false)
-        });
+            .and_then(|h| tun_rs::VirtioNetHdr::decode(&h))
+            .and_then(|hdr| {
+                tun_rs::gso_split(ip, hdr, b.split.slots_mut(0), &mut b.split_sizes, l2, false)
+            });
         let Ok(n) = n else {
             return Ok(false);
         };
@@ -282,7 +269,7 @@ impl Queue {
                     io::IoSlice::new(WriteBatch::bytes(bufs, first_entry)),
                 ];
                 if let Err(e) = self.writev(&iov) {
-                    out.failed(e);
+                    out.failed.record(e.raw_os_error(), 1);
                 }
                 k += 1;
                 continue;
@@ -343,7 +330,7 @@ impl Queue {
                 }
             };
             if let Err(e) = self.writev(&iov[..parts]) {
-                out.failed(e);
+                out.failed.record(e.raw_os_error(), 1);
             }
             k = end;
         }

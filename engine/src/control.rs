@@ -12,9 +12,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use weft_encap::{MacAddr, Vni};
+use weft_routes::lease::Origin;
 use weft_routes::{
-    Backend, ForwardingTable, Lease, LeaseAttrs, LeasePolicy, Peer, PeerCounters, Rejection,
-    Sender, SubnetKey,
+    Backend, ForwardingTable, Lease, LeasePolicy, Peer, PeerCounters, Rejection, Sender, SubnetKey,
 };
 
 /// How peers are reached, which decides what is programmed per peer.
@@ -99,14 +99,18 @@ pub struct Peers {
     metrics: Arc<crate::metrics::Metrics>,
     /// The peers the registry gives us, as last synced.
     wanted: BTreeMap<SubnetKey, Peer>,
+    /// Who holds each of them: a lease with the same key but another
+    /// holder (a second Node with one podCIDR) is not that peer.
+    holders: BTreeMap<SubnetKey, Origin>,
     /// Those whose kernel state is in place, and how each is reached.
     routed: BTreeMap<SubnetKey, Via>,
     /// Those whose kernel state failed, with the error last logged (each
     /// distinct error is logged once; they are retried by `recheck`).
     failing: BTreeMap<SubnetKey, String>,
-    /// Leases we refuse, with why, remembered so each is warned about and
-    /// counted once per change.
-    rejected: BTreeMap<SubnetKey, (LeaseAttrs, Rejection)>,
+    /// Leases we refuse (by key and holder), with the PublicIP they claim
+    /// and why, remembered so each is warned about and counted once per
+    /// change.
+    rejected: BTreeMap<(SubnetKey, Origin), (Ipv4Addr, Rejection)>,
     /// Each peer's traffic counters, kept for as long as its lease.
     counters: BTreeMap<SubnetKey, Arc<PeerCounters>>,
 }
@@ -132,6 +136,7 @@ impl Peers {
             table: c.table,
             metrics: c.metrics,
             wanted: BTreeMap::new(),
+            holders: BTreeMap::new(),
             routed: BTreeMap::new(),
             failing: BTreeMap::new(),
             rejected: BTreeMap::new(),
@@ -141,13 +146,31 @@ impl Peers {
 
     /// The prefixes the main table routes under another protocol than
     /// weft's: the underlay's, the CNI bridge's, static and daemon routes.
-    /// weft never programs a peer over one of them.
-    async fn foreign_prefixes(&self) -> HashSet<Ipv4Net> {
+    /// weft never programs a peer over one of them, so when they cannot be
+    /// listed (`None`) nothing is programmed until they can.
+    async fn foreign_prefixes(&self) -> Option<HashSet<Ipv4Net>> {
         match self.nl.main_routes().await {
-            Ok(r) => foreign(&r),
+            Ok(r) => Some(foreign(&r)),
             Err(e) => {
-                tracing::warn!(error = %e, "cannot list routes to check for conflicts");
-                HashSet::new()
+                tracing::warn!(error = %e, "cannot list routes to check for conflicts; programming no peer until they can be listed");
+                None
+            }
+        }
+    }
+
+    /// Programs each of `keys` unless the kernel's routes are unknown
+    /// (`foreign` is `None`): then each is left unrouted, for `recheck`.
+    async fn apply_all(&mut self, keys: Vec<SubnetKey>, foreign: Option<&HashSet<Ipv4Net>>) {
+        for k in keys {
+            match foreign {
+                Some(f) => self.apply(k, f).await,
+                None => {
+                    self.routed.remove(&k);
+                    self.failing.insert(
+                        k,
+                        "cannot list the kernel's routes to check for conflicts; retrying every 10 s".into(),
+                    );
+                }
             }
         }
     }
@@ -159,12 +182,13 @@ impl Peers {
         self.device = Some(device);
         self.routed.retain(|_, via| *via != Via::Tunnel);
         let foreign = self.foreign_prefixes().await;
-        let keys: Vec<SubnetKey> = self.wanted.keys().copied().collect();
-        for k in keys {
-            if !self.routed.contains_key(&k) {
-                self.apply(k, &foreign).await;
-            }
-        }
+        let keys: Vec<SubnetKey> = self
+            .wanted
+            .keys()
+            .filter(|k| !self.routed.contains_key(k))
+            .copied()
+            .collect();
+        self.apply_all(keys, foreign.as_ref()).await;
         self.publish();
     }
 
@@ -181,39 +205,41 @@ impl Peers {
     /// errors for one peer are logged and retried by `recheck`; they do not
     /// stop the others.
     pub async fn sync(&mut self, leases: &[Lease]) {
-        let (admitted, refused) = self.policy.admit(leases, |k| self.wanted.contains_key(k));
-        let attrs_of = |k: &SubnetKey| leases.iter().find(|l| l.key == *k).map(|l| &l.attrs);
+        let (admitted, refused) = self.policy.admit(leases, |l| self.is_peer(l));
         let mut desired = BTreeMap::new();
-        for a in &admitted {
-            let Some(attrs) = attrs_of(&a.key) else {
-                continue;
-            };
+        let mut holders = BTreeMap::new();
+        for a in admitted {
             desired.insert(
                 a.key,
                 Peer {
                     subnet: a.key.v4,
-                    endpoint: SocketAddrV4::new(attrs.public_ip, self.port),
+                    endpoint: SocketAddrV4::new(a.public_ip, self.port),
                     vtep_mac: a.vtep_mac,
                 },
             );
+            holders.insert(a.key, a.origin);
         }
         let mut rejected = BTreeMap::new();
-        for (k, why) in refused {
-            let Some(attrs) = attrs_of(&k) else { continue };
-            let entry = (attrs.clone(), why);
-            if self.rejected.get(&k) != Some(&entry) {
-                let detail = match why {
+        for r in refused {
+            let id = (r.key, r.origin);
+            let entry = (r.public_ip, r.reason);
+            if self.rejected.get(&id) != Some(&entry) {
+                let detail = match r.reason {
                     Rejection::BackendType => format!(
                         "its BackendType is {:?}, this cluster runs {:?}; mixed-backend clusters do not work",
-                        attrs.backend_type(),
+                        leases
+                            .iter()
+                            .find(|l| l.key == id.0 && l.origin == id.1)
+                            .map_or("?", |l| l.attrs.backend_type()),
                         self.policy.backend.type_name()
                     ),
-                    _ => why.explain().to_string(),
+                    why => why.explain().to_string(),
                 };
-                tracing::warn!(lease = %k, public_ip = %attrs.public_ip, reason = %why, "ignoring lease: {detail}; no route, neighbor or FDB entry is programmed for it");
-                self.metrics.leases_rejected[why.index()].fetch_add(1, Relaxed);
+                let node = &id.1.name;
+                tracing::warn!(lease = %r.key, node, public_ip = %r.public_ip, reason = %r.reason, "ignoring lease: {detail}; no route, neighbor or FDB entry is programmed for it");
+                self.metrics.leases_rejected[r.reason.index()].fetch_add(1, Relaxed);
             }
-            rejected.insert(k, entry);
+            rejected.insert(id, entry);
         }
         let changed_rejections = rejected != self.rejected;
         self.rejected = rejected;
@@ -221,6 +247,7 @@ impl Peers {
             self.publish_rejected();
         }
         if desired == self.wanted {
+            self.holders = holders;
             return;
         }
         // Stop forwarding to removed peers before their routes go, and start
@@ -237,11 +264,12 @@ impl Peers {
             .map(|(k, _)| *k)
             .collect();
         self.wanted = desired;
+        self.holders = holders;
         self.routed.retain(|k, _| self.wanted.contains_key(k));
         self.failing.retain(|k, _| self.wanted.contains_key(k));
         self.publish();
         let foreign = if changed.is_empty() {
-            HashSet::new()
+            Some(HashSet::new())
         } else {
             self.foreign_prefixes().await
         };
@@ -255,10 +283,22 @@ impl Peers {
             }
             tracing::info!(subnet = %p.subnet, "peer removed");
         }
-        for k in changed {
-            self.apply(k, &foreign).await;
-        }
+        self.apply_all(changed, foreign.as_ref()).await;
         self.publish();
+    }
+
+    /// True when `l` is the lease of a peer we have, unchanged: the same
+    /// holder, PublicIP and VtepMAC.
+    fn is_peer(&self, l: &Lease) -> bool {
+        let same_mac = |p: &Peer| match l.attrs.vxlan_data() {
+            Some(d) => p.vtep_mac == Some(d.vtep_mac),
+            None => p.vtep_mac.is_none(),
+        };
+        self.holders.get(&l.key) == Some(&l.origin)
+            && self
+                .wanted
+                .get(&l.key)
+                .is_some_and(|p| *p.endpoint.ip() == l.attrs.public_ip && same_mac(p))
     }
 
     fn publish_rejected(&self) {
@@ -269,11 +309,14 @@ impl Peers {
             .unwrap_or_else(|e| e.into_inner()) = self
             .rejected
             .iter()
-            .map(|(k, (a, why))| crate::metrics::RejectedView {
-                key: *k,
-                public_ip: a.public_ip,
-                reason: *why,
-            })
+            .map(
+                |((key, origin), (public_ip, reason))| crate::metrics::RejectedView {
+                    key: *key,
+                    node: origin.name.clone(),
+                    public_ip: *public_ip,
+                    reason: *reason,
+                },
+            )
             .collect();
     }
 
@@ -290,6 +333,7 @@ impl Peers {
                 return 0;
             }
         };
+        self.sweep(&routes).await;
         let mut recovered = 0;
         let foreign = foreign(&routes);
         let keys: Vec<SubnetKey> = self.wanted.keys().copied().collect();
@@ -322,6 +366,36 @@ impl Peers {
             .fetch_add(recovered as u64, Relaxed);
         self.publish();
         recovered
+    }
+
+    /// Deletes routes of ours (protocol 87) into `Network` that no peer
+    /// wants: left by a run that crashed, or whose removal failed. The
+    /// udp backend's route for the whole Network and our own subnet's
+    /// blackhole route are not peers' and stay.
+    async fn sweep(&self, routes: &HashSet<RouteEntry>) {
+        let own = self.policy.own.v4;
+        let stale = routes.iter().filter(|r| {
+            r.ours
+                && self.policy.network.contains(&r.dst)
+                && r.dst != self.policy.network
+                && r.dst != own
+                && !self.wanted.values().any(|p| p.subnet == r.dst)
+        });
+        for r in stale {
+            let done = match r.oif {
+                _ if r.unreachable => self.nl.delete_unreachable(r.dst).await,
+                Some(oif) => self.nl.delete_route(r.dst, oif).await,
+                None => continue,
+            };
+            match done {
+                Ok(()) => {
+                    tracing::info!(dst = %r.dst, "removed a stale route of ours that no peer wants")
+                }
+                Err(e) => {
+                    tracing::warn!(dst = %r.dst, error = %e, "cannot remove a stale route of ours; retrying every 10 s")
+                }
+            }
+        }
     }
 
     /// How `p` should be reached now.
@@ -519,6 +593,7 @@ impl Peers {
             .map(|(k, p)| (p.clone(), self.routed.get(k).copied()))
             .collect();
         self.wanted.clear();
+        self.holders.clear();
         self.routed.clear();
         self.failing.clear();
         self.publish();
@@ -548,7 +623,7 @@ fn describe(via: Via) -> &'static str {
 pub fn vtep_mac_for(leases: &[Lease], public_ip: Ipv4Addr, vni: Vni) -> MacAddr {
     weft_routes::alloc::lease_of(leases, public_ip)
         .and_then(|l| l.attrs.vxlan_data())
-        .filter(|d| d.vni == vni)
+        .filter(|d| d.vni == vni && weft_routes::validate::is_vtep_mac(d.vtep_mac))
         .map(|d| d.vtep_mac)
         .unwrap_or_else(|| MacAddr::vtep_from_random(rand::random()))
 }

@@ -259,7 +259,7 @@ async fn plan(
     opts: &RunOptions,
     underlay: &Underlay,
     public_ip: Ipv4Addr,
-    reg: &dyn Registry,
+    leases_from: &Leases,
 ) -> anyhow::Result<Plan> {
     let underlay_mtu = underlay.mtu;
     match *backend {
@@ -286,8 +286,14 @@ async fn plan(
             if direct_routing {
                 tracing::info!("DirectRouting: peers on a directly connected network are routed without encapsulation");
             }
-            let leases = reg.leases().await.context("cannot list leases")?;
-            let mac = control::vtep_mac_for(&leases, public_ip, vni);
+            // What we announced last time, to keep our VtepMAC: in
+            // Kubernetes only our own Node says that (another Node that
+            // names our PublicIP says nothing about us).
+            let previous = match leases_from {
+                Leases::Kube(k) => k.own_lease().into_iter().collect(),
+                Leases::Store(r) => r.leases().await.context("cannot list leases")?,
+            };
+            let mac = control::vtep_mac_for(&previous, public_ip, vni);
             let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
             Ok(Plan {
                 device: Some((format!("flannel.{vni}"), opts.device)),
@@ -374,7 +380,7 @@ impl Node {
         if conf.backend_defaulted {
             tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
         }
-        let plan = plan(&conf.backend, &opts, &underlay, public_ip, reg).await?;
+        let plan = plan(&conf.backend, &opts, &underlay, public_ip, &leases_from).await?;
         let previous = subnet_env::previous_subnet(&opts.subnet_file);
         let previous_network = subnet_env::previous_network(&opts.subnet_file);
         let lease = match &leases_from {
@@ -456,7 +462,13 @@ impl Node {
             policy: weft_routes::LeasePolicy {
                 backend: conf.backend.clone(),
                 network: conf.network,
-                subnet_len: conf.subnet_len,
+                // flanneld takes any podCIDR inside Network; the
+                // controller manager decides the length.
+                subnet_len: match leases_from {
+                    Leases::Kube(_) => None,
+                    Leases::Store(_) => Some(conf.subnet_len),
+                },
+                network_routed: programming == Programming::NetworkRoute,
                 own: lease.key,
                 own_public_ip: lease.attrs.public_ip,
                 own_mac: plan.vtep.map(|e| e.mac),
@@ -466,6 +478,9 @@ impl Node {
             metrics: metrics.clone(),
         });
         peers.sync(&reg.leases().await?).await;
+        // Routes of ours a previous run left behind (it crashed, or a
+        // removal failed) go now, not at the first periodic check.
+        peers.recheck().await;
         // Rules before readiness: /readyz and subnet.env come once they are in.
         let traffic = Traffic::start(opts.traffic, &conf, subnet, (previous_network, previous))?;
         if opts.traffic.blackhole_route {
@@ -631,7 +646,13 @@ impl Node {
                     continue;
                 }
             };
-            keeper.keep(reg, &leases).await?;
+            // Keeping the lease can wait on the registry (in Kubernetes, for
+            // our Node to exist again): a signal still stops us cleanly.
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                kept = keeper.keep(reg, &leases) => kept?,
+            }
             set_expiry(metrics, keeper.lease.expiration);
             if let Some(t) = traffic.as_mut() {
                 t.resync();
@@ -943,6 +964,19 @@ async fn start_data_plane(
     let local = control::tunnel_addr(subnet);
     nl.add_address(index, local, 32).await?;
     if Programming::for_backend(&conf.backend, kind) == Programming::NetworkRoute {
+        // weft replaces only its own routes: a Network that the kernel
+        // routes already (the LAN's own prefix, the default route's
+        // 0.0.0.0/0, a static route) would be taken from under the host.
+        let routes = nl.main_routes().await?;
+        if let Some(r) = routes.iter().find(|r| r.dst == conf.network && !r.ours) {
+            bail!(
+                "refusing to route the Network {} into {name}: the kernel routes it already with a route weft did not install ({}); \
+                 the udp backend routes the whole Network into its device, which would replace that route. \
+                 Choose a Network that no interface or route of this host uses",
+                conf.network,
+                describe_route(r)
+            );
+        }
         nl.replace_route(conf.network, index, None, false).await?;
     }
     // From here on, returning early stops the workers already started.
@@ -1004,6 +1038,18 @@ async fn start_data_plane(
     })
 }
 
+/// A route as `ip route` would show its gist.
+fn describe_route(r: &crate::netlink::RouteEntry) -> String {
+    let mut s = r.dst.to_string();
+    if let Some(gw) = r.gateway {
+        s += &format!(" via {gw}");
+    }
+    if let Some(oif) = r.oif {
+        s += &format!(" dev index {oif}");
+    }
+    s
+}
+
 /// Where leases come from.
 enum Leases {
     /// The file registry or etcd: leases allocated by weft.
@@ -1048,8 +1094,8 @@ async fn connect_etcd(cfg: &weft_routes::EtcdConfig) -> anyhow::Result<Box<dyn R
     loop {
         match weft_routes::etcd::EtcdRegistry::connect(cfg).await {
             Ok(r) => return Ok(Box::new(r)),
-            Err(weft_routes::RegistryError::Io { path, source }) => {
-                bail!("cannot read {}: {source}", path.display())
+            Err(weft_routes::RegistryError::Io { path, error }) => {
+                bail!("cannot read {}: {error}", path.display())
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "etcd unreachable");

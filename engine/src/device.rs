@@ -27,7 +27,7 @@ pub enum DeviceKind {
 pub enum DeviceError {
     /// The kernel refused the device.
     #[error(
-        "cannot create {kind} device {name} (is /dev/net/tun there and are we root?): {source}"
+        "cannot create {kind} device {name} (is /dev/net/tun there and are we root?): {error}"
     )]
     Create {
         /// Device name.
@@ -35,17 +35,17 @@ pub enum DeviceError {
         /// tun or tap.
         kind: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A queue could not be added.
-    #[error("cannot open queue {queue} of {name}: {source}")]
+    #[error("cannot open queue {queue} of {name}: {error}")]
     Queue {
         /// Device name.
         name: String,
         /// Queue number.
         queue: usize,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -271,17 +271,17 @@ fn create_with(
                 .offload(offload);
         })
         .build_sync()
-        .map_err(|source| DeviceError::Create {
+        .map_err(|error| DeviceError::Create {
             name: name.to_string(),
             kind: kind_name,
-            source,
+            error,
         })?;
     let mut out = Vec::with_capacity(queues);
     for q in 1..queues {
-        let extra = first.try_clone().map_err(|source| DeviceError::Queue {
+        let extra = first.try_clone().map_err(|error| DeviceError::Queue {
             name: name.to_string(),
             queue: q,
-            source,
+            error,
         })?;
         out.push(extra);
     }
@@ -290,10 +290,10 @@ fn create_with(
         .enumerate()
         .map(|(queue, d)| {
             d.set_nonblocking(true)
-                .map_err(|source| DeviceError::Queue {
+                .map_err(|error| DeviceError::Queue {
                     name: name.to_string(),
                     queue,
-                    source,
+                    error,
                 })?;
             Ok(Queue {
                 offload: offload && d.tcp_gso(),

@@ -26,12 +26,12 @@ pub const FWD: &str = "FLANNEL-FWD";
 #[derive(Debug, thiserror::Error)]
 pub enum MasqError {
     /// The program could not be run.
-    #[error("cannot run {program}: {source} (is iptables installed?)")]
+    #[error("cannot run {program}: {error} (is iptables installed?)")]
     Spawn {
         /// `iptables` or `iptables-restore`.
         program: &'static str,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// It ran and failed.
     #[error("{what} failed: {stderr}")]
@@ -176,9 +176,9 @@ impl Iptables {
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| MasqError::Spawn {
+            .map_err(|error| MasqError::Spawn {
                 program: "iptables",
-                source,
+                error,
             })
     }
 
@@ -232,19 +232,17 @@ impl Iptables {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| MasqError::Spawn {
+            .map_err(|error| MasqError::Spawn {
                 program: "iptables-restore",
-                source,
+                error,
             })?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(payload.as_bytes());
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| MasqError::Spawn {
-                program: "iptables-restore",
-                source,
-            })?;
+        let out = child.wait_with_output().map_err(|error| MasqError::Spawn {
+            program: "iptables-restore",
+            error,
+        })?;
         if !out.status.success() {
             return Err(failed("iptables-restore --noflush", &out));
         }
@@ -466,9 +464,9 @@ pub mod nft {
     }
 
     fn nft(args: &[&str], stdin: Option<&str>) -> Result<std::process::Output, MasqError> {
-        let spawn = |source| MasqError::Spawn {
+        let spawn = |error| MasqError::Spawn {
             program: "nft",
-            source,
+            error,
         };
         let mut child = Command::new("nft")
             .args(args)

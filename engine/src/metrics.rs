@@ -283,6 +283,8 @@ pub struct PeerView {
 pub struct RejectedView {
     /// Its registry key.
     pub key: SubnetKey,
+    /// Its holder's name (the Node, in Kubernetes), else empty.
+    pub node: String,
     /// The PublicIP it claims.
     pub public_ip: std::net::Ipv4Addr,
     /// Why it is refused.
@@ -516,7 +518,7 @@ impl Metrics {
             s,
             name::LEASE_REJECTED,
             "gauge",
-            "A lease refused now: its key, the PublicIP it claims and why.",
+            "A lease refused now: its key, its holder's name (the Node, in Kubernetes), the PublicIP it claims and why.",
         );
         let views = self
             .rejected_views
@@ -525,9 +527,10 @@ impl Metrics {
         for v in views.iter() {
             let _ = writeln!(
                 s,
-                "{}{{key=\"{}\",public_ip=\"{}\",reason=\"{}\"}} 1",
+                "{}{{key=\"{}\",node=\"{}\",public_ip=\"{}\",reason=\"{}\"}} 1",
                 name::LEASE_REJECTED,
                 v.key,
+                escape(&v.node),
                 v.public_ip,
                 v.reason
             );
@@ -593,6 +596,24 @@ impl Metrics {
     }
 }
 
+/// A label value in the exposition format: backslash, double quote and
+/// line feed escaped. A Node's name comes from the API server.
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len() + 2);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The `# HELP` and `# TYPE` lines that open a metric family.
 fn family(s: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -610,7 +631,8 @@ fn gauge(s: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(s, "{name} {v}");
 }
 
-/// Connections `serve` handles at once; more are closed on accept.
+/// Connections `serve` holds at once; a new one beyond them closes the
+/// oldest.
 pub const MAX_CONNECTIONS: usize = 32;
 /// How long a client may take to send its request, and to take the answer.
 const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -618,8 +640,12 @@ const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the task
 /// is dropped. A slow or broken client only ever holds its own connection,
 /// for at most `CLIENT_TIMEOUT` each way, and at most `MAX_CONNECTIONS`
-/// are served at once: a flood of connections cannot exhaust memory or
-/// file descriptors.
+/// are held at once: a flood of connections cannot exhaust memory or file
+/// descriptors. When all are held, a new connection closes the oldest,
+/// never itself: whoever keeps connections open cannot lock the kubelet's
+/// liveness probe out (which would restart weft, and every restart removes
+/// the routes), because the probe's connection is always the newest and
+/// is answered at once.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     serve_paths(listener, metrics, true).await
 }
@@ -632,19 +658,21 @@ pub async fn serve_health(listener: tokio::net::TcpListener, metrics: Arc<Metric
 }
 
 async fn serve_paths(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, with_metrics: bool) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // The connections being served, oldest first.
+    let mut held = std::collections::VecDeque::<tokio::task::AbortHandle>::new();
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(conn);
-            continue;
-        };
+        held.retain(|h| !h.is_finished());
+        if held.len() >= MAX_CONNECTIONS {
+            if let Some(oldest) = held.pop_front() {
+                oldest.abort();
+            }
+        }
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        let task = tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let answer = respond(&metrics, req.uri().path(), with_metrics);
                 async move { Ok::<_, std::convert::Infallible>(answer) }
@@ -658,6 +686,11 @@ async fn serve_paths(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, w
             // timeout), the answer as long again to be taken.
             let _ = tokio::time::timeout(2 * CLIENT_TIMEOUT, served).await;
         });
+        held.push_back(task.abort_handle());
+        // Let the new connection be read and answered before the next
+        // accept: a backlog of connections accepted in one go would
+        // otherwise close it before it was ever polled.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -694,6 +727,75 @@ fn respond(metrics: &Metrics, path: &str, with_metrics: bool) -> Response<Full<B
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An attacker holds twice `MAX_CONNECTIONS` idle connections open,
+    /// reopening each one the server closes; the liveness probe (a new
+    /// connection each time, as the kubelet's) is answered every time.
+    #[test]
+    fn idle_connections_cannot_starve_the_health_probe() {
+        use std::io::{Read, Write};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            rt.block_on(async move {
+                let serving = tokio::spawn(serve_health(listener, metrics));
+                let _ = finished.await;
+                serving.abort();
+            })
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut conns: Vec<std::net::TcpStream> = Vec::new();
+                let mut opened = 0u64;
+                while !stop.load(Relaxed) {
+                    // Drop what the server closed (a read of 0 bytes), then
+                    // top up to 64 open connections.
+                    conns.retain(|c| {
+                        c.set_nonblocking(true).unwrap();
+                        let idle = (&*c).read(&mut [0u8; 1]);
+                        matches!(idle, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    });
+                    while conns.len() < 2 * MAX_CONNECTIONS {
+                        conns.push(std::net::TcpStream::connect(addr).unwrap());
+                        opened += 1;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                opened
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        for i in 0..20 {
+            let mut probe = std::net::TcpStream::connect(addr).unwrap();
+            probe
+                .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+                .unwrap();
+            probe
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            let _ = probe.read_to_string(&mut answer);
+            assert!(answer.starts_with("HTTP/1.1 200"), "probe {i}: {answer:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        stop.store(true, Relaxed);
+        let opened = attacker.join().unwrap();
+        // The attacker really held the server full: it had to reopen
+        // connections the server closed to make room for the probes.
+        assert!(opened > 2 * MAX_CONNECTIONS as u64, "{opened}");
+        let _ = done.send(());
+        server.join().unwrap();
+    }
 
     #[test]
     fn batches_publish_and_render() {
@@ -774,6 +876,7 @@ mod tests {
         }];
         *m.rejected_views.lock().unwrap() = vec![RejectedView {
             key: "10.244.9.0-24".parse().unwrap(),
+            node: "node-\"9\"\\".into(),
             public_ip: [192, 0, 2, 9].into(),
             reason: Rejection::ALL[0],
         }];

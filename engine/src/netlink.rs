@@ -21,12 +21,12 @@ pub enum NetlinkError {
     #[error("cannot open a netlink socket: {0}")]
     Open(#[source] std::io::Error),
     /// A request failed.
-    #[error("netlink: cannot {what}: {source}")]
+    #[error("netlink: cannot {what}: {error}")]
     Request {
         /// What was asked.
         what: String,
         /// The kernel's answer.
-        source: rtnetlink::Error,
+        error: rtnetlink::Error,
     },
     /// A link that should exist does not.
     #[error("no network interface named {0}")]
@@ -46,13 +46,13 @@ impl NetlinkError {
     /// True when the kernel answered "network unreachable": for a route
     /// with a gateway, the gateway is not on any connected network.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, NetlinkError::Request { source, .. } if is_unreachable(source))
+        matches!(self, NetlinkError::Request { error, .. } if is_unreachable(error))
     }
 }
 
 fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
     let what = what.into();
-    move |source| NetlinkError::Request { what, source }
+    move |error| NetlinkError::Request { what, error }
 }
 
 /// True for "no such entry" answers, which a delete treats as done.

@@ -117,8 +117,9 @@ impl Sample {
             .collect()
     }
 
-    /// The leases refused now: (key, PublicIP, reason), by key.
-    pub fn rejected(&self) -> Vec<(String, String, String)> {
+    /// The leases refused now: (key, node, PublicIP, reason), by key. The
+    /// node is the holder's name in Kubernetes, else empty.
+    pub fn rejected(&self) -> Vec<(String, String, String, String)> {
         let mut v: Vec<_> = self
             .metrics
             .get(name::LEASE_REJECTED)
@@ -126,7 +127,7 @@ impl Sample {
             .flatten()
             .map(|s| {
                 let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
-                (l("key"), l("public_ip"), l("reason"))
+                (l("key"), l("node"), l("public_ip"), l("reason"))
             })
             .collect();
         v.sort();
@@ -333,9 +334,20 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
     let rejected = s.rejected();
     if !rejected.is_empty() {
         let _ = writeln!(o, "\nrejected leases ({})", rejected.len());
-        let _ = writeln!(o, "  {:<30} {:<15} REASON", "KEY", "PUBLIC IP");
-        for (key, ip, reason) in &rejected {
-            let _ = writeln!(o, "  {key:<30} {ip:<15} {reason}");
+        let width = rejected.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        let node = |n: &str| match width {
+            0 => String::new(),
+            w => format!("{n:<w$} ", w = w.max(4)),
+        };
+        let _ = writeln!(
+            o,
+            "  {:<30} {}{:<15} REASON",
+            "KEY",
+            node("NODE"),
+            "PUBLIC IP"
+        );
+        for (key, n, ip, reason) in &rejected {
+            let _ = writeln!(o, "  {key:<30} {}{ip:<15} {reason}", node(n));
         }
     }
     let count = |name: &str| s.value(name).unwrap_or(0.0) as u64;

@@ -120,9 +120,10 @@ pub fn vxlan_lease(public_ip: &str, mac: &str) -> String {
 /// The subnet node 0 holds in the hostile-lease scenario, and its VtepMAC.
 pub const HOSTILE_OWN: (&str, &str) = ("10.244.2.0-24", "0e:11:22:33:44:55");
 
-/// Leases that must each be refused (key, JSON, reason), then two that
-/// pass: 10.244.30.0/24 (whose VtepMAC and IPv4 subnet two others repeat)
-/// and 10.244.40.0/24 (which the node already routes statically).
+/// Leases in the order they are written (key, JSON, reason): each one with
+/// a reason must be refused; two pass: 10.244.30.0/24 (whose VtepMAC and
+/// IPv4 subnet two younger leases repeat: written after it, they lose) and
+/// 10.244.40.0/24 (which the node already routes statically).
 pub fn hostile_leases() -> Vec<(&'static str, String, &'static str)> {
     let good_ip = "192.168.100.50";
     let good_mac = "0e:00:00:00:00:30";
@@ -204,6 +205,7 @@ pub fn hostile_leases() -> Vec<(&'static str, String, &'static str)> {
             format!(r#"{{"PublicIP":"{good_ip}","BackendType":"vxlan","BackendData":"garbage"}}"#),
             "backend_data",
         ),
+        ("10.244.30.0-24", l(good_ip, good_mac), ""),
         (
             "10.244.31.0-24",
             l("192.168.100.51", good_mac),
@@ -214,7 +216,11 @@ pub fn hostile_leases() -> Vec<(&'static str, String, &'static str)> {
             l("192.168.100.52", "0e:00:00:00:00:32"),
             "overlaps_peer",
         ),
-        ("10.244.30.0-24", l(good_ip, good_mac), ""),
+        (
+            "10.244.32.0-24",
+            l(good_ip, "0e:00:00:00:00:33"),
+            "duplicate_public_ip",
+        ),
         (
             "10.244.40.0-24",
             l("192.168.100.53", "0e:00:00:00:00:40"),

@@ -51,7 +51,7 @@ fn hostile_leases_in_the_file_registry_are_rejected() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("rejected leases (18)"), "{text}");
+    assert!(text.contains("rejected leases (19)"), "{text}");
     assert!(
         text.contains("10.244.9.0-25") && text.contains("subnet_length"),
         "{text}"

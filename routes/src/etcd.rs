@@ -16,9 +16,12 @@
 //! listing replaces the cache, so nothing is missed and nothing is stale
 //! afterwards. While etcd is unreachable the cache keeps the last known
 //! leases, so forwarding goes on with the peers we had.
+//!
+//! A lease's seniority is its key's create revision, which etcd assigns
+//! and no client can choose.
 
 use crate::config::NetConf;
-use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::lease::{Lease, LeaseAttrs, Origin, SubnetKey};
 use crate::registry::{EtcdConfig, Registry, RegistryError, LEASE_TTL};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
@@ -54,13 +57,13 @@ impl Drop for EtcdRegistry {
 
 fn etcd(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> RegistryError {
     let what = what.into();
-    move |source| RegistryError::Etcd { what, source }
+    move |error| RegistryError::Etcd { what, error }
 }
 
 fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
-    move |source| RegistryError::Io {
+    move |error| RegistryError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -153,12 +156,19 @@ impl EtcdRegistry {
         attrs: &LeaseAttrs,
         own: Option<(i64, SystemTime)>,
     ) -> Lease {
+        let mut st = self.state();
+        // The create revision comes with the watch's event; until then a
+        // lease of ours keeps the one it had.
+        let origin = st
+            .leases
+            .get(&key)
+            .map_or_else(|| Origin::keyed(0, &key), |l| l.origin.clone());
         let lease = Lease {
             key,
             attrs: attrs.clone(),
             expiration: own.map(|(_, t)| t),
+            origin,
         };
-        let mut st = self.state();
         match own {
             Some(o) => {
                 st.own.insert(key, o);
@@ -213,6 +223,9 @@ fn parse_kv(
         key,
         attrs,
         expiration,
+        // The key's create revision: a lease renewed (re-put) keeps it; one
+        // deleted and written again is a newcomer.
+        origin: Origin::keyed(kv.create_revision(), &key),
     })
 }
 

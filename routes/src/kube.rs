@@ -9,10 +9,17 @@
 //! Nodes are listed and then watched (kube-rs' reflector: a lost watch or
 //! an expired resource version lists again), so `leases` answers from the
 //! last known state at once, also while the API server is away. Leases
-//! here never expire.
+//! here never expire. The store keeps only what a lease is made of (name,
+//! uid, creationTimestamp, flannel's annotations, the pod CIDRs): a Node's
+//! status (its images, its conditions) is most of its size.
+//!
+//! A peer is a Node, not a podCIDR: two Nodes can hold one podCIDR (one
+//! re-created by hand, or a hostile one), so each lease carries its Node's
+//! uid and name, and its seniority is the Node's `creationTimestamp`
+//! (then its uid), which the API server sets and no kubelet can change.
 
 use crate::config::NetConf;
-use crate::lease::{Lease, LeaseAttrs, SubnetKey};
+use crate::lease::{Lease, LeaseAttrs, Origin, SubnetKey};
 use crate::registry::{Registry, RegistryError};
 use futures::StreamExt;
 use ipnet::Ipv4Net;
@@ -24,15 +31,20 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The watch's retry delays: 0.5 s doubling to 5 s, so an API server that
-/// comes back is listed again within seconds (client-go's reflector waits
-/// up to 30 s).
+/// The watch's retry delays: 0.25 s doubling to 1 s. An API server that
+/// comes back answers 403 for a while as its RBAC warms up; a longer
+/// backoff grows through those refusals and keeps new nodes unreached
+/// for many seconds after it answers again (flanneld's informer relists
+/// at once). A refused list costs the API server little.
 #[derive(Debug, Clone, Copy)]
 struct Backoff(Duration);
 
+/// The longest wait between two tries to list or watch.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff(Duration::from_millis(500))
+        Backoff(Duration::from_millis(250))
     }
 }
 
@@ -41,9 +53,57 @@ impl Iterator for Backoff {
 
     fn next(&mut self) -> Option<Duration> {
         let d = self.0;
-        self.0 = (d * 2).min(Duration::from_secs(5));
+        self.0 = (d * 2).min(MAX_BACKOFF);
         Some(d)
     }
+}
+
+/// Why the Kubernetes subnet manager cannot start, one cause each.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// net-conf.json cannot be read.
+    #[error("cannot read net-conf.json at {path} (--net-config-path; kube-flannel mounts the kube-flannel-cfg ConfigMap there): {error}")]
+    NetConf {
+        /// `--net-config-path`.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// The kubeconfig file cannot be used.
+    #[error("cannot use the kubeconfig {path} (--kubeconfig-file): {error}")]
+    Kubeconfig {
+        /// `--kubeconfig-file`.
+        path: PathBuf,
+        /// What kube-rs said.
+        error: String,
+    },
+    /// Neither in-cluster credentials nor a kubeconfig were found.
+    #[error("no in-cluster service account and no kubeconfig ({0}): run in a pod, or pass --kubeconfig-file")]
+    NoCredentials(String),
+    /// `--kube-api-url` is not a URL.
+    #[error("--kube-api-url {url} is not a URL: {error}")]
+    ApiUrl {
+        /// The flag's value.
+        url: String,
+        /// Why it does not parse.
+        error: String,
+    },
+    /// Nothing says which node this is.
+    #[error("cannot tell which node this is: set NODE_NAME, or POD_NAME and POD_NAMESPACE (kube-flannel sets them from the downward API)")]
+    NodeName,
+    /// The pod we run in names no node.
+    #[error("pod {0} has no spec.nodeName")]
+    PodWithoutNode(String),
+    /// Our node's podCIDR is not in the cluster's Network.
+    #[error("node {node}'s podCIDR {cidr} is not inside the Network {network} of net-conf.json")]
+    PodCidrOutsideNetwork {
+        /// Our node.
+        node: String,
+        /// Its podCIDR.
+        cidr: Ipv4Net,
+        /// net-conf.json's Network.
+        network: Ipv4Net,
+    },
 }
 
 impl kube::runtime::utils::Backoff for Backoff {
@@ -72,6 +132,8 @@ pub struct KubeConfig {
 /// prefix without a slash gets one).
 #[derive(Debug, Clone)]
 pub struct Annotations {
+    /// The prefix every key starts with, slash included.
+    pub prefix: String,
     /// `kube-subnet-manager`.
     pub managed: String,
     /// `backend-type`.
@@ -93,6 +155,7 @@ impl Annotations {
             format!("{prefix}/")
         };
         Annotations {
+            prefix: p.clone(),
             managed: format!("{p}kube-subnet-manager"),
             backend_type: format!("{p}backend-type"),
             backend_data: format!("{p}backend-data"),
@@ -113,7 +176,7 @@ pub struct KubeRegistry {
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> RegistryError {
     let what = what.into();
-    move |source| RegistryError::Kube { what, source }
+    move |error| RegistryError::Kube { what, error }
 }
 
 impl KubeRegistry {
@@ -122,32 +185,31 @@ impl KubeRegistry {
     /// and lists the nodes.
     pub async fn open(cfg: &KubeConfig) -> Result<KubeRegistry, RegistryError> {
         let text =
-            std::fs::read_to_string(&cfg.net_conf_path).map_err(|source| RegistryError::Io {
+            std::fs::read_to_string(&cfg.net_conf_path).map_err(|error| SetupError::NetConf {
                 path: cfg.net_conf_path.clone(),
-                source,
+                error,
             })?;
         let conf = NetConf::parse(&text)?;
         let mut config = match &cfg.kubeconfig {
             Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| {
-                    RegistryError::NoConfig(format!("kubeconfig {}: {e}", path.display()))
-                })?;
+                let bad = |e: &dyn std::fmt::Display| SetupError::Kubeconfig {
+                    path: path.clone(),
+                    error: e.to_string(),
+                };
+                let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(&e))?;
                 kube::Config::from_custom_kubeconfig(kc, &Default::default())
                     .await
-                    .map_err(|e| {
-                        RegistryError::NoConfig(format!("kubeconfig {}: {e}", path.display()))
-                    })?
+                    .map_err(|e| bad(&e))?
             }
-            None => kube::Config::infer().await.map_err(|e| {
-                RegistryError::NoConfig(format!(
-                    "no in-cluster config and no kubeconfig ({e}); pass --kubeconfig-file"
-                ))
-            })?,
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| SetupError::NoCredentials(e.to_string()))?,
         };
         if let Some(url) = &cfg.api_url {
-            config.cluster_url = url
-                .parse()
-                .map_err(|e| RegistryError::NoConfig(format!("--kube-api-url {url}: {e}")))?;
+            config.cluster_url = url.parse().map_err(|e| SetupError::ApiUrl {
+                url: url.clone(),
+                error: format!("{e}"),
+            })?;
         }
         let client = kube::Client::try_from(config).map_err(kube_err("build a client"))?;
         let node_name = match std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()) {
@@ -155,11 +217,7 @@ impl KubeRegistry {
             None => {
                 let (pod, ns) = match (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) {
                     (Ok(p), Ok(n)) if !p.is_empty() && !n.is_empty() => (p, n),
-                    _ => {
-                        return Err(RegistryError::NoConfig(
-                            "the node's name: set NODE_NAME, or POD_NAME and POD_NAMESPACE".into(),
-                        ))
-                    }
+                    _ => return Err(SetupError::NodeName.into()),
                 };
                 let p = Api::<Pod>::namespaced(client.clone(), &ns)
                     .get(&pod)
@@ -168,14 +226,16 @@ impl KubeRegistry {
                 p.spec
                     .and_then(|s| s.node_name)
                     .filter(|n| !n.is_empty())
-                    .ok_or_else(|| {
-                        RegistryError::NoConfig(format!("pod {ns}/{pod} has no spec.nodeName"))
-                    })?
+                    .ok_or_else(|| SetupError::PodWithoutNode(format!("{ns}/{pod}")))?
             }
         };
         let nodes: Api<Node> = Api::all(client);
         let (store, writer) = reflector::store();
-        let stream = reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
+        let keys = Annotations::new(&cfg.annotation_prefix);
+        let prefix = keys.prefix.clone();
+        let trimmed =
+            watcher(nodes.clone(), watcher::Config::default()).modify(move |n| trim(n, &prefix));
+        let stream = reflector(writer, trimmed)
             .backoff(Backoff::default())
             .touched_objects();
         tokio::spawn(async move {
@@ -206,7 +266,7 @@ impl KubeRegistry {
         Ok(KubeRegistry {
             nodes,
             node_name,
-            keys: Annotations::new(&cfg.annotation_prefix),
+            keys,
             conf,
             store,
         })
@@ -249,10 +309,12 @@ impl KubeRegistry {
             }
         };
         if !self.conf.network.contains(&cidr) {
-            return Err(RegistryError::NoConfig(format!(
-                "node {}'s podCIDR {cidr} is not inside the Network {} of net-conf.json",
-                self.node_name, self.conf.network
-            )));
+            return Err(SetupError::PodCidrOutsideNetwork {
+                node: self.node_name.clone(),
+                cidr,
+                network: self.conf.network,
+            }
+            .into());
         }
         let ann = node.metadata.annotations.clone().unwrap_or_default();
         let mut attrs = attrs.clone();
@@ -295,6 +357,7 @@ impl KubeRegistry {
             key: SubnetKey::v4(cidr),
             attrs,
             expiration: None,
+            origin: origin_of(&node),
         })
     }
 
@@ -375,7 +438,54 @@ impl KubeRegistry {
                 backend_v6_data: None,
             },
             expiration: None,
+            origin: origin_of(n),
         })
+    }
+
+    /// Our own node's lease as its annotations say now, if it has one: what
+    /// a previous run of ours announced (its VtepMAC is reused). Only our
+    /// Node counts: another Node that names our PublicIP says nothing about
+    /// us.
+    pub fn own_lease(&self) -> Option<Lease> {
+        let node = self
+            .store
+            .get(&reflector::ObjectRef::new(&self.node_name))?;
+        self.lease_of(&node)
+    }
+}
+
+/// A Node's identity and seniority: `creationTimestamp`, then uid.
+fn origin_of(n: &Node) -> Origin {
+    let m = &n.metadata;
+    let since = m.creation_timestamp.as_ref().map_or(i64::MAX, |t| {
+        i64::try_from(t.0.as_nanosecond()).unwrap_or(i64::MAX)
+    });
+    Origin {
+        since,
+        holder: m.uid.clone().unwrap_or_default(),
+        name: m.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Keeps of a Node only what a lease is made of, so 5 000 Nodes stay small:
+/// name, uid and creationTimestamp, the annotations under flannel's
+/// prefix, and the pod CIDRs.
+fn trim(n: &mut Node, prefix: &str) {
+    let m = &mut n.metadata;
+    m.managed_fields = None;
+    m.labels = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with(prefix));
+    }
+    n.status = None;
+    if let Some(spec) = n.spec.as_mut() {
+        *spec = k8s_openapi::api::core::v1::NodeSpec {
+            pod_cidr: spec.pod_cidr.take(),
+            pod_cidrs: spec.pod_cidrs.take(),
+            ..Default::default()
+        };
     }
 }
 

@@ -47,7 +47,7 @@ impl std::str::FromStr for SubnetKey {
         };
         let (ip, len) = v4.split_once('-').ok_or_else(bad)?;
         let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-        let len: u8 = len.parse().map_err(|_| bad())?;
+        let len = prefix_len(len).ok_or_else(bad)?;
         let v4 = Ipv4Net::new(ip, len).map_err(|_| bad())?;
         if v4.trunc() != v4 {
             return Err(bad());
@@ -57,7 +57,7 @@ impl std::str::FromStr for SubnetKey {
             Some(t) => {
                 let (ip, len) = t.rsplit_once('-').ok_or_else(bad)?;
                 let ip: Ipv6Addr = ip.parse().map_err(|_| bad())?;
-                let len: u8 = len.parse().map_err(|_| bad())?;
+                let len = prefix_len(len).ok_or_else(bad)?;
                 let net = Ipv6Net::new(ip, len).map_err(|_| bad())?;
                 if net.trunc() != net {
                     return Err(bad());
@@ -67,6 +67,15 @@ impl std::str::FromStr for SubnetKey {
         };
         Ok(SubnetKey { v4, v6 })
     }
+}
+
+/// A prefix length exactly as flannel writes it: decimal digits without a
+/// sign or a leading zero (`24`, never `+24` or `024`), so one subnet has
+/// one key and two spellings cannot name it twice.
+fn prefix_len(s: &str) -> Option<u8> {
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
 }
 
 impl std::fmt::Display for SubnetKey {
@@ -210,8 +219,8 @@ impl LeaseAttrs {
     }
 }
 
-/// A lease: a subnet, its owner's attributes, and when it expires (`None`
-/// for a reservation, which never does).
+/// A lease: a subnet, its owner's attributes, when it expires (`None` for
+/// a reservation, which never does), and where it stands among the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// The subnet key.
@@ -220,6 +229,38 @@ pub struct Lease {
     pub attrs: LeaseAttrs,
     /// Expiry time; `None` for a reservation.
     pub expiration: Option<SystemTime>,
+    /// Who holds it and since when, as its registry says.
+    pub origin: Origin,
+}
+
+/// Who holds a lease and since when, as its registry records it: the
+/// identity of a peer and its seniority. When two leases collide (one
+/// subnet, PublicIP or VtepMAC claimed twice), the one that orders first
+/// wins, so every node decides alike whatever order it learns things in.
+/// The order is the registry's own, which no lease holder can rewrite:
+/// etcd's create revision of the key, the Node's `creationTimestamp`, the
+/// file registry's first sighting; ties go to the lower `holder`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Origin {
+    /// When the registry first had it, in its own units (a revision,
+    /// nanoseconds since the epoch, a sighting's sequence number).
+    pub since: i64,
+    /// The holder: the Node's uid in Kubernetes, else the subnet key.
+    pub holder: String,
+    /// What an operator knows the holder by: the Node's name in
+    /// Kubernetes, else empty.
+    pub name: String,
+}
+
+impl Origin {
+    /// A lease's origin in a registry whose leases are keys (files, etcd).
+    pub fn keyed(since: i64, key: &SubnetKey) -> Origin {
+        Origin {
+            since,
+            holder: key.to_string(),
+            name: String::new(),
+        }
+    }
 }
 
 impl Lease {
@@ -302,6 +343,8 @@ mod tests {
         let d: SubnetKey = "10.244.1.0-24&fd00:10:244:1::-64".parse().unwrap();
         assert_eq!(d.v6, Some("fd00:10:244:1::/64".parse().unwrap()));
         assert_eq!(d.to_string(), "10.244.1.0-24&fd00:10:244:1::-64");
+        let all: SubnetKey = "0.0.0.0-0".parse().unwrap();
+        assert_eq!(all.v4.prefix_len(), 0);
         for bad in [
             "10.244.1.0",
             "10.244.1.0-33",
@@ -310,6 +353,13 @@ mod tests {
             "10.244.1.0-24&zz-64",
             "10.244.1.0-24&fd00:1402:4:1::-28",
             ".tmp-1",
+            // One subnet, one spelling: flannel writes `-24`, nothing else.
+            "10.244.2.0-024",
+            "10.244.2.0-+24",
+            "10.244.2.0- 24",
+            "10.244.2.0-",
+            "10.244.1.0-24&fd00:10:244:1::-064",
+            "10.244.1.0-24&fd00:10:244:1::-+64",
         ] {
             assert!(bad.parse::<SubnetKey>().is_err(), "{bad}");
         }

@@ -12,9 +12,14 @@
 //! Creation is exclusive (a hard link of a complete temp file, which fails
 //! if the name exists), so two nodes starting together never share a subnet
 //! and no reader ever sees a half-written lease.
+//!
+//! A lease's seniority (`Origin::since`) is its file's birth time, which
+//! no writer can set: a renewal that changes nothing only moves the mtime,
+//! so the file, and its birth time, stay. Where the file system records no
+//! birth time, the moment this registry first saw the file stands in.
 
 use crate::config::{ConfigError, NetConf};
-use crate::lease::{Lease, LeaseAttrs, LeaseError, SubnetKey};
+use crate::lease::{Lease, LeaseAttrs, LeaseError, Origin, SubnetKey};
 use std::collections::HashMap;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -68,44 +73,48 @@ fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The registry could not be read or written.
-    #[error("registry I/O on {path}: {source}")]
+    #[error("registry I/O on {path}: {error}")]
     Io {
         /// What was being accessed.
         path: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The stored config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// etcd refused or could not be reached.
     #[cfg(feature = "etcd")]
-    #[error("etcd: {what}: {source}")]
+    #[error("etcd: {what}: {error}")]
     Etcd {
         /// What was being done.
         what: String,
         /// The client's error.
-        source: etcd_client::Error,
+        error: etcd_client::Error,
     },
     /// The Kubernetes API refused or could not be reached.
     #[cfg(feature = "kube")]
-    #[error("kubernetes: cannot {what}: {source}")]
+    #[error("kubernetes: cannot {what}: {error}")]
     Kube {
         /// What was being done.
         what: String,
         /// The client's error.
-        source: kube::Error,
+        error: kube::Error,
     },
     /// The registry holds no usable config.
     #[error("no network config at {0}")]
     NoConfig(String),
+    /// The Kubernetes subnet manager cannot start.
+    #[cfg(feature = "kube")]
+    #[error(transparent)]
+    KubeSetup(#[from] crate::kube::SetupError),
     /// A stored lease is invalid.
-    #[error("lease {key}: {source}")]
+    #[error("lease {key}: {error}")]
     Lease {
         /// The key.
         key: String,
         /// Why.
-        source: LeaseError,
+        error: LeaseError,
     },
 }
 
@@ -164,9 +173,15 @@ pub struct FileRegistry {
     strays: Mutex<std::collections::HashSet<String>>,
 }
 
-/// A lease file as last read: its mtime and length, and what it held
-/// (`None` if it did not parse).
-type CachedLease = (SystemTime, u64, Option<LeaseAttrs>);
+/// A lease file as last read: its mtime and length, what it held (`None`
+/// if it did not parse), and its origin.
+type CachedLease = (SystemTime, u64, Option<LeaseAttrs>, Origin);
+
+/// Nanoseconds since the epoch, saturating (for `Origin::since`).
+fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
 
 impl FileRegistry {
     /// A registry rooted at `dir`; creates `dir/subnets` if needed.
@@ -208,21 +223,22 @@ impl FileRegistry {
 
     fn lease_at(&self, key: SubnetKey, attrs: LeaseAttrs) -> Result<Lease, RegistryError> {
         let path = self.path_of(&key);
-        let mtime = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .map_err(io(&path))?;
+        let meta = std::fs::metadata(&path).map_err(io(&path))?;
+        let mtime = meta.modified().map_err(io(&path))?;
+        let born = meta.created().unwrap_or(mtime);
         Ok(Lease {
             key,
             attrs,
             expiration: Some(expiry(mtime, SystemTime::now())),
+            origin: Origin::keyed(nanos(born), &key),
         })
     }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
-    move |source| RegistryError::Io {
+    move |error| RegistryError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -300,8 +316,14 @@ impl FileRegistry {
                 continue;
             }
             seen.push(name.to_string());
+            let origin = match cache.get(name) {
+                Some((.., o)) if meta.created().is_err() => o.clone(),
+                _ => Origin::keyed(nanos(meta.created().unwrap_or(now)), &key),
+            };
             let attrs = match cache.get(name) {
-                Some((t, len, attrs)) if *t == mtime && *len == meta.len() => attrs.clone(),
+                Some((t, len, attrs, o)) if *t == mtime && *len == meta.len() && *o == origin => {
+                    attrs.clone()
+                }
                 _ => {
                     let parsed = read_regular(&entry.path(), MAX_LEASE_FILE)
                         .map_err(|e| LeaseError::Json(e.to_string()))
@@ -313,7 +335,8 @@ impl FileRegistry {
                             None
                         }
                     };
-                    cache.insert(name.to_string(), (mtime, meta.len(), attrs.clone()));
+                    let entry = (mtime, meta.len(), attrs.clone(), origin.clone());
+                    cache.insert(name.to_string(), entry);
                     attrs
                 }
             };
@@ -322,6 +345,7 @@ impl FileRegistry {
                     key,
                     attrs,
                     expiration: Some(expiration),
+                    origin,
                 });
             }
         }
@@ -373,6 +397,20 @@ impl FileRegistry {
 
     fn rewrite(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError> {
         let path = self.path_of(key);
+        // Unchanged: move the mtime only, so the file keeps its birth time
+        // (the lease's seniority). Changed: a new file, atomically.
+        let json = attrs.to_json();
+        if read_regular(&path, MAX_LEASE_FILE).is_ok_and(|b| b == json.as_bytes()) {
+            use std::os::unix::fs::OpenOptionsExt;
+            let touched = std::fs::File::options()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)
+                .and_then(|f| f.set_modified(SystemTime::now()));
+            if touched.is_ok() {
+                return self.lease_at(*key, attrs.clone());
+            }
+        }
         let tmp = self.write_tmp(attrs)?;
         std::fs::rename(&tmp, &path)
             .inspect_err(|_| {
@@ -480,6 +518,39 @@ mod tests {
         block_on(r.delete(&k)).unwrap();
         block_on(r.delete(&k)).unwrap();
         assert!(block_on(r.leases()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn seniority_is_the_file_s_birth_and_a_renewal_keeps_it() {
+        let (d, r) = reg();
+        let a = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 4));
+        let (old, young) = (key("10.244.9.0-24"), key("10.244.4.0-24"));
+        block_on(r.create(&old, &a)).unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // Written by hand, later, with a lower key.
+        std::fs::write(
+            d.path().join("subnets/10.244.4.0-24"),
+            r#"{"PublicIP":"192.0.2.5"}"#,
+        )
+        .unwrap();
+        let origin = |k: SubnetKey| {
+            block_on(r.leases())
+                .unwrap()
+                .into_iter()
+                .find(|l| l.key == k)
+                .unwrap()
+                .origin
+        };
+        let before = origin(old);
+        assert!(before < origin(young), "{before:?} {:?}", origin(young));
+        // An unchanged renewal does not move it.
+        std::thread::sleep(Duration::from_millis(20));
+        block_on(r.renew(&old, &a)).unwrap();
+        assert_eq!(origin(old), before);
+        // A changed lease is a new claim: younger than the other.
+        let b = LeaseAttrs::udp(Ipv4Addr::new(192, 0, 2, 6));
+        block_on(r.renew(&old, &b)).unwrap();
+        assert!(origin(old) > origin(young));
     }
 
     #[test]

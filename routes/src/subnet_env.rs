@@ -61,7 +61,10 @@ pub fn previous_network(path: &Path) -> Option<Ipv4Net> {
 }
 
 /// Writes `data` to `path` through a temp file in the same directory and a
-/// rename, so readers see either the old or the new file.
+/// rename, so readers see either the old or the new file. The temp file's
+/// name is random and it is created exclusively (`O_EXCL`, which also
+/// refuses a symlink planted there): whoever can write into the directory
+/// cannot make weft write through a link it guessed the name of.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -69,8 +72,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     };
     std::fs::create_dir_all(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
+    let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+    let mut f = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
     drop(f);
@@ -104,5 +110,24 @@ mod tests {
         // No temp file is left behind.
         let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(left.len(), 1);
+    }
+
+    #[test]
+    fn a_planted_symlink_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let path = dir.path().join("subnet.env");
+        // The names the old code used: `.subnet.env.<pid>.tmp`.
+        for pid in [std::process::id(), 1, 2] {
+            let link = dir.path().join(format!(".subnet.env.{pid}.tmp"));
+            std::os::unix::fs::symlink(&victim, link).unwrap();
+        }
+        write_atomic(&path, b"FLANNEL_MTU=1450\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "FLANNEL_MTU=1450\n"
+        );
     }
 }

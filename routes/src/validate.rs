@@ -4,13 +4,23 @@
 //! routes. `LeasePolicy::admit` decides which leases become peers before
 //! anything touches the kernel, and says why each other one is refused.
 //!
-//! Overlaps between leases are settled deterministically: a lease already
-//! accepted keeps its place (a newcomer can never displace an established
-//! peer), and among leases new in the same round the lower subnet key wins.
+//! A well-formed lease can still collide with a live peer: claim its
+//! subnet, its PublicIP (the outer source the data path authenticates
+//! senders by) or its VtepMAC. The rule, in one sentence: **a peer keeps
+//! what it was admitted with until its own lease changes or goes away, and
+//! among leases that are not yet peers the one whose registry origin is
+//! older wins** (`Origin`: etcd's create revision, the Node's
+//! creationTimestamp then uid, the lease file's birth time, then the
+//! holder). A refused lease is refused whole: nothing of it reaches a
+//! route, a neighbour, an FDB entry or the sender table.
+//!
+//! One PublicIP shared by two leases has no meaning in flannel: VXLAN and
+//! the udp backend tell nodes apart by their outer address alone.
 
 use crate::config::Backend;
-use crate::lease::{Lease, SubnetKey, VxlanData};
+use crate::lease::{Lease, Origin, SubnetKey, VxlanData};
 use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 use weft_encap::MacAddr;
 
@@ -25,12 +35,13 @@ pub enum Rejection {
     SubnetLength,
     /// Its subnet overlaps ours.
     OverlapsOwn,
-    /// Its subnet overlaps another accepted lease's.
+    /// Its subnet overlaps a peer's, or an older lease's.
     OverlapsPeer,
-    /// Its subnet overlaps the underlay's own network.
+    /// Its subnet overlaps the underlay's own network, or a peer's
+    /// PublicIP.
     CoversUnderlay,
     /// Its PublicIP is unspecified, loopback, multicast, broadcast,
-    /// link-local, or ours.
+    /// link-local, ours, or routed into the overlay.
     PublicIp,
     /// Its BackendData does not parse (vxlan: VNI and VtepMAC).
     BackendData,
@@ -38,13 +49,15 @@ pub enum Rejection {
     VniMismatch,
     /// Its VtepMAC is zero, broadcast, multicast, or ours.
     VtepMac,
-    /// Its VtepMAC is already held by another accepted lease.
+    /// Its VtepMAC is held by a peer, or by an older lease.
     DuplicateVtepMac,
+    /// Its PublicIP is held by a peer, or by an older lease.
+    DuplicatePublicIp,
 }
 
 impl Rejection {
     /// Every reason, in label order.
-    pub const ALL: [Rejection; 11] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::BackendType,
         Rejection::OutsideNetwork,
         Rejection::SubnetLength,
@@ -56,6 +69,7 @@ impl Rejection {
         Rejection::VniMismatch,
         Rejection::VtepMac,
         Rejection::DuplicateVtepMac,
+        Rejection::DuplicatePublicIp,
     ];
 
     /// Index into a counter array.
@@ -77,6 +91,7 @@ impl Rejection {
             Rejection::VniMismatch => "vni_mismatch",
             Rejection::VtepMac => "vtep_mac",
             Rejection::DuplicateVtepMac => "duplicate_vtep_mac",
+            Rejection::DuplicatePublicIp => "duplicate_public_ip",
         }
     }
 
@@ -87,13 +102,14 @@ impl Rejection {
             Rejection::OutsideNetwork => "its subnet lies outside the cluster's Network",
             Rejection::SubnetLength => "its subnet is not of the cluster's SubnetLen",
             Rejection::OverlapsOwn => "its subnet overlaps this node's own subnet",
-            Rejection::OverlapsPeer => "its subnet overlaps the subnet of a peer accepted before it",
-            Rejection::CoversUnderlay => "its subnet overlaps the underlay network this node sends through",
-            Rejection::PublicIp => "its PublicIP is unspecified, loopback, multicast, broadcast, link-local or this node's own",
+            Rejection::OverlapsPeer => "its subnet overlaps the subnet of a peer, or of an older lease",
+            Rejection::CoversUnderlay => "its subnet overlaps the underlay network this node sends through, or a peer's PublicIP",
+            Rejection::PublicIp => "its PublicIP is unspecified, loopback, multicast, broadcast, link-local, this node's own, or routed into the overlay (inside a pod subnet, or inside Network with the udp backend): encapsulated packets would loop",
             Rejection::BackendData => "its BackendData has no valid VNI and VtepMAC",
             Rejection::VniMismatch => "its VNI is not this cluster's",
             Rejection::VtepMac => "its VtepMAC is zero, broadcast, multicast or this node's own",
-            Rejection::DuplicateVtepMac => "its VtepMAC is held by a peer accepted before it",
+            Rejection::DuplicateVtepMac => "its VtepMAC is held by a peer, or by an older lease",
+            Rejection::DuplicatePublicIp => "its PublicIP is held by a peer, or by an older lease; one address is one node in flannel",
         }
     }
 }
@@ -111,8 +127,11 @@ pub struct LeasePolicy {
     pub backend: Backend,
     /// net-conf.json's `Network`.
     pub network: Ipv4Net,
-    /// net-conf.json's `SubnetLen`.
-    pub subnet_len: u8,
+    /// net-conf.json's `SubnetLen`, when every lease must have it. `None`
+    /// in Kubernetes, where the controller manager's
+    /// `--node-cidr-mask-size` sets the length and flanneld takes any
+    /// podCIDR inside `Network`.
+    pub subnet_len: Option<u8>,
     /// Our own lease's key.
     pub own: SubnetKey,
     /// Our PublicIP.
@@ -121,52 +140,81 @@ pub struct LeasePolicy {
     pub own_mac: Option<MacAddr>,
     /// The networks of the underlay interface's addresses.
     pub underlay: Vec<Ipv4Net>,
+    /// The whole `Network` is routed into weft's device (the udp backend).
+    pub network_routed: bool,
 }
 
-/// A lease that passed: its key and, for vxlan, its VtepMAC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A lease that passed: everything a peer is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     /// The lease's key.
     pub key: SubnetKey,
+    /// Its PublicIP.
+    pub public_ip: Ipv4Addr,
     /// Its VtepMAC (vxlan only).
     pub vtep_mac: Option<MacAddr>,
+    /// Who holds it.
+    pub origin: Origin,
+}
+
+/// A lease refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Refused {
+    /// The lease's key.
+    pub key: SubnetKey,
+    /// Who holds it.
+    pub origin: Origin,
+    /// The PublicIP it claims.
+    pub public_ip: Ipv4Addr,
+    /// Why it is refused.
+    pub reason: Rejection,
+}
+
+impl Refused {
+    fn of(l: &Lease, reason: Rejection) -> Refused {
+        Refused {
+            key: l.key,
+            origin: l.origin.clone(),
+            public_ip: l.attrs.public_ip,
+            reason,
+        }
+    }
 }
 
 impl LeasePolicy {
     /// Splits `leases` into peers and refusals. Our own lease (our key
     /// and our PublicIP) is neither; another node's claim to our subnet is
     /// refused as `overlaps_own`.
-    /// `incumbent` says which keys were accepted before: they are settled
-    /// first, so an overlapping newcomer loses to them.
+    ///
+    /// `incumbent` says which leases are peers already, unchanged: they
+    /// are settled first, so a colliding newcomer never displaces one.
+    /// The others are settled in `Origin` order, older first. O(n log n).
     pub fn admit(
         &self,
         leases: &[Lease],
-        incumbent: impl Fn(&SubnetKey) -> bool,
-    ) -> (Vec<Admitted>, Vec<(SubnetKey, Rejection)>) {
+        incumbent: impl Fn(&Lease) -> bool,
+    ) -> (Vec<Admitted>, Vec<Refused>) {
         let mut refused = Vec::new();
-        let mut candidates = Vec::new();
+        let mut candidates = Vec::with_capacity(leases.len());
         let ours = |l: &Lease| l.key == self.own && l.attrs.public_ip == self.own_public_ip;
         for l in leases.iter().filter(|l| !ours(l)) {
             match self.check(l) {
-                Ok(mac) => candidates.push(Admitted {
-                    key: l.key,
-                    vtep_mac: mac,
-                }),
-                Err(r) => refused.push((l.key, r)),
+                Ok(mac) => candidates.push((!incumbent(l), l, mac)),
+                Err(r) => refused.push(Refused::of(l, r)),
             }
         }
-        candidates.sort_by_key(|a| (!incumbent(&a.key), a.key));
-        let mut accepted: Vec<Admitted> = Vec::with_capacity(candidates.len());
-        for a in candidates {
-            let overlap = accepted.iter().any(|b| overlaps(a.key.v4, b.key.v4));
-            let same_mac =
-                a.vtep_mac.is_some() && accepted.iter().any(|b| b.vtep_mac == a.vtep_mac);
-            if overlap {
-                refused.push((a.key, Rejection::OverlapsPeer));
-            } else if same_mac {
-                refused.push((a.key, Rejection::DuplicateVtepMac));
-            } else {
-                accepted.push(a);
+        candidates.sort_by(|a, b| (a.0, &a.1.origin, a.1.key).cmp(&(b.0, &b.1.origin, b.1.key)));
+        let mut taken = Taken::default();
+        let mut accepted = Vec::with_capacity(candidates.len());
+        for (_, l, mac) in candidates {
+            match taken.claim(l.key.v4, l.attrs.public_ip, mac) {
+                Ok(()) => accepted.push(Admitted {
+                    key: l.key,
+                    public_ip: l.attrs.public_ip,
+                    vtep_mac: mac,
+                    origin: l.origin.clone(),
+                }),
+                Err(r) => refused.push(Refused::of(l, r)),
             }
         }
         accepted.sort_by_key(|a| a.key);
@@ -184,7 +232,7 @@ impl LeasePolicy {
         if !self.network.contains(&net) {
             return Err(Rejection::OutsideNetwork);
         }
-        if net.prefix_len() != self.subnet_len {
+        if self.subnet_len.is_some_and(|len| net.prefix_len() != len) {
             return Err(Rejection::SubnetLength);
         }
         if overlaps(net, self.own.v4) {
@@ -200,6 +248,8 @@ impl LeasePolicy {
             || ip.is_broadcast()
             || ip.is_link_local()
             || ip == self.own_public_ip
+            || net.contains(&ip)
+            || self.loops(ip)
         {
             return Err(Rejection::PublicIp);
         }
@@ -212,16 +262,83 @@ impl LeasePolicy {
                 if theirs != vni {
                     return Err(Rejection::VniMismatch);
                 }
-                let bad = vtep_mac.octets() == [0; 6]
-                    || vtep_mac.is_multicast() // broadcast included
-                    || Some(vtep_mac) == self.own_mac;
-                if bad {
+                if !is_vtep_mac(vtep_mac) || Some(vtep_mac) == self.own_mac {
                     return Err(Rejection::VtepMac);
                 }
                 Ok(Some(vtep_mac))
             }
             _ => Ok(None),
         }
+    }
+}
+
+impl LeasePolicy {
+    /// True when packets to `ip` would be routed into our own device: it
+    /// lies in our subnet, or (udp) in `Network` and not on an underlay
+    /// network inside it, whose connected route is the more specific. An
+    /// encapsulated packet would come back into the overlay, 50 bytes
+    /// larger each pass (the kernel refuses such a tunnel as a loop). A
+    /// PublicIP inside a peer's subnet is refused in `admit`.
+    fn loops(&self, ip: Ipv4Addr) -> bool {
+        let on_underlay = || {
+            self.underlay.iter().any(|u| {
+                u.contains(&ip)
+                    && self.network.contains(u)
+                    && u.prefix_len() > self.network.prefix_len()
+            })
+        };
+        self.own.v4.contains(&ip)
+            || (self.network_routed && self.network.contains(&ip) && !on_underlay())
+    }
+}
+
+/// A MAC a VTEP can have: unicast and not zero.
+pub fn is_vtep_mac(mac: MacAddr) -> bool {
+    mac.octets() != [0; 6] && !mac.is_multicast() // broadcast included
+}
+
+/// What the peers admitted so far hold: disjoint subnets (by first address,
+/// with their last), PublicIPs and VtepMACs.
+#[derive(Default)]
+struct Taken {
+    subnets: BTreeMap<u32, u32>,
+    ips: BTreeSet<u32>,
+    macs: HashSet<MacAddr>,
+}
+
+impl Taken {
+    /// Takes all three for one lease, or none of them.
+    fn claim(&mut self, net: Ipv4Net, ip: Ipv4Addr, mac: Option<MacAddr>) -> Result<(), Rejection> {
+        let (first, last) = (u32::from(net.network()), u32::from(net.broadcast()));
+        if self.subnet_reaching(last).is_some_and(|end| end >= first) {
+            return Err(Rejection::OverlapsPeer);
+        }
+        let ip32 = u32::from(ip);
+        if self.ips.contains(&ip32) {
+            return Err(Rejection::DuplicatePublicIp);
+        }
+        if mac.is_some_and(|m| self.macs.contains(&m)) {
+            return Err(Rejection::DuplicateVtepMac);
+        }
+        // A subnet over a peer's PublicIP would route the tunnel to that
+        // peer into itself; so would a PublicIP inside a peer's subnet.
+        if self.ips.range(first..=last).next().is_some() {
+            return Err(Rejection::CoversUnderlay);
+        }
+        if self.subnet_reaching(ip32).is_some_and(|end| end >= ip32) {
+            return Err(Rejection::PublicIp);
+        }
+        self.subnets.insert(first, last);
+        self.ips.insert(ip32);
+        self.macs.extend(mac);
+        Ok(())
+    }
+
+    /// The last address of the subnet held that starts last at or before
+    /// `addr`. The subnets held are disjoint, so it is the only one that
+    /// can reach `addr`.
+    fn subnet_reaching(&self, addr: u32) -> Option<u32> {
+        self.subnets.range(..=addr).next_back().map(|(_, end)| *end)
     }
 }
 
@@ -247,29 +364,48 @@ mod tests {
                 mtu: None,
             },
             network: "10.0.0.0/8".parse().unwrap(),
-            subnet_len: 24,
+            subnet_len: Some(24),
             own: "10.244.1.0-24".parse().unwrap(),
             own_public_ip: Ipv4Addr::new(192, 168, 100, 1),
             own_mac: Some(OWN_MAC),
             underlay: vec!["10.9.0.0/24".parse().unwrap()],
+            network_routed: false,
         }
     }
 
-    fn lease(key: &str, ip: [u8; 4], mac: &str) -> Lease {
+    /// A lease whose origin orders by `since` (then its key).
+    fn born(key: &str, ip: [u8; 4], mac: &str, since: i64) -> Lease {
         let json = format!(
             r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#,
             Ipv4Addr::from(ip)
         );
+        let key: SubnetKey = key.parse().unwrap();
         Lease {
-            key: key.parse().unwrap(),
+            key,
             attrs: LeaseAttrs::from_json(json.as_bytes()).unwrap(),
             expiration: None,
+            origin: Origin::keyed(since, &key),
         }
+    }
+
+    fn lease(key: &str, ip: [u8; 4], mac: &str) -> Lease {
+        born(key, ip, mac, 0)
     }
 
     fn reason(l: Lease) -> Option<Rejection> {
         let (_, refused) = policy().admit(&[l], |_| false);
-        refused.first().map(|(_, r)| *r)
+        refused.first().map(|r| r.reason)
+    }
+
+    fn keys(ok: &[Admitted]) -> Vec<String> {
+        ok.iter().map(|a| a.key.to_string()).collect()
+    }
+
+    fn reasons(refused: &[Refused]) -> Vec<(String, Rejection)> {
+        refused
+            .iter()
+            .map(|r| (r.key.to_string(), r.reason))
+            .collect()
     }
 
     const IP: [u8; 4] = [192, 168, 100, 2];
@@ -281,6 +417,7 @@ mod tests {
         assert_eq!(ok.len(), 1);
         assert!(refused.is_empty());
         assert_eq!(ok[0].vtep_mac, Some(MAC.parse().unwrap()));
+        assert_eq!(ok[0].public_ip, Ipv4Addr::from(IP));
     }
 
     #[test]
@@ -299,6 +436,10 @@ mod tests {
             (lease("10.244.2.0-24", [255, 255, 255, 255], MAC), PublicIp),
             (lease("10.244.2.0-24", [169, 254, 1, 1], MAC), PublicIp),
             (lease("10.244.2.0-24", [192, 168, 100, 1], MAC), PublicIp),
+            // Inside our own subnet: routed into our device.
+            (lease("10.244.2.0-24", [10, 244, 1, 9], MAC), PublicIp),
+            // Inside its own subnet: routed into our device toward it.
+            (lease("10.244.9.0-24", [10, 244, 9, 1], MAC), PublicIp),
             (lease("10.244.2.0-24", IP, "00:00:00:00:00:00"), VtepMac),
             (lease("10.244.2.0-24", IP, "ff:ff:ff:ff:ff:ff"), VtepMac),
             (lease("10.244.2.0-24", IP, "01:00:5e:00:00:01"), VtepMac),
@@ -331,33 +472,213 @@ mod tests {
         let (ok, refused) = policy().admit(&[lease("10.244.1.0-24", IP, MAC)], |_| false);
         assert!(ok.is_empty());
         assert_eq!(
-            refused,
-            vec![("10.244.1.0-24".parse().unwrap(), Rejection::OverlapsOwn)]
+            reasons(&refused),
+            [("10.244.1.0-24".into(), Rejection::OverlapsOwn)]
         );
     }
 
+    /// Every permutation of `leases`, fed to `admit` with no incumbents,
+    /// gives one answer; it is returned.
+    fn same_on_every_order(p: &LeasePolicy, leases: &[Lease]) -> (Vec<Admitted>, Vec<Refused>) {
+        let mut order: Vec<usize> = (0..leases.len()).collect();
+        let first = p.admit(leases, |_| false);
+        // Heap's algorithm, iteratively: all n! orders.
+        let mut c = vec![0; order.len()];
+        let mut i = 0;
+        while i < order.len() {
+            if c[i] < i {
+                let j = if i % 2 == 0 { 0 } else { c[i] };
+                order.swap(j, i);
+                let shuffled: Vec<Lease> = order.iter().map(|&k| leases[k].clone()).collect();
+                assert_eq!(p.admit(&shuffled, |_| false), first, "order {order:?}");
+                c[i] += 1;
+                i = 0;
+            } else {
+                c[i] = 0;
+                i += 1;
+            }
+        }
+        first
+    }
+
     #[test]
-    fn overlaps_and_duplicate_macs_go_to_the_incumbent_then_the_lower_key() {
+    fn each_collision_goes_to_the_older_lease_in_every_order() {
+        use Rejection::*;
         let p = policy();
-        let a = lease("10.244.2.0-24", IP, MAC);
-        let b = lease("10.244.3.0-24", [192, 168, 100, 3], MAC);
-        let (ok, refused) = p.admit(&[b.clone(), a.clone()], |_| false);
-        assert_eq!(ok.iter().map(|x| x.key).collect::<Vec<_>>(), vec![a.key]);
-        assert_eq!(refused, vec![(b.key, Rejection::DuplicateVtepMac)]);
-        // The incumbent wins even with the higher key.
-        let (ok, refused) = p.admit(&[a.clone(), b.clone()], |k| *k == b.key);
-        assert_eq!(ok.iter().map(|x| x.key).collect::<Vec<_>>(), vec![b.key]);
-        assert_eq!(refused, vec![(a.key, Rejection::DuplicateVtepMac)]);
-        // Overlapping subnets that pass the length rule: a dual-stack key
-        // that repeats a peer's IPv4 subnet.
-        let twin = lease(
-            "10.244.2.0-24&fd00:1::-64",
-            [192, 168, 100, 4],
-            "0e:00:00:00:00:04",
+        let old = born("10.244.2.0-24", IP, MAC, 10);
+        let cases = [
+            // Another subnet, the old lease's PublicIP.
+            (
+                born("10.244.3.0-24", IP, "0e:00:00:00:00:03", 20),
+                DuplicatePublicIp,
+            ),
+            // Another subnet and address, the old lease's VtepMAC.
+            (
+                born("10.244.3.0-24", [192, 168, 100, 3], MAC, 20),
+                DuplicateVtepMac,
+            ),
+            // The old lease's subnet (two Nodes with one podCIDR).
+            (
+                born("10.244.2.0-24", [192, 168, 100, 3], "0e:00:00:00:00:03", 20),
+                OverlapsPeer,
+            ),
+            // A dual-stack key that repeats its IPv4 subnet.
+            (
+                born(
+                    "10.244.2.0-24&fd00:1::-64",
+                    [192, 168, 100, 3],
+                    "0e:00:00:00:00:03",
+                    20,
+                ),
+                OverlapsPeer,
+            ),
+        ];
+        for (new, why) in cases {
+            // A third, innocent lease rides along in every order.
+            let other = born("10.244.7.0-24", [192, 168, 100, 7], "0e:00:00:00:00:07", 15);
+            let (ok, refused) = same_on_every_order(&p, &[new.clone(), old.clone(), other]);
+            assert_eq!(keys(&ok), ["10.244.2.0-24", "10.244.7.0-24"], "{why}");
+            assert_eq!(ok[0].origin, old.origin, "{why}");
+            assert_eq!(ok[0].public_ip, Ipv4Addr::from(IP), "{why}");
+            assert_eq!(refused.len(), 1, "{why}");
+            assert_eq!(
+                (refused[0].origin.clone(), refused[0].reason),
+                (new.origin.clone(), why)
+            );
+            // Swap their ages: the other one wins, still on every order.
+            let (young, elder) = (
+                Lease {
+                    origin: Origin::keyed(30, &old.key),
+                    ..old.clone()
+                },
+                new,
+            );
+            let (ok, refused) = same_on_every_order(&p, &[young.clone(), elder.clone()]);
+            assert_eq!(ok[0].origin, elder.origin, "{why}");
+            assert_eq!(refused[0].origin, young.origin, "{why}");
+        }
+    }
+
+    #[test]
+    fn an_admitted_peer_keeps_its_place_until_its_lease_changes() {
+        let p = policy();
+        // The incumbent is younger than the newcomer by the registry's
+        // order (a Node created long ago that claims a live peer's address
+        // only now): running nodes keep the peer they route to.
+        let peer = born("10.244.2.0-24", IP, MAC, 50);
+        let newcomer = born("10.244.3.0-24", IP, "0e:00:00:00:00:03", 10);
+        let (ok, refused) = p.admit(&[newcomer.clone(), peer.clone()], |l| *l == peer);
+        assert_eq!(keys(&ok), ["10.244.2.0-24"]);
+        assert_eq!(refused[0].reason, Rejection::DuplicatePublicIp);
+        // Two Nodes with one podCIDR: incumbency is by holder, not key.
+        let twin = Lease {
+            origin: Origin {
+                since: 1,
+                holder: "uid-b".into(),
+                name: "b".into(),
+            },
+            attrs: newcomer.attrs.clone(),
+            ..peer.clone()
+        };
+        let (ok, refused) = p.admit(&[twin.clone(), peer.clone()], |l| *l == peer);
+        assert_eq!(ok[0].origin, peer.origin);
+        assert_eq!(refused[0].origin, twin.origin);
+        assert_eq!(refused[0].reason, Rejection::OverlapsPeer);
+        // Once the peer's lease is gone, the newcomer is admitted.
+        let (ok, refused) = p.admit(std::slice::from_ref(&twin), |_| false);
+        assert_eq!(ok[0].origin, twin.origin);
+        assert!(refused.is_empty());
+    }
+
+    #[test]
+    fn a_subnet_over_a_peer_s_public_ip_and_the_reverse_are_refused() {
+        let mut p = policy();
+        p.underlay.clear();
+        // Underlay addresses inside Network, as some clusters have.
+        let peer = born("10.244.2.0-24", [10, 9, 0, 2], MAC, 1);
+        let over = born("10.9.0.0-24", [10, 9, 1, 3], "0e:00:00:00:00:03", 2);
+        let (ok, refused) = same_on_every_order(&p, &[peer.clone(), over]);
+        assert_eq!(keys(&ok), ["10.244.2.0-24"]);
+        assert_eq!(refused[0].reason, Rejection::CoversUnderlay);
+        let inside = born("10.244.5.0-24", [10, 244, 2, 7], "0e:00:00:00:00:05", 2);
+        let (ok, refused) = same_on_every_order(&p, &[peer, inside]);
+        assert_eq!(keys(&ok), ["10.244.2.0-24"]);
+        assert_eq!(refused[0].reason, Rejection::PublicIp);
+    }
+
+    #[test]
+    fn with_the_udp_backend_a_public_ip_inside_network_is_refused_unless_on_the_underlay() {
+        let mut p = policy();
+        p.backend = Backend::Udp { port: 8285 };
+        p.own_mac = None;
+        p.network_routed = true;
+        let udp = |key: &str, ip: [u8; 4]| Lease {
+            attrs: LeaseAttrs::udp(Ipv4Addr::from(ip)),
+            ..lease(key, ip, MAC)
+        };
+        let (_, refused) = p.admit(&[udp("10.244.2.0-24", [10, 200, 0, 1])], |_| false);
+        assert_eq!(
+            reasons(&refused),
+            [("10.244.2.0-24".into(), Rejection::PublicIp)]
         );
-        let (ok, refused) = p.admit(&[twin.clone(), a.clone()], |_| false);
-        assert_eq!(ok.iter().map(|x| x.key).collect::<Vec<_>>(), vec![a.key]);
-        assert_eq!(refused, vec![(twin.key, Rejection::OverlapsPeer)]);
+        // 10.9.0.0/24 is the underlay's, inside Network: its connected
+        // route is the more specific one.
+        let (ok, _) = p.admit(&[udp("10.244.2.0-24", [10, 9, 0, 5])], |_| false);
+        assert_eq!(keys(&ok), ["10.244.2.0-24"]);
+    }
+
+    #[test]
+    fn without_a_subnet_len_any_length_inside_network_passes() {
+        let mut p = policy();
+        p.subnet_len = None;
+        let (ok, refused) = p.admit(
+            &[
+                lease("10.244.2.0-25", IP, MAC),
+                lease("10.244.2.128-26", [192, 168, 100, 3], "0e:00:00:00:00:03"),
+                lease("10.244.2.0-26", [192, 168, 100, 4], "0e:00:00:00:00:04"),
+            ],
+            |_| false,
+        );
+        assert_eq!(keys(&ok), ["10.244.2.0-25", "10.244.2.128-26"]);
+        assert_eq!(
+            reasons(&refused),
+            [("10.244.2.0-26".into(), Rejection::OverlapsPeer)]
+        );
+    }
+
+    /// The issue's bound: admission of 5 000 leases in under a millisecond
+    /// is measured by the `admission` criterion bench; here only that it
+    /// is not quadratic in disguise (every lease admitted once).
+    #[test]
+    fn five_thousand_leases_are_admitted() {
+        let mut p = policy();
+        p.underlay.clear();
+        let mut leases: Vec<Lease> = (0..5000u32)
+            .map(|i| {
+                let net = Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + ((i + 300) << 8)), 24).unwrap();
+                let key = SubnetKey::v4(net);
+                let mac = format!("0e:00:00:01:{:02x}:{:02x}", i >> 8, i & 0xff);
+                born(
+                    &key.to_string(),
+                    [172, 16, (i >> 8) as u8, i as u8],
+                    &mac,
+                    i64::from(i),
+                )
+            })
+            .collect();
+        // The youngest claims the oldest's PublicIP.
+        leases.push(born(
+            "10.200.0.0-24",
+            [172, 16, 0, 0],
+            "0e:00:00:02:00:00",
+            9999,
+        ));
+        let (ok, refused) = p.admit(&leases, |_| false);
+        assert_eq!(ok.len(), 5000);
+        assert_eq!(
+            reasons(&refused),
+            [("10.200.0.0-24".into(), Rejection::DuplicatePublicIp)]
+        );
     }
 
     #[test]

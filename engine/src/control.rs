@@ -113,6 +113,10 @@ pub struct Peers {
     rejected: BTreeMap<(SubnetKey, Origin), (Ipv4Addr, Rejection)>,
     /// Each peer's traffic counters, kept for as long as its lease.
     counters: BTreeMap<SubnetKey, Arc<PeerCounters>>,
+    /// The leases of the last sync: a poll that finds them unchanged has
+    /// nothing to decide (admission depends only on them and on the peers
+    /// the last sync chose).
+    last_leases: Vec<Lease>,
 }
 
 impl Peers {
@@ -141,6 +145,7 @@ impl Peers {
             failing: BTreeMap::new(),
             rejected: BTreeMap::new(),
             counters: BTreeMap::new(),
+            last_leases: Vec::new(),
         }
     }
 
@@ -205,6 +210,10 @@ impl Peers {
     /// errors for one peer are logged and retried by `recheck`; they do not
     /// stop the others.
     pub async fn sync(&mut self, leases: &[Lease]) {
+        if leases == self.last_leases.as_slice() {
+            return;
+        }
+        self.last_leases = leases.to_vec();
         let (admitted, refused) = self.policy.admit(leases, |l| self.is_peer(l));
         let mut desired = BTreeMap::new();
         let mut holders = BTreeMap::new();
@@ -594,6 +603,7 @@ impl Peers {
             .collect();
         self.wanted.clear();
         self.holders.clear();
+        self.last_leases.clear();
         self.routed.clear();
         self.failing.clear();
         self.publish();

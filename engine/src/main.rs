@@ -21,9 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Join the overlay: acquire a subnet lease (from a file registry or
-    /// etcd), create the device and routes, forward traffic, and clean up
-    /// on SIGTERM/SIGINT.
+    /// Join the overlay: take a subnet lease (from a file registry, etcd,
+    /// or the node's podCIDR with --kube-subnet-mgr), create the device and
+    /// routes, forward traffic, and clean up on SIGTERM/SIGINT.
     Run(Box<RunArgs>),
     /// Build a small cluster in network namespaces on this host, run weft on
     /// every node, show live per-peer traffic, compare ping and throughput
@@ -326,6 +326,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
+    event_queue_depth(std::env::var("EVENT_QUEUE_DEPTH").ok().as_deref())?;
     if a.etcd_username.is_some() != etcd_password.is_some() {
         anyhow::bail!(
             "etcd authentication needs both a username and a password \
@@ -383,6 +384,29 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             resync: std::time::Duration::from_secs(a.iptables_resync.max(1)),
         },
     })
+}
+
+/// flanneld's `EVENT_QUEUE_DEPTH` (kube-flannel.yml sets 5000): the size of
+/// the channel its Kubernetes subnet manager queues node events in, which
+/// drops events when full. weft has no such queue to size: it reads every
+/// poll from the node store the watch keeps, so no event can be lost. A
+/// value flanneld would take is accepted and said to have no effect; one
+/// it would not (not a positive whole number) is refused, rather than
+/// ignored as flanneld does.
+fn event_queue_depth(value: Option<&str>) -> anyhow::Result<()> {
+    let Some(v) = value else { return Ok(()) };
+    match v.trim().parse::<u32>() {
+        Ok(n) if n > 0 => {
+            tracing::info!(
+                EVENT_QUEUE_DEPTH = n,
+                "EVENT_QUEUE_DEPTH has nothing to size in weft: it reads nodes from the watch's store, with no event queue that could fill up"
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!(
+            "EVENT_QUEUE_DEPTH={v:?} is not a positive whole number (flanneld's default is 5000)"
+        ),
+    }
 }
 
 /// On or off.

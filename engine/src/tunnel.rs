@@ -392,9 +392,10 @@ impl Tunnel {
     /// must lie in that node's subnet (with `allow_nat_peers`: in some
     /// node's), and the inner destination in ours, and not be our subnet's
     /// broadcast address or multicast. IPv6 inner packets are dropped:
-    /// there is no IPv6 overlay to authenticate them against. `ip` is the
-    /// inner packet, an IPv4 header the decapsulator checked. Returns the
-    /// sender, when it holds a lease.
+    /// there is no IPv6 overlay to authenticate them against; so is
+    /// anything shorter than an IPv4 header or of another version, though
+    /// the decapsulators refuse those first. Returns the sender, when it
+    /// holds a lease.
     #[inline]
     pub fn authorize(
         &self,
@@ -410,13 +411,14 @@ impl Tunnel {
             Some((net, id)) => (Some(net), Some(id)),
             None => (None, None),
         };
-        if weft_encap::ip_version(ip) == Some(6) {
-            return Err(DropReason::Ipv6Unsupported);
+        match weft_encap::ip_version(ip) {
+            Some(4) if ip.len() >= ipv4::MIN_HEADER_LEN => {}
+            Some(6) => return Err(DropReason::Ipv6Unsupported),
+            // The decapsulators check this first; the core fails closed on
+            // its own all the same.
+            _ => return Err(DropReason::Ipv4Malformed),
         }
         let p = Packet::new_unchecked(ip);
-        if ip.len() < ipv4::MIN_HEADER_LEN || p.version() != 4 {
-            return Ok(id);
-        }
         let (src, dst) = (p.src(), p.dst());
         let src_ok = match sender {
             Some(net) => net.contains(&src),
@@ -498,5 +500,7 @@ impl IcmpBudget {
     }
 }
 
+#[doc(hidden)]
+pub mod harness;
 #[cfg(test)]
 mod tests;

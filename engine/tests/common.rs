@@ -397,3 +397,217 @@ pub fn peer_binary(name: &str, env: &str) -> std::path::PathBuf {
     );
     String::from_utf8_lossy(&out.stdout).trim().into()
 }
+
+/// How a collision test writes leases into one registry.
+pub trait Claims {
+    /// A new holder, `name`, claims `cidr` with `public_ip` and `mac`. A
+    /// registry that names a lease by its subnet alone (files, etcd) claims
+    /// an existing peer's subnet with a dual-stack key that repeats it.
+    fn claim(&self, c: &Cluster, name: &str, cidr: &str, public_ip: &str, mac: &str);
+    /// Node `i`'s own lease goes away (node `i` is stopped already).
+    fn release(&self, c: &Cluster, i: usize);
+    /// What node `i` is started with to be the holder `name` (Kubernetes:
+    /// that Node's name); by default it finds its lease by its PublicIP.
+    fn become_holder(&self, _c: &mut Cluster, _name: &str) {}
+}
+
+/// The VtepMAC of the peer with `subnet`, as node `i` (metrics on 9153)
+/// lists it.
+pub fn peer_mac(c: &Cluster, i: usize, subnet: ipnet::Ipv4Net) -> String {
+    let m = metrics(&c.nodes[i].ns, 9153);
+    let line = m
+        .lines()
+        .find(|l| l.starts_with("weft_peer_info{") && l.contains(&format!("subnet=\"{subnet}\"")))
+        .unwrap_or_else(|| panic!("no peer {subnet} in\n{m}"));
+    line.split("vtep_mac=\"").nth(1).unwrap()[..17].to_string()
+}
+
+/// The collision scenario, on any registry. Nodes 0 and 1 run weft on
+/// `device` (node 0's metrics on 9153) and reach each other; then three
+/// newcomers claim node 1's PublicIP, its subnet and its VtepMAC. Node 0
+/// refuses each with its reason, programs nothing of them, lists them in
+/// `weft status`, and node 0 and node 1 keep reaching each other both ways.
+/// Once node 1 and its lease are gone, node 1's host comes back as the
+/// holder of the lease that claimed its PublicIP, and node 0 reaches it.
+pub fn colliders_never_displace_a_live_peer(c: &mut Cluster, claims: &dyn Claims, device: &str) {
+    c.start(
+        0,
+        weft(),
+        &["--device", device, "--metrics-addr", "127.0.0.1:9153"],
+    )
+    .unwrap();
+    c.start(
+        1,
+        weft(),
+        &["--device", device, "--metrics-addr", "127.0.0.1:9153"],
+    )
+    .unwrap();
+    for i in 0..2 {
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let (a, b) = (c.nodes[0].pod_ip().unwrap(), c.nodes[1].pod_ip().unwrap());
+    assert!(wait_ping(&c.nodes[0].ns, b), "{}", c.nodes[0].log_text());
+    assert!(wait_ping(&c.nodes[1].ns, a), "{}", c.nodes[1].log_text());
+    let b_subnet = c.nodes[1].subnet().unwrap();
+    let b_ip = c.nodes[1].underlay.to_string();
+    let b_mac = peer_mac(c, 0, b_subnet);
+    let colliders = [
+        (
+            "evil-ip",
+            "10.244.250.0/24".to_string(),
+            b_ip.clone(),
+            "0e:00:00:00:00:fa".to_string(),
+            "duplicate_public_ip",
+        ),
+        (
+            "evil-twin",
+            b_subnet.to_string(),
+            "192.168.100.77".into(),
+            "0e:00:00:00:00:fb".into(),
+            "overlaps_peer",
+        ),
+        (
+            "evil-mac",
+            "10.244.251.0/24".into(),
+            "192.168.100.78".into(),
+            b_mac.clone(),
+            "duplicate_vtep_mac",
+        ),
+    ];
+    for (name, cidr, ip, mac, _) in &colliders {
+        claims.claim(c, name, cidr, ip, mac);
+    }
+    let ns0 = &c.nodes[0].ns;
+    let refused = Cluster::wait_for(Duration::from_secs(5), || {
+        let m = metrics(ns0, 9153);
+        colliders.iter().all(|(.., r)| {
+            metric(&m, &format!("weft_leases_rejected_total{{reason=\"{r}\"}}")) == Some(1)
+        })
+    });
+    assert!(refused, "{}\n{}", metrics(ns0, 9153), c.nodes[0].log_text());
+    // The incumbent keeps working both ways, poll after poll.
+    for _ in 0..6 {
+        assert!(
+            ping(&c.nodes[0].ns, b, 2),
+            "0 -> 1 cut off\n{}",
+            c.nodes[0].log_text()
+        );
+        assert!(
+            ping(&c.nodes[1].ns, a, 2),
+            "1 -> 0 cut off\n{}",
+            c.nodes[1].log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    transfer_pods(c, 0, 1, 5, 5300);
+    transfer_pods(c, 1, 0, 5, 5301);
+    let m = metrics(ns0, 9153);
+    assert_eq!(metric(&m, "weft_peers"), Some(1), "{m}");
+    assert_eq!(
+        metric(&m, r#"weft_dropped_packets_total{reason="unknown_sender"}"#),
+        Some(0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"weft_dropped_packets_total{reason="spoofed_source"}"#),
+        Some(0),
+        "{m}"
+    );
+    // Nothing of the newcomers is programmed: one route of ours (node 1's),
+    // node 1's neighbour only, no FDB entry with their MACs.
+    let ours = String::from_utf8_lossy(&ns0.ip(&["route", "show", "proto", "87"]).unwrap().stdout)
+        .to_string();
+    assert_eq!(ours.lines().count(), 1, "{ours}");
+    assert!(ours.starts_with(&format!("{b_subnet} ")), "{ours}");
+    let neigh = String::from_utf8_lossy(
+        &ns0.ip(&["neigh", "show", "dev", "flannel.1"])
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    for (_, cidr, _, mac, _) in &colliders {
+        if *mac != b_mac {
+            assert!(!neigh.contains(mac.as_str()), "{mac} in\n{neigh}");
+        }
+        let net: ipnet::Ipv4Net = cidr.parse().unwrap();
+        if net != b_subnet {
+            assert!(
+                !neigh.contains(&net.network().to_string()),
+                "{cidr} in\n{neigh}"
+            );
+        }
+    }
+    if device == "tap" {
+        assert_eq!(
+            neigh.trim(),
+            format!("{} lladdr {b_mac} PERMANENT", b_subnet.network()),
+            "{neigh}"
+        );
+    }
+    let fdb = ns0
+        .command("bridge")
+        .args(["fdb", "show", "dev", "flannel.1"])
+        .output()
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    for mac in ["0e:00:00:00:00:fa", "0e:00:00:00:00:fb"] {
+        assert!(!fdb.contains(mac), "{mac} in\n{fdb}");
+    }
+    let status = ns0
+        .command(weft())
+        .args(["status", "--metrics-addr", "127.0.0.1:9153"])
+        .output()
+        .unwrap();
+    let status = strip_ansi(&String::from_utf8_lossy(&status.stdout));
+    assert!(status.contains("rejected leases (3)"), "{status}");
+    for (.., r) in &colliders {
+        assert!(status.contains(r), "{r} not in\n{status}");
+    }
+
+    // The incumbent leaves; its lease goes. The newcomers are admitted, and
+    // node 1's host comes back as the one that claimed its PublicIP.
+    assert!(c.nodes[1].stop().unwrap().success());
+    claims.release(c, 1);
+    let admitted = Cluster::wait_for(Duration::from_secs(5), || {
+        !route_of(&c.nodes[0].ns, "10.244.250.0/24").is_empty()
+    });
+    assert!(admitted, "{}", c.nodes[0].log_text());
+    claims.become_holder(c, "evil-ip");
+    c.nodes[1].ns.ip(&["link", "del", "cni0"]).unwrap();
+    c.start(1, weft(), &["--device", device]).unwrap();
+    assert_eq!(c.nodes[1].subnet().unwrap().to_string(), "10.244.250.0/24");
+    c.nodes[1].add_pod_bridge().unwrap();
+    let b2 = c.nodes[1].pod_ip().unwrap();
+    assert!(
+        wait_ping(&c.nodes[0].ns, b2),
+        "{}\n{}",
+        c.nodes[0].log_text(),
+        c.nodes[1].log_text()
+    );
+    assert!(ping(&c.nodes[1].ns, a, 3), "{}", c.nodes[1].log_text());
+    for i in 0..2 {
+        assert!(c.nodes[i].stop().unwrap().success());
+    }
+}
+
+/// The file registry's claims: a lease file each.
+pub struct FileClaims;
+
+impl Claims for FileClaims {
+    fn claim(&self, c: &Cluster, _name: &str, cidr: &str, public_ip: &str, mac: &str) {
+        let net: ipnet::Ipv4Net = cidr.parse().unwrap();
+        let mut key = format!("{}-{}", net.network(), net.prefix_len());
+        if c.nodes.iter().any(|n| n.subnet() == Some(net)) {
+            key += "&fd00:9::-64";
+        }
+        std::fs::write(
+            c.registry.join("subnets").join(key),
+            vxlan_lease(public_ip, mac),
+        )
+        .unwrap();
+    }
+
+    fn release(&self, c: &Cluster, i: usize) {
+        std::fs::remove_file(c.lease_path(i).unwrap()).unwrap();
+    }
+}

@@ -576,3 +576,40 @@ fn nftables_rules_equal_flanneld_s() {
     );
     assert!(rules.contains("masquerade"), "{rules}");
 }
+
+/// etcd's claims: a key each, put with etcdctl (the create revision is
+/// the lease's seniority).
+struct EtcdClaims;
+
+impl Claims for EtcdClaims {
+    fn claim(&self, c: &Cluster, _name: &str, cidr: &str, public_ip: &str, mac: &str) {
+        let net: ipnet::Ipv4Net = cidr.parse().unwrap();
+        let mut key = format!(
+            "{ETCD_PREFIX}/subnets/{}-{}",
+            net.network(),
+            net.prefix_len()
+        );
+        if c.nodes.iter().any(|n| n.subnet() == Some(net)) {
+            key += "&fd00:9::-64";
+        }
+        let out = c
+            .etcdctl(&["put", &key, &vxlan_lease(public_ip, mac)])
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    fn release(&self, c: &Cluster, i: usize) {
+        let out = c.etcdctl(&["del", &c.etcd_key(i).unwrap()]).unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// The collision scenario (`common::colliders_never_displace_a_live_peer`)
+/// on etcd, on a TAP (neighbour entries) and a TUN.
+#[test]
+fn colliding_leases_in_etcd_never_displace_a_live_peer() {
+    for device in ["tap", "tun"] {
+        let mut c = etcd_cluster(&format!("ec{}", &device[..2]), 2);
+        colliders_never_displace_a_live_peer(&mut c, &EtcdClaims, device);
+    }
+}

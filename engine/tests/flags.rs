@@ -135,3 +135,53 @@ fn blackhole_route_for_our_subnet() {
     assert!(c.nodes[0].stop().unwrap().success());
     assert_eq!(blackholes(), "");
 }
+
+/// Each Kubernetes start-up failure says what is wrong once, and what to
+/// do; `EVENT_QUEUE_DEPTH` (kube-flannel.yml's) is taken when flanneld would
+/// take it and refused, with why, when not.
+#[test]
+fn kubernetes_start_up_failures_say_what_is_wrong_once() {
+    let c = Cluster::new("kf", 1, &net_conf("vxlan")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("net-conf.json");
+    let run = |env: &[(&str, &str)], net_conf: &std::path::Path| {
+        let out = c.nodes[0]
+            .ns
+            .command(weft())
+            .args(["run", "--kube-subnet-mgr", "--metrics-addr", "off"])
+            .arg("--net-config-path")
+            .arg(net_conf)
+            .args(["--kubeconfig-file", "/nonexistent/kubeconfig"])
+            .env_remove("NODE_NAME")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        strip_ansi(&String::from_utf8_lossy(&out.stderr))
+    };
+    let err = run(&[], &missing);
+    assert!(err.contains("cannot read net-conf.json at"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(!err.contains("no network config"), "{err}");
+
+    std::fs::write(&missing, net_conf("vxlan")).unwrap();
+    let err = run(&[], &missing);
+    assert!(
+        err.contains("cannot use the kubeconfig /nonexistent/kubeconfig"),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    let err = run(&[("EVENT_QUEUE_DEPTH", "lots")], &missing);
+    assert!(
+        err.contains("EVENT_QUEUE_DEPTH=\"lots\" is not a positive whole number"),
+        "{err}"
+    );
+    // A value flanneld takes gets past it, to the next failure.
+    let err = run(&[("EVENT_QUEUE_DEPTH", "5000")], &missing);
+    assert!(
+        err.contains("EVENT_QUEUE_DEPTH has nothing to size"),
+        "{err}"
+    );
+    assert!(err.contains("cannot use the kubeconfig"), "{err}");
+}

@@ -20,7 +20,8 @@
 use crate::config::Backend;
 use crate::lease::{Lease, Origin, SubnetKey, VxlanData};
 use ipnet::Ipv4Net;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use rustc_hash::FxHashSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use weft_encap::MacAddr;
 
@@ -303,7 +304,7 @@ pub fn is_vtep_mac(mac: MacAddr) -> bool {
 struct Taken {
     subnets: BTreeMap<u32, u32>,
     ips: BTreeSet<u32>,
-    macs: HashSet<MacAddr>,
+    macs: FxHashSet<MacAddr>,
 }
 
 impl Taken {

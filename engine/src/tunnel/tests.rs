@@ -512,3 +512,40 @@ fn every_drop_reason_of_the_core() {
         .collect();
     assert!(missing.is_empty(), "no case for {missing:?}");
 }
+
+/// `authorize` fails closed on its own, whatever the decapsulators let
+/// through: too short for an IPv4 header, or a version that is neither 4
+/// nor 6, is a drop, never the sender's id.
+#[test]
+fn authorize_refuses_what_is_not_an_ipv4_packet() {
+    for mode in modes() {
+        let t = tunnel(mode);
+        let table = table(mode);
+        let good = request_ip(|_| {});
+        assert!(t.authorize(&table, A_PUBLIC, &good).is_ok(), "{mode:?}");
+        let short = &good[..ipv4::MIN_HEADER_LEN - 1];
+        let mut v5 = good.clone();
+        v5[0] = 0x55;
+        let mut v0 = good.clone();
+        v0[0] = 0x05;
+        for (what, pkt) in [
+            ("short", short),
+            ("v5", &v5[..]),
+            ("v0", &v0[..]),
+            ("empty", &[][..]),
+        ] {
+            assert_eq!(
+                t.authorize(&table, A_PUBLIC, pkt),
+                Err(DropReason::Ipv4Malformed),
+                "{mode:?} {what}"
+            );
+        }
+        let mut v6 = good.clone();
+        v6[0] = 0x60;
+        assert_eq!(
+            t.authorize(&table, A_PUBLIC, &v6),
+            Err(DropReason::Ipv6Unsupported),
+            "{mode:?}"
+        );
+    }
+}

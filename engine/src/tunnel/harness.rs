@@ -1,0 +1,231 @@
+//! Fuzz properties of the tunnel core, over a forwarding table and a
+//! configuration built from the input itself. The fuzz targets
+//! `tunnel_inbound` and `tunnel_outbound` call these; `cargo test` replays
+//! their committed inputs, so neither can rot.
+//!
+//! Input: one byte of configuration (mode, `allow_nat_peers`), one byte
+//! for the number of peers (up to 8), 14 bytes per peer (its /24's second
+//! and third octets, its PublicIP, its VtepMAC, two spare), the outer
+//! source (4 bytes, inbound only), then the datagram or packet. We are
+//! node B of the captured vectors (10.244.2.0/24, VtepMAC `MAC_B`).
+
+use super::*;
+use ipnet::Ipv4Net;
+use std::sync::Arc;
+use weft_encap::vectors::MAC_B;
+use weft_encap::{ethernet, MacAddr, Vni, HEADROOM};
+use weft_routes::{Peer, PeerCounters, Sender};
+
+/// This node: 10.244.2.0/24, node B of the captured vectors, MTU 1450.
+const OUR_MAC: MacAddr = MacAddr(MAC_B);
+const MTU: usize = 1450;
+const PEER_LEN: usize = 14;
+
+/// A tunnel and a table, and what is left of the input.
+struct Setup<'a> {
+    tunnel: Tunnel,
+    table: ForwardingTable,
+    peers: Vec<Peer>,
+    rest: &'a [u8],
+}
+
+fn setup(data: &[u8]) -> Option<Setup<'_>> {
+    let (&conf, data) = data.split_first()?;
+    let (&n, mut data) = data.split_first()?;
+    let ep = vxlan::Endpoint {
+        vni: Vni::DEFAULT,
+        mac: OUR_MAC,
+    };
+    let (mode, port) = match conf % 3 {
+        0 => (Mode::Udp, 8285),
+        1 => (Mode::VxlanTun(ep), 8472),
+        _ => (Mode::VxlanTap(ep), 8472),
+    };
+    let mut peers = Vec::new();
+    for _ in 0..n % 9 {
+        let (p, more) = data.split_at_checked(PEER_LEN)?;
+        data = more;
+        let subnet = Ipv4Net::new(Ipv4Addr::new(10, p[0], p[1], 0), 24).ok()?;
+        let mac = MacAddr([p[6], p[7], p[8], p[9], p[10], p[11]]);
+        let ip = Ipv4Addr::new(p[2], p[3], p[4], p[5]);
+        // Admission never lets two peers share a subnet, PublicIP or
+        // VtepMAC (`LeasePolicy::admit`); the table here keeps that too.
+        if peers
+            .iter()
+            .any(|q: &Peer| q.subnet == subnet || *q.endpoint.ip() == ip || q.vtep_mac == Some(mac))
+        {
+            continue;
+        }
+        peers.push(Peer {
+            subnet,
+            endpoint: SocketAddrV4::new(ip, port),
+            vtep_mac: (!matches!(mode, Mode::Udp)).then_some(mac),
+        });
+    }
+    let senders = peers
+        .iter()
+        .map(|p| Sender {
+            public_ip: *p.endpoint.ip(),
+            subnet: p.subnet,
+            counters: Arc::new(PeerCounters::default()),
+        })
+        .collect();
+    let tunnel = Tunnel::new(TunnelConfig {
+        mode,
+        local: Ipv4Addr::new(10, 244, 2, 0),
+        gateway: Ipv4Addr::new(10, 244, 0, 0),
+        subnet: "10.244.2.0/24".parse().ok()?,
+        allow_nat_peers: conf & 0x80 != 0,
+        mtu: MTU,
+        send_sockets: 4,
+    });
+    Some(Setup {
+        tunnel,
+        table: ForwardingTable::with_senders(peers.clone(), senders),
+        peers,
+        rest: data,
+    })
+}
+
+/// `Tunnel::inbound` never panics, and what it delivers passed every
+/// check: an IPv4 packet inside the datagram, from a sender's subnet (the
+/// sender's own when it holds a lease), to our subnet. True when it
+/// delivered.
+pub fn inbound(data: &[u8]) -> bool {
+    let Some(s) = setup(data) else { return false };
+    let Some((src, datagram)) = s.rest.split_at_checked(4) else {
+        return false;
+    };
+    let src = SocketAddrV4::new(Ipv4Addr::new(src[0], src[1], src[2], src[3]), 8472);
+    let mut d = datagram.to_vec();
+    let mut scratch = [0; icmp::MAX_ERROR_LEN];
+    match s.tunnel.inbound(&s.table, &mut d, src, &mut scratch) {
+        Inbound::Deliver(del) => {
+            assert!(del.deliver.end <= d.len() && del.ip.end <= d.len());
+            assert!(del.deliver.start <= del.ip.start && del.ip.end <= del.deliver.end);
+            let ip = Packet::new_checked(&d[del.ip.clone()]).expect("delivered a non-IPv4 packet");
+            assert_eq!(ip.version(), 4);
+            let (from, to) = (ip.src(), ip.dst());
+            let ours: Ipv4Net = "10.244.2.0/24".parse().expect("a literal");
+            assert!(ours.contains(&to) && to != ours.broadcast() && !to.is_multicast());
+            match del.peer {
+                Some(_) => {
+                    let (net, _) = s.table.sender_entry(*src.ip()).expect("an unknown sender");
+                    assert!(net.contains(&from), "{from} outside the sender's {net}");
+                }
+                None => {
+                    assert!(s.tunnel.config.allow_nat_peers, "a sender without a lease");
+                    assert!(s.peers.iter().any(|p| p.subnet.contains(&from)));
+                }
+            }
+            true
+        }
+        Inbound::Drop(_, Reply::Icmp(len)) => {
+            assert!(len <= scratch.len());
+            assert!(
+                s.table.sender_entry(*src.ip()).is_some(),
+                "ICMP to a stranger"
+            );
+            false
+        }
+        Inbound::Drop(..) => false,
+    }
+}
+
+/// `Tunnel::outbound` never panics, sends only to a peer of the table
+/// that routes the inner destination, and what it sends decapsulates (with
+/// the peer's own view of it) to the packet it was given. True when it
+/// sent.
+pub fn outbound(data: &[u8]) -> bool {
+    let Some(s) = setup(data) else { return false };
+    let pkt = s.rest;
+    let mut buf = vec![0; HEADROOM + pkt.len()];
+    buf[HEADROOM..].copy_from_slice(pkt);
+    let mut scratch = [0; icmp::MAX_ERROR_LEN];
+    let range = HEADROOM..buf.len();
+    match s.tunnel.outbound(&s.table, &mut buf, range, &mut scratch) {
+        Outbound::Send { range, to, .. } => {
+            assert!(range.end <= buf.len());
+            let peer = s
+                .peers
+                .iter()
+                .find(|p| p.endpoint == to)
+                .expect("sent to no peer of the table");
+            let datagram = &buf[range];
+            // The peer the table routes the packet to is the one sent to.
+            let routed = match s.tunnel.config.mode {
+                Mode::Udp => {
+                    let ip = Packet::new_checked(datagram).expect("sent a non-IPv4 packet");
+                    s.table.lookup(ip.dst())
+                }
+                Mode::VxlanTun(_) | Mode::VxlanTap(_) => {
+                    let theirs = vxlan::Endpoint {
+                        vni: Vni::DEFAULT,
+                        mac: peer.vtep_mac.expect("a vxlan peer has a VtepMAC"),
+                    };
+                    let copy = datagram.to_vec();
+                    let inner = theirs
+                        .decapsulate(&copy)
+                        .expect("our own VXLAN datagram does not decapsulate at the peer");
+                    let frame =
+                        ethernet::Frame::new_checked(&copy[inner.frame.clone()]).expect("a frame");
+                    match s.tunnel.config.mode {
+                        Mode::VxlanTap(_) => s.table.lookup_mac(frame.dst()),
+                        _ => {
+                            let ip = Packet::new_checked(&copy[inner.ip.clone()])
+                                .expect("sent a non-IPv4 packet");
+                            s.table.lookup(ip.dst())
+                        }
+                    }
+                }
+            };
+            assert_eq!(
+                routed.map(|p| p.endpoint),
+                Some(to),
+                "sent where the table does not route"
+            );
+            true
+        }
+        Outbound::Drop(_, Reply::Icmp(len)) => {
+            assert!(len <= scratch.len());
+            false
+        }
+        Outbound::Drop(..) => false,
+        Outbound::Bug(b) => panic!("internal error {b:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    /// Replays the committed inputs of `target`.
+    fn replay(target: &str, f: fn(&[u8])) {
+        let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        assert!(
+            weft_encap::harness::replay(&fuzz, target, f) > 0,
+            "no seeds for {target}"
+        );
+    }
+
+    #[test]
+    fn inbound_corpus() {
+        static DELIVERED: AtomicUsize = AtomicUsize::new(0);
+        replay("tunnel_inbound", |d| {
+            DELIVERED.fetch_add(usize::from(super::inbound(d)), Relaxed);
+        });
+        // The seeds reach the delivery checks, not only the drops.
+        let n = DELIVERED.load(Relaxed);
+        assert!(n >= 3, "{n} seeds delivered");
+    }
+
+    #[test]
+    fn outbound_corpus() {
+        static SENT: AtomicUsize = AtomicUsize::new(0);
+        replay("tunnel_outbound", |d| {
+            SENT.fetch_add(usize::from(super::outbound(d)), Relaxed);
+        });
+        let n = SENT.load(Relaxed);
+        assert!(n >= 3, "{n} seeds sent");
+    }
+}

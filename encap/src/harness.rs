@@ -205,11 +205,18 @@ pub fn replay(fuzz_dir: &std::path::Path, target: &str, f: fn(&[u8])) -> usize {
     n
 }
 
+/// `replay` for a unit test in the crate at `manifest_dir` (its
+/// `CARGO_MANIFEST_DIR`, beside `fuzz/`); panics when `target` has no
+/// committed input, so a renamed seed directory cannot pass unnoticed.
+pub fn replay_committed(manifest_dir: &str, target: &str, f: fn(&[u8])) {
+    let fuzz = std::path::Path::new(manifest_dir).join("../fuzz");
+    assert!(replay(&fuzz, target, f) > 0, "no seeds for {target}");
+}
+
 #[cfg(test)]
 mod tests {
     fn replay(target: &str, f: fn(&[u8])) {
-        let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-        assert!(super::replay(&fuzz, target, f) > 0, "no seeds for {target}");
+        super::replay_committed(env!("CARGO_MANIFEST_DIR"), target, f);
     }
 
     #[test]

@@ -590,16 +590,24 @@ pub fn colliders_never_displace_a_live_peer(c: &mut Cluster, claims: &dyn Claims
     }
 }
 
+/// The subnet key a claim of `cidr` is written under where a key names a
+/// lease (files, etcd): the plain key, or for a subnet a node of `c` holds
+/// already, a dual-stack key that repeats it.
+pub fn claim_key(c: &Cluster, cidr: &str) -> String {
+    let net: ipnet::Ipv4Net = cidr.parse().unwrap();
+    let key = format!("{}-{}", net.network(), net.prefix_len());
+    match c.nodes.iter().any(|n| n.subnet() == Some(net)) {
+        true => key + "&fd00:9::-64",
+        false => key,
+    }
+}
+
 /// The file registry's claims: a lease file each.
 pub struct FileClaims;
 
 impl Claims for FileClaims {
     fn claim(&self, c: &Cluster, _name: &str, cidr: &str, public_ip: &str, mac: &str) {
-        let net: ipnet::Ipv4Net = cidr.parse().unwrap();
-        let mut key = format!("{}-{}", net.network(), net.prefix_len());
-        if c.nodes.iter().any(|n| n.subnet() == Some(net)) {
-            key += "&fd00:9::-64";
-        }
+        let key = claim_key(c, cidr);
         std::fs::write(
             c.registry.join("subnets").join(key),
             vxlan_lease(public_ip, mac),

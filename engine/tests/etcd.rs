@@ -583,15 +583,7 @@ struct EtcdClaims;
 
 impl Claims for EtcdClaims {
     fn claim(&self, c: &Cluster, _name: &str, cidr: &str, public_ip: &str, mac: &str) {
-        let net: ipnet::Ipv4Net = cidr.parse().unwrap();
-        let mut key = format!(
-            "{ETCD_PREFIX}/subnets/{}-{}",
-            net.network(),
-            net.prefix_len()
-        );
-        if c.nodes.iter().any(|n| n.subnet() == Some(net)) {
-            key += "&fd00:9::-64";
-        }
+        let key = format!("{ETCD_PREFIX}/subnets/{}", claim_key(c, cidr));
         let out = c
             .etcdctl(&["put", &key, &vxlan_lease(public_ip, mac)])
             .unwrap();

@@ -545,3 +545,34 @@ fn colliding_nodes_never_displace_a_live_peer() {
         colliders_never_displace_a_live_peer(&mut c, &KubeClaims, device);
     }
 }
+
+/// Our own Node deleted under a running weft: it waits for the Node to
+/// come back, and a SIGTERM meanwhile still stops it cleanly (routes and
+/// device removed), rather than leaving it blocked in the lease code.
+#[test]
+fn sigterm_stops_weft_while_its_node_is_gone() {
+    let mut c = kube_cluster("kd", 2);
+    start_all(&mut c, &[]);
+    assert!(wait_ping(&c.nodes[0].ns, c.nodes[1].pod_ip().unwrap()));
+    admin(&c, |client| {
+        Box::pin(async move {
+            Api::<Node>::all(client)
+                .delete("node0", &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = std::time::Instant::now();
+    let status = c.nodes[0].stop();
+    assert!(
+        status.as_ref().is_ok_and(|s| s.success()),
+        "{status:?}\n{}",
+        c.nodes[0].log_text()
+    );
+    eprintln!("stopped {:?} after SIGTERM", t0.elapsed());
+    assert!(route_of(&c.nodes[0].ns, "10.244.2.0/24").is_empty());
+    let link = c.nodes[0].ns.ip(&["link", "show", "flannel.1"]);
+    assert!(link.is_err(), "the device is still there: {link:?}");
+    assert!(c.nodes[1].stop().unwrap().success());
+}

@@ -279,3 +279,46 @@ fn enable_ipv6_is_refused_at_start() {
     let status = c.nodes[0].stop().unwrap();
     assert!(!status.success(), "weft ran with EnableIPv6");
 }
+
+/// Routes of weft's own (proto 87) inside `Network` that no peer wants,
+/// as a crashed run of host-gw leaves them, go at start; other routes,
+/// and weft's own outside `Network`, stay.
+#[test]
+fn stale_routes_of_ours_are_swept_at_start() {
+    let c = Cluster::new("sw", 1, &net_conf("vxlan")).unwrap();
+    let ns = &c.nodes[0].ns;
+    for (dst, proto) in [
+        ("10.244.77.0/24", "87"),
+        ("10.244.78.0/24", "static"),
+        ("172.31.9.0/24", "87"),
+    ] {
+        let out = ns
+            .ip(&[
+                "route",
+                "add",
+                dst,
+                "via",
+                "192.168.100.9",
+                "dev",
+                "eth0",
+                "proto",
+                proto,
+            ])
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let mut c = c;
+    c.start(0, weft(), &[]).unwrap();
+    let ns = &c.nodes[0].ns;
+    assert!(
+        route_of(ns, "10.244.77.0/24").is_empty(),
+        "{}",
+        c.nodes[0].log_text()
+    );
+    assert!(!route_of(ns, "10.244.78.0/24").is_empty());
+    assert!(!route_of(ns, "172.31.9.0/24").is_empty());
+    assert!(c.nodes[0]
+        .log_text()
+        .contains("removed a stale route of ours"));
+    assert!(c.nodes[0].stop().unwrap().success());
+}

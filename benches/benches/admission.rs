@@ -62,22 +62,23 @@ fn admission(c: &mut Criterion) {
         let all = leases(n);
         g.throughput(Throughput::Elements(all.len() as u64));
         g.bench_with_input(BenchmarkId::new("new", n), &all, |b, all| {
-            b.iter(|| p.admit(black_box(all), |_| false))
+            b.iter(|| p.admit(black_box(all), |_, _| false))
         });
         // Every poll after the first: the peers are incumbents, looked up
         // as the control plane does (`Peers::is_peer`: holder, PublicIP,
         // VtepMAC by key).
-        let (peers, refused) = p.admit(&all, |_| false);
+        let (peers, refused) = p.admit(&all, |_, _| false);
         assert_eq!((peers.len(), refused.len()), (n as usize, 1));
         let held: BTreeMap<SubnetKey, _> = peers
-            .into_iter()
-            .map(|a| (a.key, (a.origin, a.public_ip, a.vtep_mac)))
+            .iter()
+            .map(|a| {
+                let l = a.lease;
+                (l.key, (l.origin.clone(), l.attrs.public_ip, a.vtep_mac))
+            })
             .collect();
-        let is_peer = |l: &Lease| {
+        let is_peer = |l: &Lease, vtep_mac: Option<MacAddr>| {
             held.get(&l.key).is_some_and(|(o, ip, mac)| {
-                *o == l.origin
-                    && *ip == l.attrs.public_ip
-                    && *mac == l.attrs.vxlan_data().map(|d| d.vtep_mac)
+                *o == l.origin && *ip == l.attrs.public_ip && *mac == vtep_mac
             })
         };
         g.bench_with_input(BenchmarkId::new("incumbent", n), &all, |b, all| {

@@ -81,17 +81,29 @@ impl std::error::Error for ParseMacError {}
 impl core::str::FromStr for MacAddr {
     type Err = ParseMacError;
 
+    /// Six octets of one or two hex digits each, separated by `:`. One
+    /// pass over the bytes: the control plane parses every lease's VtepMAC
+    /// on every change.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for b in &mut out {
-            let p = parts.next().ok_or(ParseMacError)?;
-            if p.is_empty() || p.len() > 2 {
-                return Err(ParseMacError);
+        let (mut octet, mut digits) = (0, 0);
+        for &c in s.as_bytes() {
+            match c {
+                b':' if digits > 0 && octet < 5 => {
+                    octet += 1;
+                    digits = 0;
+                }
+                _ => {
+                    let d = (c as char).to_digit(16).ok_or(ParseMacError)? as u8;
+                    if digits == 2 {
+                        return Err(ParseMacError);
+                    }
+                    out[octet] = out[octet] << 4 | d;
+                    digits += 1;
+                }
             }
-            *b = u8::from_str_radix(p, 16).map_err(|_| ParseMacError)?;
         }
-        if parts.next().is_some() {
+        if octet != 5 || digits == 0 {
             return Err(ParseMacError);
         }
         Ok(MacAddr(out))
@@ -236,6 +248,24 @@ mod tests {
         assert!("c6:d2:32:6f:8f:44:00".parse::<MacAddr>().is_err());
         assert!("c6:d2:32:6f:8f:4g".parse::<MacAddr>().is_err());
         assert!("c6:d2:32:6f:8f:".parse::<MacAddr>().is_err());
+        // One or two digits an octet, either case; nothing else.
+        assert_eq!(
+            "e:0:A:b:00:ff".parse::<MacAddr>(),
+            Ok(MacAddr([0x0e, 0, 0x0a, 0x0b, 0, 0xff]))
+        );
+        for bad in [
+            "",
+            ":",
+            "c6::d2:32:6f:8f",
+            "c6:d2:32:6f:8f:444",
+            "+6:d2:32:6f:8f:44",
+            ":c6:d2:32:6f:8f",
+            "c6:d2:32:6f:8f:44:",
+            "c6-d2-32-6f-8f-44",
+            "c6:d2:32:6f:8f: 4",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

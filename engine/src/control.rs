@@ -214,38 +214,37 @@ impl Peers {
             return;
         }
         self.last_leases = leases.to_vec();
-        let (admitted, refused) = self.policy.admit(leases, |l| self.is_peer(l));
+        let (admitted, refused) = self.policy.admit(leases, |l, mac| self.is_peer(l, mac));
         let mut desired = BTreeMap::new();
         let mut holders = BTreeMap::new();
         for a in admitted {
+            let l = a.lease;
             desired.insert(
-                a.key,
+                l.key,
                 Peer {
-                    subnet: a.key.v4,
-                    endpoint: SocketAddrV4::new(a.public_ip, self.port),
+                    subnet: l.key.v4,
+                    endpoint: SocketAddrV4::new(l.attrs.public_ip, self.port),
                     vtep_mac: a.vtep_mac,
                 },
             );
-            holders.insert(a.key, a.origin);
+            holders.insert(l.key, l.origin.clone());
         }
         let mut rejected = BTreeMap::new();
         for r in refused {
-            let id = (r.key, r.origin);
-            let entry = (r.public_ip, r.reason);
+            let l = r.lease;
+            let id = (l.key, l.origin.clone());
+            let entry = (l.attrs.public_ip, r.reason);
             if self.rejected.get(&id) != Some(&entry) {
                 let detail = match r.reason {
                     Rejection::BackendType => format!(
                         "its BackendType is {:?}, this cluster runs {:?}; mixed-backend clusters do not work",
-                        leases
-                            .iter()
-                            .find(|l| l.key == id.0 && l.origin == id.1)
-                            .map_or("?", |l| l.attrs.backend_type()),
+                        l.attrs.backend_type(),
                         self.policy.backend.type_name()
                     ),
                     why => why.explain().to_string(),
                 };
-                let node = &id.1.name;
-                tracing::warn!(lease = %r.key, node, public_ip = %r.public_ip, reason = %r.reason, "ignoring lease: {detail}; no route, neighbor or FDB entry is programmed for it");
+                let node = &l.origin.name;
+                tracing::warn!(lease = %l.key, node, public_ip = %l.attrs.public_ip, reason = %r.reason, "ignoring lease: {detail}; no route, neighbor or FDB entry is programmed for it");
                 self.metrics.leases_rejected[r.reason.index()].fetch_add(1, Relaxed);
             }
             rejected.insert(id, entry);
@@ -296,18 +295,14 @@ impl Peers {
         self.publish();
     }
 
-    /// True when `l` is the lease of a peer we have, unchanged: the same
-    /// holder, PublicIP and VtepMAC.
-    fn is_peer(&self, l: &Lease) -> bool {
-        let same_mac = |p: &Peer| match l.attrs.vxlan_data() {
-            Some(d) => p.vtep_mac == Some(d.vtep_mac),
-            None => p.vtep_mac.is_none(),
-        };
+    /// True when `l` (with VtepMAC `mac`) is the lease of a peer we have,
+    /// unchanged: the same holder, PublicIP and VtepMAC.
+    fn is_peer(&self, l: &Lease, mac: Option<MacAddr>) -> bool {
         self.holders.get(&l.key) == Some(&l.origin)
             && self
                 .wanted
                 .get(&l.key)
-                .is_some_and(|p| *p.endpoint.ip() == l.attrs.public_ip && same_mac(p))
+                .is_some_and(|p| *p.endpoint.ip() == l.attrs.public_ip && p.vtep_mac == mac)
     }
 
     fn publish_rejected(&self) {
@@ -630,8 +625,13 @@ fn describe(via: Via) -> &'static str {
 
 /// The VtepMAC to use: the one in our previous lease (so peers need not
 /// reprogram anything across a restart), else a fresh random one.
-pub fn vtep_mac_for(leases: &[Lease], public_ip: Ipv4Addr, vni: Vni) -> MacAddr {
-    weft_routes::alloc::lease_of(leases, public_ip)
+pub fn vtep_mac_for(
+    leases: &[Lease],
+    public_ip: Ipv4Addr,
+    previous: Option<Ipv4Net>,
+    vni: Vni,
+) -> MacAddr {
+    weft_routes::alloc::lease_of(leases, public_ip, previous)
         .and_then(|l| l.attrs.vxlan_data())
         .filter(|d| d.vni == vni && weft_routes::validate::is_vtep_mac(d.vtep_mac))
         .map(|d| d.vtep_mac)

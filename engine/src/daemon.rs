@@ -293,7 +293,8 @@ async fn plan(
                 Leases::Kube(k) => k.own_lease().into_iter().collect(),
                 Leases::Store(r) => r.leases().await.context("cannot list leases")?,
             };
-            let mac = control::vtep_mac_for(&previous, public_ip, vni);
+            let subnet = subnet_env::previous_subnet(&opts.subnet_file);
+            let mac = control::vtep_mac_for(&previous, public_ip, subnet, vni);
             let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
             Ok(Plan {
                 device: Some((format!("flannel.{vni}"), opts.device)),

@@ -37,9 +37,15 @@ pub enum AllocError {
     Contended,
 }
 
-/// The current lease whose PublicIP is `ip`, if any.
-pub fn lease_of(leases: &[Lease], ip: Ipv4Addr) -> Option<&Lease> {
-    leases.iter().find(|l| l.attrs.public_ip == ip)
+/// The current lease whose PublicIP is `ip`, if any. Anyone who can write
+/// a lease can name our PublicIP in one, so when several do, the one on
+/// `previous` (the subnet our last subnet.env names) is ours, else the
+/// oldest by its registry's record (`Origin`), the one peers keep.
+pub fn lease_of(leases: &[Lease], ip: Ipv4Addr, previous: Option<Ipv4Net>) -> Option<&Lease> {
+    leases
+        .iter()
+        .filter(|l| l.attrs.public_ip == ip)
+        .min_by_key(|l| (Some(l.subnet()) != previous, &l.origin, l.key))
 }
 
 /// Acquires a subnet for a node with `attrs`. `previous` is the subnet from
@@ -51,7 +57,7 @@ pub async fn acquire(
     previous: Option<Ipv4Net>,
 ) -> Result<Lease, AllocError> {
     let leases = reg.leases().await?;
-    if let Some(own) = lease_of(&leases, attrs.public_ip) {
+    if let Some(own) = lease_of(&leases, attrs.public_ip, previous) {
         if conf.fits(&own.subnet()) {
             tracing::info!(subnet = %own.subnet(), "reusing the lease that holds our PublicIP");
             return Ok(reg.renew(&own.key, attrs).await?);
@@ -106,6 +112,24 @@ mod tests {
 
     fn ip(n: u8) -> Ipv4Addr {
         Ipv4Addr::new(192, 0, 2, n)
+    }
+
+    /// A lease planted with our PublicIP and a lower key, before we start
+    /// again, does not take us off our own subnet (which peers keep
+    /// routing to us): ours is the one subnet.env names, else the oldest.
+    #[test]
+    fn a_planted_lease_with_our_public_ip_is_not_taken_for_ours() {
+        let (d, r, c) = setup(r#"{"Network":"10.244.0.0/16"}"#);
+        let ours: Ipv4Net = "10.244.50.0/24".parse().unwrap();
+        let mine = LeaseAttrs::udp(ip(1));
+        let a = block_on(acquire(&r, &c, &mine, Some(ours))).unwrap();
+        assert_eq!(a.subnet(), ours);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(d.path().join("subnets/10.244.10.0-24"), mine.to_json()).unwrap();
+        for previous in [Some(ours), None] {
+            let again = block_on(acquire(&r, &c, &mine, previous)).unwrap();
+            assert_eq!(again.subnet(), ours, "{previous:?}");
+        }
     }
 
     #[test]

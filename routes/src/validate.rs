@@ -18,7 +18,7 @@
 //! the udp backend tell nodes apart by their outer address alone.
 
 use crate::config::Backend;
-use crate::lease::{Lease, Origin, SubnetKey, VxlanData};
+use crate::lease::{Lease, SubnetKey, VxlanData};
 use ipnet::Ipv4Net;
 use rustc_hash::FxHashSet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -145,41 +145,22 @@ pub struct LeasePolicy {
     pub network_routed: bool,
 }
 
-/// A lease that passed: everything a peer is made of.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Admitted {
-    /// The lease's key.
-    pub key: SubnetKey,
-    /// Its PublicIP.
-    pub public_ip: Ipv4Addr,
+/// A lease that passed, and its VtepMAC (vxlan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted<'a> {
+    /// The lease.
+    pub lease: &'a Lease,
     /// Its VtepMAC (vxlan only).
     pub vtep_mac: Option<MacAddr>,
-    /// Who holds it.
-    pub origin: Origin,
 }
 
 /// A lease refused, and why.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Refused {
-    /// The lease's key.
-    pub key: SubnetKey,
-    /// Who holds it.
-    pub origin: Origin,
-    /// The PublicIP it claims.
-    pub public_ip: Ipv4Addr,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused<'a> {
+    /// The lease.
+    pub lease: &'a Lease,
     /// Why it is refused.
     pub reason: Rejection,
-}
-
-impl Refused {
-    fn of(l: &Lease, reason: Rejection) -> Refused {
-        Refused {
-            key: l.key,
-            origin: l.origin.clone(),
-            public_ip: l.attrs.public_ip,
-            reason,
-        }
-    }
 }
 
 impl LeasePolicy {
@@ -187,21 +168,22 @@ impl LeasePolicy {
     /// and our PublicIP) is neither; another node's claim to our subnet is
     /// refused as `overlaps_own`.
     ///
-    /// `incumbent` says which leases are peers already, unchanged: they
-    /// are settled first, so a colliding newcomer never displaces one.
+    /// `incumbent` says which leases (with the VtepMAC `check` read) are
+    /// peers already, unchanged: they are settled first, so a colliding
+    /// newcomer never displaces one.
     /// The others are settled in `Origin` order, older first. O(n log n).
-    pub fn admit(
+    pub fn admit<'a>(
         &self,
-        leases: &[Lease],
-        incumbent: impl Fn(&Lease) -> bool,
-    ) -> (Vec<Admitted>, Vec<Refused>) {
+        leases: &'a [Lease],
+        incumbent: impl Fn(&Lease, Option<MacAddr>) -> bool,
+    ) -> (Vec<Admitted<'a>>, Vec<Refused<'a>>) {
         let mut refused = Vec::new();
         let mut candidates = Vec::with_capacity(leases.len());
         let ours = |l: &Lease| l.key == self.own && l.attrs.public_ip == self.own_public_ip;
         for l in leases.iter().filter(|l| !ours(l)) {
             match self.check(l) {
-                Ok(mac) => candidates.push((!incumbent(l), l, mac)),
-                Err(r) => refused.push(Refused::of(l, r)),
+                Ok(mac) => candidates.push((!incumbent(l, mac), l, mac)),
+                Err(reason) => refused.push(Refused { lease: l, reason }),
             }
         }
         candidates.sort_by(|a, b| (a.0, &a.1.origin, a.1.key).cmp(&(b.0, &b.1.origin, b.1.key)));
@@ -210,16 +192,14 @@ impl LeasePolicy {
         for (_, l, mac) in candidates {
             match taken.claim(l.key.v4, l.attrs.public_ip, mac) {
                 Ok(()) => accepted.push(Admitted {
-                    key: l.key,
-                    public_ip: l.attrs.public_ip,
+                    lease: l,
                     vtep_mac: mac,
-                    origin: l.origin.clone(),
                 }),
-                Err(r) => refused.push(Refused::of(l, r)),
+                Err(reason) => refused.push(Refused { lease: l, reason }),
             }
         }
-        accepted.sort_by_key(|a| a.key);
-        refused.sort();
+        accepted.sort_by_key(|a| a.lease.key);
+        refused.sort_by(|a, b| (a.lease.key, &a.lease.origin).cmp(&(b.lease.key, &b.lease.origin)));
         (accepted, refused)
     }
 
@@ -351,7 +331,7 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
+    use crate::lease::{LeaseAttrs, Origin};
     use weft_encap::Vni;
 
     const OWN_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 1]);
@@ -393,16 +373,59 @@ mod tests {
         born(key, ip, mac, 0)
     }
 
+    /// An admitted lease, owned, for assertions.
+    #[derive(Debug, PartialEq)]
+    struct Won {
+        key: SubnetKey,
+        origin: Origin,
+        public_ip: Ipv4Addr,
+        vtep_mac: Option<MacAddr>,
+    }
+
+    /// A refused lease, owned.
+    #[derive(Debug, PartialEq)]
+    struct Lost {
+        key: SubnetKey,
+        origin: Origin,
+        reason: Rejection,
+    }
+
+    fn admit(
+        p: &LeasePolicy,
+        leases: &[Lease],
+        incumbent: impl Fn(&Lease, Option<MacAddr>) -> bool,
+    ) -> (Vec<Won>, Vec<Lost>) {
+        let (ok, refused) = LeasePolicy::admit(p, leases, incumbent);
+        let won = ok
+            .iter()
+            .map(|a| Won {
+                key: a.lease.key,
+                origin: a.lease.origin.clone(),
+                public_ip: a.lease.attrs.public_ip,
+                vtep_mac: a.vtep_mac,
+            })
+            .collect();
+        let lost = refused
+            .iter()
+            .map(|r| Lost {
+                key: r.lease.key,
+                origin: r.lease.origin.clone(),
+                reason: r.reason,
+            })
+            .collect();
+        (won, lost)
+    }
+
     fn reason(l: Lease) -> Option<Rejection> {
-        let (_, refused) = policy().admit(&[l], |_| false);
+        let (_, refused) = admit(&policy(), &[l], |_, _| false);
         refused.first().map(|r| r.reason)
     }
 
-    fn keys(ok: &[Admitted]) -> Vec<String> {
+    fn keys(ok: &[Won]) -> Vec<String> {
         ok.iter().map(|a| a.key.to_string()).collect()
     }
 
-    fn reasons(refused: &[Refused]) -> Vec<(String, Rejection)> {
+    fn reasons(refused: &[Lost]) -> Vec<(String, Rejection)> {
         refused
             .iter()
             .map(|r| (r.key.to_string(), r.reason))
@@ -414,7 +437,7 @@ mod tests {
 
     #[test]
     fn a_good_lease_passes() {
-        let (ok, refused) = policy().admit(&[lease("10.244.2.0-24", IP, MAC)], |_| false);
+        let (ok, refused) = admit(&policy(), &[lease("10.244.2.0-24", IP, MAC)], |_, _| false);
         assert_eq!(ok.len(), 1);
         assert!(refused.is_empty());
         assert_eq!(ok[0].vtep_mac, Some(MAC.parse().unwrap()));
@@ -464,13 +487,14 @@ mod tests {
 
     #[test]
     fn our_own_lease_is_neither_peer_nor_refused_but_a_claim_to_our_subnet_is() {
-        let (ok, refused) = policy()
-            .admit(&[lease("10.244.1.0-24", [192, 168, 100, 1], MAC)], |_| {
-                false
-            });
+        let (ok, refused) = admit(
+            &policy(),
+            &[lease("10.244.1.0-24", [192, 168, 100, 1], MAC)],
+            |_, _| false,
+        );
         assert!(ok.is_empty() && refused.is_empty());
         // Another node (Kubernetes: another Node object) with our podCIDR.
-        let (ok, refused) = policy().admit(&[lease("10.244.1.0-24", IP, MAC)], |_| false);
+        let (ok, refused) = admit(&policy(), &[lease("10.244.1.0-24", IP, MAC)], |_, _| false);
         assert!(ok.is_empty());
         assert_eq!(
             reasons(&refused),
@@ -480,9 +504,9 @@ mod tests {
 
     /// Every permutation of `leases`, fed to `admit` with no incumbents,
     /// gives one answer; it is returned.
-    fn same_on_every_order(p: &LeasePolicy, leases: &[Lease]) -> (Vec<Admitted>, Vec<Refused>) {
+    fn same_on_every_order(p: &LeasePolicy, leases: &[Lease]) -> (Vec<Won>, Vec<Lost>) {
         let mut order: Vec<usize> = (0..leases.len()).collect();
-        let first = p.admit(leases, |_| false);
+        let first = admit(p, leases, |_, _| false);
         // Heap's algorithm, iteratively: all n! orders.
         let mut c = vec![0; order.len()];
         let mut i = 0;
@@ -491,7 +515,7 @@ mod tests {
                 let j = if i % 2 == 0 { 0 } else { c[i] };
                 order.swap(j, i);
                 let shuffled: Vec<Lease> = order.iter().map(|&k| leases[k].clone()).collect();
-                assert_eq!(p.admit(&shuffled, |_| false), first, "order {order:?}");
+                assert_eq!(admit(p, &shuffled, |_, _| false), first, "order {order:?}");
                 c[i] += 1;
                 i = 0;
             } else {
@@ -568,7 +592,7 @@ mod tests {
         // only now): running nodes keep the peer they route to.
         let peer = born("10.244.2.0-24", IP, MAC, 50);
         let newcomer = born("10.244.3.0-24", IP, "0e:00:00:00:00:03", 10);
-        let (ok, refused) = p.admit(&[newcomer.clone(), peer.clone()], |l| *l == peer);
+        let (ok, refused) = admit(&p, &[newcomer.clone(), peer.clone()], |l, _| *l == peer);
         assert_eq!(keys(&ok), ["10.244.2.0-24"]);
         assert_eq!(refused[0].reason, Rejection::DuplicatePublicIp);
         // Two Nodes with one podCIDR: incumbency is by holder, not key.
@@ -581,12 +605,12 @@ mod tests {
             attrs: newcomer.attrs.clone(),
             ..peer.clone()
         };
-        let (ok, refused) = p.admit(&[twin.clone(), peer.clone()], |l| *l == peer);
+        let (ok, refused) = admit(&p, &[twin.clone(), peer.clone()], |l, _| *l == peer);
         assert_eq!(ok[0].origin, peer.origin);
         assert_eq!(refused[0].origin, twin.origin);
         assert_eq!(refused[0].reason, Rejection::OverlapsPeer);
         // Once the peer's lease is gone, the newcomer is admitted.
-        let (ok, refused) = p.admit(std::slice::from_ref(&twin), |_| false);
+        let (ok, refused) = admit(&p, std::slice::from_ref(&twin), |_, _| false);
         assert_eq!(ok[0].origin, twin.origin);
         assert!(refused.is_empty());
     }
@@ -617,14 +641,14 @@ mod tests {
             attrs: LeaseAttrs::udp(Ipv4Addr::from(ip)),
             ..lease(key, ip, MAC)
         };
-        let (_, refused) = p.admit(&[udp("10.244.2.0-24", [10, 200, 0, 1])], |_| false);
+        let (_, refused) = admit(&p, &[udp("10.244.2.0-24", [10, 200, 0, 1])], |_, _| false);
         assert_eq!(
             reasons(&refused),
             [("10.244.2.0-24".into(), Rejection::PublicIp)]
         );
         // 10.9.0.0/24 is the underlay's, inside Network: its connected
         // route is the more specific one.
-        let (ok, _) = p.admit(&[udp("10.244.2.0-24", [10, 9, 0, 5])], |_| false);
+        let (ok, _) = admit(&p, &[udp("10.244.2.0-24", [10, 9, 0, 5])], |_, _| false);
         assert_eq!(keys(&ok), ["10.244.2.0-24"]);
     }
 
@@ -632,13 +656,14 @@ mod tests {
     fn without_a_subnet_len_any_length_inside_network_passes() {
         let mut p = policy();
         p.subnet_len = None;
-        let (ok, refused) = p.admit(
+        let (ok, refused) = admit(
+            &p,
             &[
                 lease("10.244.2.0-25", IP, MAC),
                 lease("10.244.2.128-26", [192, 168, 100, 3], "0e:00:00:00:00:03"),
                 lease("10.244.2.0-26", [192, 168, 100, 4], "0e:00:00:00:00:04"),
             ],
-            |_| false,
+            |_, _| false,
         );
         assert_eq!(keys(&ok), ["10.244.2.0-25", "10.244.2.128-26"]);
         assert_eq!(
@@ -674,7 +699,7 @@ mod tests {
             "0e:00:00:02:00:00",
             9999,
         ));
-        let (ok, refused) = p.admit(&leases, |_| false);
+        let (ok, refused) = admit(&p, &leases, |_, _| false);
         assert_eq!(ok.len(), 5000);
         assert_eq!(
             reasons(&refused),

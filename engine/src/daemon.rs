@@ -260,6 +260,7 @@ async fn plan(
     underlay: &Underlay,
     public_ip: Ipv4Addr,
     leases_from: &Leases,
+    previous: Option<ipnet::Ipv4Net>,
 ) -> anyhow::Result<Plan> {
     let underlay_mtu = underlay.mtu;
     match *backend {
@@ -289,12 +290,11 @@ async fn plan(
             // What we announced last time, to keep our VtepMAC: in
             // Kubernetes only our own Node says that (another Node that
             // names our PublicIP says nothing about us).
-            let previous = match leases_from {
+            let leases = match leases_from {
                 Leases::Kube(k) => k.own_lease().into_iter().collect(),
                 Leases::Store(r) => r.leases().await.context("cannot list leases")?,
             };
-            let subnet = subnet_env::previous_subnet(&opts.subnet_file);
-            let mac = control::vtep_mac_for(&previous, public_ip, subnet, vni);
+            let mac = control::vtep_mac_for(&leases, public_ip, previous, vni);
             let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
             Ok(Plan {
                 device: Some((format!("flannel.{vni}"), opts.device)),
@@ -381,8 +381,16 @@ impl Node {
         if conf.backend_defaulted {
             tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
         }
-        let plan = plan(&conf.backend, &opts, &underlay, public_ip, &leases_from).await?;
         let previous = subnet_env::previous_subnet(&opts.subnet_file);
+        let plan = plan(
+            &conf.backend,
+            &opts,
+            &underlay,
+            public_ip,
+            &leases_from,
+            previous,
+        )
+        .await?;
         let previous_network = subnet_env::previous_network(&opts.subnet_file);
         let lease = match &leases_from {
             Leases::Kube(k) => k.acquire(&plan.attrs).await?,

@@ -322,3 +322,37 @@ fn stale_routes_of_ours_are_swept_at_start() {
         .contains("removed a stale route of ours"));
     assert!(c.nodes[0].stop().unwrap().success());
 }
+
+/// The udp backend routes the whole Network into flannel0; when the kernel
+/// routes that prefix already with a route weft did not install, weft
+/// refuses to start and says which, instead of replacing it.
+#[test]
+fn udp_refuses_a_network_the_kernel_routes_already() {
+    let c = Cluster::new("un", 1, &net_conf("udp")).unwrap();
+    let out = c.nodes[0]
+        .ns
+        .ip(&[
+            "route",
+            "add",
+            "10.244.0.0/16",
+            "via",
+            "192.168.100.254",
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut c = c;
+    c.spawn(0, weft(), &[]).unwrap();
+    let refused = Cluster::wait_for(Duration::from_secs(5), || {
+        c.nodes[0]
+            .log_text()
+            .contains("refusing to route the Network 10.244.0.0/16 into flannel0")
+    });
+    assert!(refused, "{}", c.nodes[0].log_text());
+    assert!(!c.nodes[0].stop().unwrap().success());
+    assert_eq!(
+        route_of(&c.nodes[0].ns, "10.244.0.0/16").trim(),
+        "10.244.0.0/16 via 192.168.100.254 dev eth0"
+    );
+}

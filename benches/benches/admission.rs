@@ -46,7 +46,7 @@ fn leases(n: u32) -> Vec<Lease> {
             key,
             attrs: LeaseAttrs::vxlan(ip, data),
             expiration: None,
-            origin: Origin::keyed(i64::from(i), &key),
+            origin: Origin::keyed(i64::from(i)),
         }
     };
     let ip = |i: u32| Ipv4Addr::from(0xac10_0000 + i + 1);

@@ -17,6 +17,9 @@ fn hostile_leases_in_the_file_registry_are_rejected() {
         vxlan_lease("192.168.100.1", HOSTILE_OWN.1),
     )
     .unwrap();
+    // Older than the lease below that names our PublicIP too (a file's
+    // birth time is as coarse as the kernel's clock tick).
+    std::thread::sleep(Duration::from_millis(20));
     for (key, json, _) in hostile_leases() {
         std::fs::write(dir.join(key), json).unwrap();
     }

@@ -132,6 +132,26 @@ mod tests {
         }
     }
 
+    /// Files born in one clock tick tie on their birth time: the lower
+    /// subnet key (by address, not by its spelling) breaks the tie.
+    #[test]
+    fn a_tie_in_age_goes_to_the_lower_subnet() {
+        let lease = |key: &str| Lease {
+            key: key.parse().unwrap(),
+            attrs: LeaseAttrs::udp(ip(1)),
+            expiration: None,
+            origin: crate::lease::Origin::keyed(7),
+        };
+        let leases = [lease("10.244.16.0-24"), lease("10.244.2.0-24")];
+        let ours = lease_of(&leases, ip(1), None).unwrap();
+        assert_eq!(ours.key.to_string(), "10.244.2.0-24");
+        let prev = "10.244.16.0/24".parse().ok();
+        assert_eq!(
+            lease_of(&leases, ip(1), prev).unwrap().key.to_string(),
+            "10.244.16.0-24"
+        );
+    }
+
     #[test]
     fn reuses_own_lease_then_previous_then_random() {
         let (_d, r, c) = setup(r#"{"Network":"10.244.0.0/16"}"#);

@@ -162,7 +162,7 @@ impl EtcdRegistry {
         let origin = st
             .leases
             .get(&key)
-            .map_or_else(|| Origin::keyed(0, &key), |l| l.origin.clone());
+            .map_or_else(|| Origin::keyed(0), |l| l.origin.clone());
         let lease = Lease {
             key,
             attrs: attrs.clone(),
@@ -225,7 +225,7 @@ fn parse_kv(
         expiration,
         // The key's create revision: a lease renewed (re-put) keeps it; one
         // deleted and written again is a newcomer.
-        origin: Origin::keyed(kv.create_revision(), &key),
+        origin: Origin::keyed(kv.create_revision()),
     })
 }
 

@@ -239,13 +239,16 @@ pub struct Lease {
 /// wins, so every node decides alike whatever order it learns things in.
 /// The order is the registry's own, which no lease holder can rewrite:
 /// etcd's create revision of the key, the Node's `creationTimestamp`, the
-/// file registry's first sighting; ties go to the lower `holder`.
+/// lease file's birth time. Ties (a file system's timestamps are coarse,
+/// a Node's are in seconds) go to the lower `holder`, then to the lower
+/// subnet key: `admit` and `alloc::lease_of` order by `(origin, key)`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Origin {
-    /// When the registry first had it, in its own units (a revision,
-    /// nanoseconds since the epoch, a sighting's sequence number).
+    /// When the registry first had it, in its own units (a revision, or
+    /// nanoseconds since the epoch).
     pub since: i64,
-    /// The holder: the Node's uid in Kubernetes, else the subnet key.
+    /// The holder: the Node's uid in Kubernetes; empty where the subnet
+    /// key names the holder (files, etcd).
     pub holder: String,
     /// What an operator knows the holder by: the Node's name in
     /// Kubernetes, else empty.
@@ -253,12 +256,12 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// A lease's origin in a registry whose leases are keys (files, etcd).
-    pub fn keyed(since: i64, key: &SubnetKey) -> Origin {
+    /// A lease's origin in a registry whose leases are keys (files, etcd):
+    /// the key tells holders apart, so only the time is recorded.
+    pub fn keyed(since: i64) -> Origin {
         Origin {
             since,
-            holder: key.to_string(),
-            name: String::new(),
+            ..Origin::default()
         }
     }
 }

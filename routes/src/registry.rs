@@ -230,7 +230,7 @@ impl FileRegistry {
             key,
             attrs,
             expiration: Some(expiry(mtime, SystemTime::now())),
-            origin: Origin::keyed(nanos(born), &key),
+            origin: Origin::keyed(nanos(born)),
         })
     }
 }
@@ -318,7 +318,7 @@ impl FileRegistry {
             seen.push(name.to_string());
             let origin = match cache.get(name) {
                 Some((.., o)) if meta.created().is_err() => o.clone(),
-                _ => Origin::keyed(nanos(meta.created().unwrap_or(now)), &key),
+                _ => Origin::keyed(nanos(meta.created().unwrap_or(now))),
             };
             let attrs = match cache.get(name) {
                 Some((t, len, attrs, o)) if *t == mtime && *len == meta.len() && *o == origin => {

@@ -365,7 +365,7 @@ mod tests {
             key,
             attrs: LeaseAttrs::from_json(json.as_bytes()).unwrap(),
             expiration: None,
-            origin: Origin::keyed(since, &key),
+            origin: Origin::keyed(since),
         }
     }
 
@@ -573,7 +573,7 @@ mod tests {
             // Swap their ages: the other one wins, still on every order.
             let (young, elder) = (
                 Lease {
-                    origin: Origin::keyed(30, &old.key),
+                    origin: Origin::keyed(30),
                     ..old.clone()
                 },
                 new,

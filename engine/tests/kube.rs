@@ -60,6 +60,19 @@ async fn create_node(nodes: &Api<Node>, i: usize) {
     nodes.create(&PostParams::default(), &node).await.unwrap();
 }
 
+/// Deletes Node `name` through the API.
+fn delete_node(c: &Cluster, name: &str) {
+    let name = name.to_string();
+    admin(c, move |client| {
+        Box::pin(async move {
+            Api::<Node>::all(client)
+                .delete(&name, &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+    });
+}
+
 fn node_of(c: &Cluster, i: usize) -> Node {
     admin(c, move |client| {
         Box::pin(async move {
@@ -186,14 +199,7 @@ fn nodes_added_and_deleted_and_a_restart() {
         c.nodes[0].log_text()
     );
     assert!(c.nodes[1].stop().unwrap().success());
-    admin(&c, |client| {
-        Box::pin(async move {
-            Api::<Node>::all(client)
-                .delete("node1", &DeleteParams::default())
-                .await
-                .unwrap();
-        })
-    });
+    delete_node(&c, "node1");
     assert!(
         Cluster::wait_for(Duration::from_secs(1), || route(&c).is_empty()),
         "the deleted node's route stayed: {}",
@@ -520,14 +526,7 @@ impl Claims for KubeClaims {
     }
 
     fn release(&self, c: &Cluster, i: usize) {
-        admin(c, move |client| {
-            Box::pin(async move {
-                Api::<Node>::all(client)
-                    .delete(&format!("node{i}"), &DeleteParams::default())
-                    .await
-                    .unwrap();
-            })
-        });
+        delete_node(c, &format!("node{i}"));
     }
 
     fn become_holder(&self, c: &mut Cluster, name: &str) {
@@ -554,14 +553,7 @@ fn sigterm_stops_weft_while_its_node_is_gone() {
     let mut c = kube_cluster("kd", 2);
     start_all(&mut c, &[]);
     assert!(wait_ping(&c.nodes[0].ns, c.nodes[1].pod_ip().unwrap()));
-    admin(&c, |client| {
-        Box::pin(async move {
-            Api::<Node>::all(client)
-                .delete("node0", &DeleteParams::default())
-                .await
-                .unwrap();
-        })
-    });
+    delete_node(&c, "node0");
     std::thread::sleep(Duration::from_secs(2));
     let t0 = std::time::Instant::now();
     let status = c.nodes[0].stop();

@@ -254,8 +254,10 @@ impl Peers {
         if changed_rejections {
             self.publish_rejected();
         }
+        // Only admission reads the holders: they may change alone (a
+        // lease re-created with what it held before).
+        self.holders = holders;
         if desired == self.wanted {
-            self.holders = holders;
             return;
         }
         // Stop forwarding to removed peers before their routes go, and start
@@ -272,7 +274,6 @@ impl Peers {
             .map(|(k, _)| *k)
             .collect();
         self.wanted = desired;
-        self.holders = holders;
         self.routed.retain(|k, _| self.wanted.contains_key(k));
         self.failing.retain(|k, _| self.wanted.contains_key(k));
         self.publish();
@@ -378,12 +379,13 @@ impl Peers {
     /// blackhole route are not peers' and stay.
     async fn sweep(&self, routes: &HashSet<RouteEntry>) {
         let own = self.policy.own.v4;
+        let wanted: HashSet<Ipv4Net> = self.wanted.values().map(|p| p.subnet).collect();
         let stale = routes.iter().filter(|r| {
             r.ours
                 && self.policy.network.contains(&r.dst)
                 && r.dst != self.policy.network
                 && r.dst != own
-                && !self.wanted.values().any(|p| p.subnet == r.dst)
+                && !wanted.contains(&r.dst)
         });
         for r in stale {
             let done = match r.oif {

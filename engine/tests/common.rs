@@ -257,6 +257,16 @@ pub fn hostile_lease_routes(c: &Cluster) {
     .unwrap();
 }
 
+/// `bridge fdb show dev flannel.1` in `ns`.
+pub fn fdb_of(ns: &Netns) -> String {
+    let out = ns
+        .command("bridge")
+        .args(["fdb", "show", "dev", "flannel.1"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `text` without terminal colour codes (ESC [ … m).
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -361,12 +371,7 @@ pub fn check_hostile_leases(c: &Cluster) {
         "10.244.30.0 lladdr 0e:00:00:00:00:30 PERMANENT",
         "{neigh}"
     );
-    let fdb = ns
-        .command("bridge")
-        .args(["fdb", "show", "dev", "flannel.1"])
-        .output()
-        .unwrap();
-    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    let fdb = fdb_of(ns);
     for (_, json, reason) in &leases {
         if let (false, Some(mac)) = (reason.is_empty(), json.split("VtepMAC\":\"").nth(1)) {
             let mac = &mac[..17];
@@ -544,12 +549,7 @@ pub fn colliders_never_displace_a_live_peer(c: &mut Cluster, claims: &dyn Claims
             "{neigh}"
         );
     }
-    let fdb = ns0
-        .command("bridge")
-        .args(["fdb", "show", "dev", "flannel.1"])
-        .output()
-        .unwrap();
-    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    let fdb = fdb_of(ns0);
     for mac in ["0e:00:00:00:00:fa", "0e:00:00:00:00:fb"] {
         assert!(!fdb.contains(mac), "{mac} in\n{fdb}");
     }

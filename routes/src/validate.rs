@@ -251,9 +251,7 @@ impl LeasePolicy {
             _ => Ok(None),
         }
     }
-}
 
-impl LeasePolicy {
     /// True when packets to `ip` would be routed into our own device: it
     /// lies in our subnet, or (udp) in `Network` and not on an underlay
     /// network inside it, whose connected route is the more specific. An

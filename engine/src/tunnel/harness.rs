@@ -14,12 +14,17 @@ use ipnet::Ipv4Net;
 use std::sync::Arc;
 use weft_encap::vectors::MAC_B;
 use weft_encap::{ethernet, MacAddr, Vni, HEADROOM};
+use weft_routes::validate::is_vtep_mac;
 use weft_routes::{Peer, PeerCounters, Sender};
 
 /// This node: 10.244.2.0/24, node B of the captured vectors, MTU 1450.
 const OUR_MAC: MacAddr = MacAddr(MAC_B);
 const MTU: usize = 1450;
 const PEER_LEN: usize = 14;
+
+fn our_subnet() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 244, 2, 0), 24).expect("a /24")
+}
 
 /// A tunnel and a table, and what is left of the input.
 struct Setup<'a> {
@@ -49,10 +54,11 @@ fn setup(data: &[u8]) -> Option<Setup<'_>> {
         let mac = MacAddr([p[6], p[7], p[8], p[9], p[10], p[11]]);
         let ip = Ipv4Addr::new(p[2], p[3], p[4], p[5]);
         // Admission never lets two peers share a subnet, PublicIP or
-        // VtepMAC, nor one have ours (`LeasePolicy`); nor does this table.
-        if peers
-            .iter()
-            .any(|q: &Peer| q.subnet == subnet || *q.endpoint.ip() == ip || q.vtep_mac == Some(mac))
+        // VtepMAC, nor one hold our subnet or our VtepMAC, nor a VtepMAC
+        // that is not a unicast address (`LeasePolicy`); nor does this table.
+        let taken =
+            |q: &Peer| q.subnet == subnet || *q.endpoint.ip() == ip || q.vtep_mac == Some(mac);
+        if subnet == our_subnet() || mac == OUR_MAC || !is_vtep_mac(mac) || peers.iter().any(taken)
         {
             continue;
         }
@@ -74,7 +80,7 @@ fn setup(data: &[u8]) -> Option<Setup<'_>> {
         mode,
         local: Ipv4Addr::new(10, 244, 2, 0),
         gateway: Ipv4Addr::new(10, 244, 0, 0),
-        subnet: "10.244.2.0/24".parse().ok()?,
+        subnet: our_subnet(),
         allow_nat_peers: conf & 0x80 != 0,
         mtu: MTU,
         send_sockets: 4,
@@ -106,7 +112,7 @@ pub fn inbound(data: &[u8]) -> bool {
             let ip = Packet::new_checked(&d[del.ip.clone()]).expect("delivered a non-IPv4 packet");
             assert_eq!(ip.version(), 4);
             let (from, to) = (ip.src(), ip.dst());
-            let ours: Ipv4Net = "10.244.2.0/24".parse().expect("a literal");
+            let ours = our_subnet();
             assert!(ours.contains(&to) && to != ours.broadcast() && !to.is_multicast());
             match del.peer {
                 Some(_) => {

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod bufs;
+pub mod check;
 pub mod control;
 pub mod daemon;
 pub mod device;

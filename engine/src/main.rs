@@ -33,6 +33,11 @@ enum Command {
     /// Show a running node's lease, peers, counters and drops, read from its
     /// metrics endpoint.
     Status(StatusArgs),
+    /// Preflight for a new board or host: what this kernel offers weft
+    /// (TUN/TAP, multi-queue, offloads, UDP GSO/GRO, iptables, sysctls,
+    /// ports, the vxlan module), what weft will use or degrade to, and why
+    /// it cannot run if it cannot (then the exit status is 1).
+    Check,
 }
 
 /// (A flag given twice takes its last value, as Go's flag package does for
@@ -296,6 +301,7 @@ fn main() -> std::process::ExitCode {
             reference: !a.no_reference,
         }),
         Command::Status(a) => weft::status::run(a.metrics_addr),
+        Command::Check => weft::check::run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -109,6 +109,26 @@ pub fn enable_gro(sock: &UdpSocket) -> bool {
     }
 }
 
+/// Whether the kernel segments UDP sends (`UDP_SEGMENT`, Linux 4.18): the
+/// socket option is set to 0, which changes nothing where it exists. An
+/// emulator or an older kernel that lacks it refuses the option
+/// (`ENOPROTOOPT`), and would refuse or ignore the per-send control message
+/// the same way, so the data path sends without GSO there.
+pub fn gso_supported(sock: &UdpSocket) -> bool {
+    let off: libc::c_int = 0;
+    // SAFETY: sock is a live socket; the value is a c_int whose size is
+    // passed alongside it.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&off as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
 /// The arrays `recvmmsg`/`sendmmsg` take: one header, one iovec and one
 /// address per datagram, allocated once and reused every batch.
 struct Mmsg {

@@ -215,6 +215,13 @@ impl Worker {
                 "the kernel has no UDP GRO; receiving datagrams one by one"
             );
         }
+        let gso = offload && tuning.gso && crate::udp_io::gso_supported(&self.socket);
+        if offload && tuning.gso && !gso {
+            tracing::info!(
+                worker = self.id,
+                "the kernel has no UDP GSO (UDP_SEGMENT); sending datagrams one by one"
+            );
+        }
         let (tx_slots, vnet_len) = match offload {
             true => (OFFLOAD_SLOTS, VIRTIO_NET_HDR_LEN + 65536),
             false => (BATCH, 0),
@@ -235,7 +242,7 @@ impl Worker {
             out_sock: Vec::with_capacity(tx_slots),
             grouped: Vec::with_capacity(tx_slots),
             receiver: Receiver::new(if tuning.mmsg { BATCH } else { 1 }),
-            sender: Sender::new(tx_slots, offload && tuning.gso, tuning.mmsg),
+            sender: Sender::new(tx_slots, gso, tuning.mmsg),
             scratch: [0; icmp::MAX_ERROR_LEN],
             batch: BatchStats::default(),
             rx_peer: PeerTally::default(),

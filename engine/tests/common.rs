@@ -6,9 +6,15 @@ use std::path::Path;
 use std::time::Duration;
 use weft_testbed::{tcp_transfer, Cluster, Netns};
 
-/// The weft binary under test.
+/// The weft binary under test: this build's, or the one `WEFT_BINARY`
+/// names (CI runs these tests with an aarch64 build behind a qemu-user
+/// wrapper, see `.ci/emulated.sh`).
 pub fn weft() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_weft"))
+    static BINARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| match std::env::var_os("WEFT_BINARY") {
+        Some(p) if !p.is_empty() => p.into(),
+        _ => env!("CARGO_BIN_EXE_weft").into(),
+    })
 }
 
 /// net-conf.json for a backend.

@@ -189,8 +189,8 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Validates a received VXLAN payload (the UDP payload) the way the Linux
-    /// receiver does, plus inner-IP header checks (the README's Security
-    /// section lists them), and says where the inner packet is.
+    /// receiver does, plus inner-IP header checks (docs/security.md lists
+    /// them), and says where the inner packet is.
     pub fn decapsulate(&self, datagram: &[u8]) -> Result<Inner, DropReason> {
         let header = Header::new_checked(datagram)?;
         let repr = Repr::parse(&header)?;

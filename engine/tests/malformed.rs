@@ -1,6 +1,6 @@
 //! Crafted datagrams sent to a running weft: every malformed case of
-//! the README's Security table is dropped, counted under its own reason, and
-//! never reaches the device. The captured vectors' inner addresses are
+//! the Security table (docs/security.md) is dropped, counted under its
+//! own reason, and never reaches the device. The captured vectors' inner addresses are
 //! 10.244.1.0 -> 10.244.2.0, so the leases are pinned to match: node 0
 //! (weft) holds 10.244.2.0/24, node 1 (the sender) 10.244.1.0/24, and the
 //! datagrams pass source authentication unless a case says otherwise.

@@ -168,14 +168,22 @@ fn etcd_down_for_20_s_loses_no_forwarding_and_compaction_is_survived() {
     // appears, another comes and goes, and the history is compacted past
     // where their watches stopped, so they must re-list rather than replay.
     c.start_etcd_hidden().unwrap();
+    // Two subnets neither node holds (the nodes' leases are random).
+    let held: Vec<u8> = (0..2)
+        .map(|i| c.nodes[i].subnet().unwrap().addr().octets()[2])
+        .collect();
+    let mut free = (90..100u8).rev().filter(|o| !held.contains(o));
+    let (added, deleted) = (free.next().unwrap(), free.next().unwrap());
+    let added_net = format!("10.244.{added}.0/24");
+    let deleted_net = format!("10.244.{deleted}.0/24");
     let fake = r#"{"PublicIP":"192.168.100.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:99"}}"#;
     c.etcdctl(&[
         "put",
-        &format!("{ETCD_PREFIX}/subnets/10.244.99.0-24"),
+        &format!("{ETCD_PREFIX}/subnets/10.244.{added}.0-24"),
         fake,
     ])
     .unwrap();
-    let gone = format!("{ETCD_PREFIX}/subnets/10.244.98.0-24");
+    let gone = format!("{ETCD_PREFIX}/subnets/10.244.{deleted}.0-24");
     c.etcdctl(&["put", &gone, &fake.replace(":99", ":98")])
         .unwrap();
     c.etcdctl(&["del", &gone]).unwrap();
@@ -194,11 +202,7 @@ fn etcd_down_for_20_s_loses_no_forwarding_and_compaction_is_survived() {
     assert_eq!(replies, 500, "forwarding was lost while etcd was down");
     for i in 0..2 {
         assert!(
-            Cluster::wait_for(Duration::from_secs(40), || !route_gone(
-                &c,
-                i,
-                "10.244.99.0/24"
-            )),
+            Cluster::wait_for(Duration::from_secs(40), || !route_gone(&c, i, &added_net)),
             "node {i} never saw the lease added during the outage\n{}",
             c.nodes[i].log_text()
         );
@@ -210,7 +214,7 @@ fn etcd_down_for_20_s_loses_no_forwarding_and_compaction_is_survived() {
             "node {i} did not re-list:\n{log}"
         );
         assert!(
-            route_gone(&c, i, "10.244.98.0/24"),
+            route_gone(&c, i, &deleted_net),
             "node {i} kept the lease deleted before compaction"
         );
     }

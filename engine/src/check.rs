@@ -237,41 +237,32 @@ fn tun_node() -> Row {
 fn devices() -> Vec<Row> {
     let name = |k: &str| format!("weftchk{k}{}", std::process::id() % 100_000);
     let mut rows = Vec::new();
-    let tun = device::create(&name("u"), DeviceKind::Tun, 2, true);
-    let (multi, offload) = match &tun {
-        Ok(q) => {
+    // Two queues first; a kernel without multi-queue may still take one.
+    let (tun, multi) = match device::create(&name("u"), DeviceKind::Tun, 2, true) {
+        Ok(q) => (Ok(q), Ok(())),
+        Err(e) => (
+            device::create(&name("u"), DeviceKind::Tun, 1, true),
+            Err(e.to_string()),
+        ),
+    };
+    let offload = match &tun {
+        Ok(q) => q[0].offload(),
+        Err(e) => {
             rows.push(row(
                 "TUN device",
-                "created",
-                Verdict::Uses,
-                "--device tun (udp and vxlan backends)",
+                short(&e.to_string()),
+                Verdict::Blocks,
+                "weft needs a TUN (or a TAP)",
             ));
-            (Ok(()), q[0].offload())
-        }
-        Err(e) => {
-            let single = device::create(&name("u"), DeviceKind::Tun, 1, true);
-            match single {
-                Ok(q) => {
-                    rows.push(row(
-                        "TUN device",
-                        "created",
-                        Verdict::Uses,
-                        "--device tun (udp and vxlan backends)",
-                    ));
-                    (Err(e.to_string()), q[0].offload())
-                }
-                Err(e) => {
-                    rows.push(row(
-                        "TUN device",
-                        short(&e.to_string()),
-                        Verdict::Blocks,
-                        "weft needs a TUN (or a TAP)",
-                    ));
-                    return rows;
-                }
-            }
+            return rows;
         }
     };
+    rows.push(row(
+        "TUN device",
+        "created",
+        Verdict::Uses,
+        "--device tun (udp and vxlan backends)",
+    ));
     drop(tun);
     rows.push(match multi {
         Ok(()) => row(

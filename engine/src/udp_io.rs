@@ -95,18 +95,7 @@ pub struct RecvMeta {
 /// buffer (`UDP_GRO`), each run with its segment size. Needs receive
 /// buffers of 64 KiB. False when the kernel refuses (before Linux 5.0).
 pub fn enable_gro(sock: &UdpSocket) -> bool {
-    let on: libc::c_int = 1;
-    // SAFETY: sock is a live socket; the value is a c_int whose size is
-    // passed alongside it.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        ) == 0
-    }
+    set_udp_option(sock, libc::UDP_GRO, 1)
 }
 
 /// Whether the kernel segments UDP sends (`UDP_SEGMENT`, Linux 4.18): the
@@ -115,15 +104,19 @@ pub fn enable_gro(sock: &UdpSocket) -> bool {
 /// (`ENOPROTOOPT`), and would refuse or ignore the per-send control message
 /// the same way, so the data path sends without GSO there.
 pub fn gso_supported(sock: &UdpSocket) -> bool {
-    let off: libc::c_int = 0;
+    set_udp_option(sock, libc::UDP_SEGMENT, 0)
+}
+
+/// Sets a `SOL_UDP` option to a c_int value; false when it is refused.
+fn set_udp_option(sock: &UdpSocket, option: libc::c_int, value: libc::c_int) -> bool {
     // SAFETY: sock is a live socket; the value is a c_int whose size is
     // passed alongside it.
     unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&off as *const libc::c_int).cast(),
+            option,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         ) == 0
     }

@@ -7,12 +7,15 @@
 
 use crate::bufs::PacketBufs;
 use crate::device::{self, DeviceKind};
+use crate::netlink::Netlink;
 use crate::udp_io::{self, OutMsg, Receiver, Sender};
+use ipnet::Ipv4Net;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use weft_encap::MacAddr;
 
 /// What a row means for weft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,21 +295,71 @@ fn devices() -> Vec<Row> {
             "a plain device: one packet per read and write (about a third of the throughput)",
         ),
     });
-    rows.push(match device::create(&name("a"), DeviceKind::Tap, 1, true) {
-        Ok(_) => row(
-            "TAP device",
-            "created",
-            Verdict::Uses,
-            "--device tap (flannel.1 as Ethernet)",
-        ),
-        Err(e) => row(
+    let tap_name = name("a");
+    match device::create(&tap_name, DeviceKind::Tap, 1, true) {
+        Ok(tap) => {
+            rows.push(row(
+                "TAP device",
+                "created",
+                Verdict::Uses,
+                "--device tap (flannel.1 as Ethernet)",
+            ));
+            rows.push(match tap_peer_entries(&tap_name) {
+                Ok(()) => row(
+                    "TAP peer entries",
+                    "neighbour and onlink route set",
+                    Verdict::Uses,
+                    "a TAP node reaches each peer through them",
+                ),
+                Err((step, e)) => row(
+                    "TAP peer entries",
+                    format!("{step} refused"),
+                    Verdict::Degrades,
+                    format!("--device tap cannot program its peers here, use --device tun ({e})"),
+                ),
+            });
+            drop(tap);
+        }
+        Err(e) => rows.push(row(
             "TAP device",
             short(&e.to_string()),
             Verdict::Degrades,
             "--device tun only",
-        ),
-    });
+        )),
+    }
     rows
+}
+
+/// What a TAP node programs for each peer, on the probe TAP: a permanent
+/// neighbour entry for the peer's gateway address and a route `via` it
+/// `onlink` (as `control` does), in TEST-NET-1 (192.0.2.0/24). Both go
+/// with the device. Some netlink translators refuse them (qemu-user 7.2
+/// answers EOPNOTSUPP) while a TUN's device routes work.
+fn tap_peer_entries(name: &str) -> Result<(), (&'static str, String)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ("a runtime", e.to_string()))?;
+    rt.block_on(async {
+        let failed = |step| move |e: crate::netlink::NetlinkError| (step, format!("{e:#}"));
+        let nl = Netlink::open().map_err(failed("netlink"))?;
+        let (index, _) = nl
+            .link(name)
+            .await
+            .map_err(failed("link lookup"))?
+            .ok_or(("link lookup", format!("{name} vanished")))?;
+        let gw = Ipv4Addr::new(192, 0, 2, 0);
+        let net = Ipv4Net::new(gw, 24).expect("a /24");
+        nl.configure_link(index, 1450, None)
+            .await
+            .map_err(failed("link up"))?;
+        nl.replace_neighbor(index, gw, MacAddr([0x02, 0, 0, 0, 0, 1]))
+            .await
+            .map_err(failed("neighbour"))?;
+        nl.replace_route(net, index, Some(gw), true)
+            .await
+            .map_err(failed("onlink route"))
+    })
 }
 
 /// The data path's UDP I/O on loopback: batches of datagrams with

@@ -1,7 +1,10 @@
 //! Subnet acquisition, in flanneld's order: reuse the lease that holds our
 //! PublicIP; else the subnet a previous run wrote to subnet.env, if free;
 //! else one picked at random among the first 100 free subnets from SubnetMin
-//! to SubnetMax. Creation is exclusive and retried on conflict.
+//! to SubnetMax. Creation is exclusive and retried on conflict: a subnet
+//! lost in a race is never picked again, even when the registry's listing
+//! (a watch cache, or one that skips a malformed entry) does not show it
+//! taken yet.
 
 use crate::config::NetConf;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
@@ -13,9 +16,6 @@ use std::net::Ipv4Addr;
 
 /// How many free subnets the random pick chooses among (flanneld's 100).
 const CANDIDATES: usize = 100;
-/// How many times a lost creation race is retried (flanneld's 10).
-const ATTEMPTS: usize = 10;
-
 /// Why no subnet could be acquired.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
@@ -32,9 +32,6 @@ pub enum AllocError {
         /// SubnetMax.
         max: Ipv4Addr,
     },
-    /// Other nodes won every race.
-    #[error("lost {ATTEMPTS} races for a free subnet in a row")]
-    Contended,
 }
 
 /// The current lease whose PublicIP is `ip`, if any. Anyone who can write
@@ -73,12 +70,15 @@ pub async fn acquire(
             }
         }
     }
+    // Every lost race takes one subnet out of the candidates for good, so
+    // the loop ends: with a subnet won, or with none left.
+    let mut lost: HashSet<Ipv4Net> = HashSet::new();
     let mut leases = leases;
-    for _ in 0..ATTEMPTS {
+    loop {
         let taken: HashSet<Ipv4Net> = leases.iter().map(|l| l.subnet()).collect();
         let free: Vec<Ipv4Net> = (0..conf.subnet_count())
             .filter_map(|i| conf.nth_subnet(i))
-            .filter(|s| !taken.contains(s))
+            .filter(|s| !taken.contains(s) && !lost.contains(s))
             .take(CANDIDATES)
             .collect();
         let Some(pick) = free.choose(&mut rand::rng()) else {
@@ -91,9 +91,10 @@ pub async fn acquire(
         if let Some(l) = reg.create(&SubnetKey::v4(*pick), attrs).await? {
             return Ok(l);
         }
+        tracing::debug!(subnet = %pick, "another node took the subnet first");
+        lost.insert(*pick);
         leases = reg.leases().await?;
     }
-    Err(AllocError::Contended)
 }
 
 #[cfg(test)]
@@ -189,6 +190,61 @@ mod tests {
         }
         let e = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(9)), None)).unwrap_err();
         assert!(e.to_string().contains("no free subnet"), "{e}");
+    }
+
+    /// A registry whose listing lags behind its writes, as etcd's watch
+    /// cache does while nodes start together.
+    struct Lagging {
+        inner: FileRegistry,
+        listing: Vec<Lease>,
+    }
+
+    #[async_trait::async_trait]
+    impl Registry for Lagging {
+        async fn config(&self) -> Result<NetConf, RegistryError> {
+            self.inner.config().await
+        }
+        async fn leases(&self) -> Result<Vec<Lease>, RegistryError> {
+            Ok(self.listing.clone())
+        }
+        async fn create(
+            &self,
+            key: &SubnetKey,
+            attrs: &LeaseAttrs,
+        ) -> Result<Option<Lease>, RegistryError> {
+            self.inner.create(key, attrs).await
+        }
+        async fn renew(&self, key: &SubnetKey, attrs: &LeaseAttrs) -> Result<Lease, RegistryError> {
+            self.inner.renew(key, attrs).await
+        }
+        async fn delete(&self, key: &SubnetKey) -> Result<(), RegistryError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    /// Every subnet the random pick chooses among is taken, and the
+    /// listing does not show it: each lost race rules its subnet out, so
+    /// the node gets a free subnet instead of giving up.
+    #[test]
+    fn a_lagging_listing_does_not_make_a_node_give_up() {
+        let (_d, r, c) = setup(r#"{"Network":"10.5.0.0/16"}"#);
+        let mut taken = HashSet::new();
+        for i in 0..CANDIDATES as u32 {
+            let s = c.nth_subnet(i).unwrap();
+            let created = block_on(r.create(&SubnetKey::v4(s), &LeaseAttrs::udp(ip(2))));
+            assert!(created.unwrap().is_some());
+            taken.insert(s);
+        }
+        let lagging = Lagging {
+            inner: r,
+            listing: Vec::new(),
+        };
+        let won = block_on(acquire(&lagging, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
+        assert!(!taken.contains(&won.subnet()), "{}", won.subnet());
+        assert_eq!(
+            block_on(lagging.inner.leases()).unwrap().len(),
+            CANDIDATES + 1
+        );
     }
 
     #[test]

@@ -1,0 +1,141 @@
+//! What `weft run` will build, decided once from the backend, the device
+//! kind and the underlay: the device and how the tunnel runs on it, the
+//! MTU, the port, what is programmed per peer and what our lease says.
+//! `Node` owns the plan; a recreated device is built from it again.
+
+use super::registry::Leases;
+use super::RunOptions;
+use crate::control::{self, Programming};
+use crate::device::DeviceKind;
+use crate::netlink::Underlay;
+use crate::tunnel::Mode;
+use anyhow::{bail, Context};
+use std::net::Ipv4Addr;
+use weft_encap::{udp, vxlan};
+use weft_routes::{Backend, LeaseAttrs};
+
+/// weft's device: its name, its kind and what the tunnel carries on it.
+#[derive(Debug, Clone)]
+pub(super) struct DevicePlan {
+    pub name: String,
+    pub kind: DeviceKind,
+    pub mode: Mode,
+}
+
+/// The plan of one node.
+#[derive(Debug, Clone)]
+pub(super) struct Plan {
+    /// weft's device; none for host-gw.
+    pub device: Option<DevicePlan>,
+    /// The device's MTU (the underlay's for host-gw).
+    pub mtu: u32,
+    /// The data port; 0 for host-gw.
+    pub port: u16,
+    /// What our lease announces.
+    pub attrs: LeaseAttrs,
+    /// Our VXLAN endpoint, for the vxlan backend.
+    pub vtep: Option<vxlan::Endpoint>,
+    /// What is programmed per peer.
+    pub programming: Programming,
+    /// host-gw and DirectRouting decide per peer from the underlay's
+    /// routes, so their changes are watched.
+    pub watch_underlay: bool,
+}
+
+impl Plan {
+    /// Decides the plan. `previous` is the subnet of the last subnet.env,
+    /// which names the lease whose VtepMAC we keep.
+    pub async fn new(
+        backend: &Backend,
+        opts: &RunOptions,
+        underlay: &Underlay,
+        public_ip: Ipv4Addr,
+        leases_from: &Leases,
+        previous: Option<ipnet::Ipv4Net>,
+    ) -> anyhow::Result<Plan> {
+        let underlay_mtu = underlay.mtu;
+        match *backend {
+            Backend::Udp { port } => {
+                if opts.device == DeviceKind::Tap {
+                    tracing::info!(
+                        "the udp backend always uses a TUN device (flannel0); ignoring --device tap"
+                    );
+                }
+                Ok(Plan {
+                    device: Some(DevicePlan {
+                        name: "flannel0".into(),
+                        kind: DeviceKind::Tun,
+                        mode: Mode::Udp,
+                    }),
+                    mtu: underlay_mtu.saturating_sub(udp::IPV4_OVERHEAD as u32),
+                    port,
+                    attrs: LeaseAttrs::udp(public_ip),
+                    vtep: None,
+                    programming: Programming::for_backend(backend, DeviceKind::Tun),
+                    watch_underlay: false,
+                })
+            }
+            Backend::Vxlan {
+                vni,
+                port,
+                direct_routing,
+                mtu,
+            } => {
+                if direct_routing {
+                    tracing::info!("DirectRouting: peers on a directly connected network are routed without encapsulation");
+                }
+                // What we announced last time, to keep our VtepMAC: in
+                // Kubernetes only our own Node says that (another Node that
+                // names our PublicIP says nothing about us).
+                let leases = match leases_from {
+                    Leases::Kube(k) => k.own_lease().into_iter().collect(),
+                    Leases::Store(r) => r.leases().await.context("cannot list leases")?,
+                };
+                let mac = control::vtep_mac_for(&leases, public_ip, previous, vni);
+                let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
+                let vtep = vxlan::Endpoint { vni, mac };
+                let kind = opts.device;
+                Ok(Plan {
+                    device: Some(DevicePlan {
+                        name: format!("flannel.{vni}"),
+                        kind,
+                        mode: match kind {
+                            DeviceKind::Tun => Mode::VxlanTun(vtep),
+                            DeviceKind::Tap => Mode::VxlanTap(vtep),
+                        },
+                    }),
+                    // Backend.MTU is the underlay's, as in flanneld's
+                    // vxlan.go: the device gets 50 bytes less.
+                    mtu: mtu
+                        .unwrap_or(underlay_mtu)
+                        .saturating_sub(vxlan::IPV4_OVERHEAD as u32),
+                    port,
+                    attrs: LeaseAttrs::vxlan(public_ip, data),
+                    vtep: Some(vtep),
+                    programming: Programming::for_backend(backend, kind),
+                    watch_underlay: direct_routing,
+                })
+            }
+            Backend::HostGw => {
+                if public_ip != underlay.addr {
+                    bail!(
+                        "host-gw cannot work behind NAT: PublicIP {public_ip} is not the address of {} ({}). \
+                         Peers route this node's pods via its PublicIP, so it must be this host's own address \
+                         on the shared layer-2 segment; drop --public-ip, or use the vxlan backend",
+                        underlay.name,
+                        underlay.addr
+                    );
+                }
+                Ok(Plan {
+                    device: None,
+                    mtu: underlay_mtu,
+                    port: 0,
+                    attrs: LeaseAttrs::host_gw(public_ip),
+                    vtep: None,
+                    programming: Programming::Gateway,
+                    watch_underlay: true,
+                })
+            }
+        }
+    }
+}

@@ -17,6 +17,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use weft_encap::MacAddr;
 
+/// The MTU the probe devices are opened with (they carry no traffic).
+const PROBE_MTU: usize = 1500;
+
 /// What a row means for weft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -241,10 +244,10 @@ fn devices() -> Vec<Row> {
     let name = |k: &str| format!("weftchk{k}{}", std::process::id() % 100_000);
     let mut rows = Vec::new();
     // Two queues first; a kernel without multi-queue may still take one.
-    let (tun, multi) = match device::create(&name("u"), DeviceKind::Tun, 2, true) {
+    let (tun, multi) = match device::create(&name("u"), DeviceKind::Tun, 2, true, PROBE_MTU) {
         Ok(q) => (Ok(q), Ok(())),
         Err(e) => (
-            device::create(&name("u"), DeviceKind::Tun, 1, true),
+            device::create(&name("u"), DeviceKind::Tun, 1, true, PROBE_MTU),
             Err(e.to_string()),
         ),
     };
@@ -296,7 +299,7 @@ fn devices() -> Vec<Row> {
         ),
     });
     let tap_name = name("a");
-    match device::create(&tap_name, DeviceKind::Tap, 1, true) {
+    match device::create(&tap_name, DeviceKind::Tap, 1, true, PROBE_MTU) {
         Ok(tap) => {
             rows.push(row(
                 "TAP device",

@@ -69,6 +69,8 @@ pub struct Queue {
     dev: SyncDevice,
     kind: DeviceKind,
     offload: bool,
+    /// The MTU the device is configured with.
+    mtu: usize,
 }
 
 impl Queue {
@@ -77,6 +79,20 @@ impl Queue {
     /// `virtio_net_hdr` (`writev`; `send` adds an empty one).
     pub fn offload(&self) -> bool {
         self.offload
+    }
+
+    /// Bytes of link-layer header in front of each IP packet: a TAP's
+    /// Ethernet header, none on a TUN.
+    pub fn l2_len(&self) -> usize {
+        match self.kind {
+            DeviceKind::Tap => weft_encap::ethernet::HEADER_LEN,
+            DeviceKind::Tun => 0,
+        }
+    }
+
+    /// The largest IP packet the device takes (its MTU).
+    pub fn mtu(&self) -> usize {
+        self.mtu
     }
 
     /// Reads what one device read yields, as whole packets (TUN) or frames
@@ -239,16 +255,17 @@ pub fn create(
     kind: DeviceKind,
     queues: usize,
     offload: bool,
+    mtu: usize,
 ) -> Result<Vec<Queue>, DeviceError> {
     if offload {
-        match create_with(name, kind, queues, true) {
+        match create_with(name, kind, queues, true, mtu) {
             Ok(q) => return Ok(q),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open the device with offloads; trying a plain device")
             }
         }
     }
-    create_with(name, kind, queues, false)
+    create_with(name, kind, queues, false, mtu)
 }
 
 fn create_with(
@@ -256,6 +273,7 @@ fn create_with(
     kind: DeviceKind,
     queues: usize,
     offload: bool,
+    mtu: usize,
 ) -> Result<Vec<Queue>, DeviceError> {
     let (layer, kind_name) = match kind {
         DeviceKind::Tap => (Layer::L2, "tap"),
@@ -298,6 +316,7 @@ fn create_with(
             Ok(Queue {
                 offload: offload && d.tcp_gso(),
                 kind,
+                mtu,
                 dev: d,
             })
         })

@@ -147,14 +147,6 @@ impl Tunnel {
         self.config.mtu + vxlan::IPV4_OVERHEAD + ethernet::HEADER_LEN
     }
 
-    /// Bytes of link-layer header in front of each IP packet on the device.
-    pub fn l2_len(&self) -> usize {
-        match self.config.mode {
-            Mode::VxlanTap(_) => ethernet::HEADER_LEN,
-            _ => 0,
-        }
-    }
-
     /// True when `datagram` is one datagram longer than the underlay MTU
     /// that carries exactly one whole inner IPv4 packet: a kernel peer's
     /// TCP super-packet, sent unsegmented across a veth or virtio link

@@ -231,12 +231,7 @@ impl Worker {
             sizes: vec![0; tx_slots],
             vnet_in: vec![0; vnet_len],
             rx_vecs: (0..BATCH).map(|_| vec![0; RX_CAP]).collect(),
-            writes: WriteBatch::new(
-                &self.queue,
-                INNER_SLOTS,
-                self.tunnel.l2_len(),
-                self.tunnel.config.mtu,
-            ),
+            writes: WriteBatch::new(&self.queue, INNER_SLOTS),
             senders: Vec::with_capacity(INNER_SLOTS),
             out: Vec::with_capacity(tx_slots),
             out_sock: Vec::with_capacity(tx_slots),
@@ -475,7 +470,7 @@ impl Worker {
         if st.writes.is_empty() {
             return;
         }
-        let l2 = self.tunnel.l2_len();
+        let l2 = self.queue.l2_len();
         let State {
             writes,
             rx_vecs,

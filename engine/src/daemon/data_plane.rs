@@ -215,7 +215,13 @@ impl Drop for Workers {
 /// index and the running workers.
 async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Workers)> {
     let DevicePlan { name, kind, mode } = &spec.device;
-    let queues = device::create(name, *kind, spec.stats.len(), spec.offload)?;
+    let queues = device::create(
+        name,
+        *kind,
+        spec.stats.len(),
+        spec.offload,
+        spec.mtu as usize,
+    )?;
     let (index, _) = nl
         .link(name)
         .await?

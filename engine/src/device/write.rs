@@ -59,9 +59,10 @@ pub struct WriteBatch {
 const SPLIT_ROOM: usize = 128;
 
 impl WriteBatch {
-    /// Room for `capacity` packets for `queue`, whose IP packets sit behind
-    /// `l2` bytes of link-layer header, on a device of `mtu`.
-    pub fn new(queue: &Queue, capacity: usize, l2: usize, mtu: usize) -> WriteBatch {
+    /// Room for `capacity` packets for `queue`, which says how much
+    /// link-layer header sits in front of each IP packet and its MTU.
+    pub fn new(queue: &Queue, capacity: usize) -> WriteBatch {
+        let (l2, mtu) = (queue.l2_len(), queue.mtu());
         let offload = queue.offload();
         let split_room = if offload { 0 } else { SPLIT_ROOM };
         WriteBatch {

@@ -14,6 +14,7 @@ pub mod check;
 pub mod control;
 pub mod daemon;
 pub mod device;
+pub mod failures;
 pub mod masq;
 pub mod metrics;
 pub mod netlink;

@@ -16,8 +16,8 @@ pub mod nft;
 mod traffic;
 
 pub use iptables::{forward_rules, masq_rules, restore_payload, Iptables, Rule, FWD, POSTRTG};
-pub use traffic::TrafficOptions;
 pub(crate) use traffic::Traffic;
+pub use traffic::TrafficOptions;
 
 /// An iptables failure.
 #[derive(Debug, thiserror::Error)]
@@ -39,4 +39,3 @@ pub enum MasqError {
         stderr: String,
     },
 }
-

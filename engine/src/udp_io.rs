@@ -7,7 +7,7 @@
 //! `MSG_DONTWAIT`, so the poll loop never blocks on them.
 
 use crate::bufs::PacketBufs;
-use crate::metrics::Failures;
+use crate::failures::Failures;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::mem::{size_of, zeroed};

@@ -67,4 +67,3 @@ async fn connect_etcd(cfg: &weft_routes::EtcdConfig) -> anyhow::Result<Box<dyn R
 async fn connect_etcd(_: &weft_routes::EtcdConfig) -> anyhow::Result<Box<dyn Registry>> {
     bail!("this weft was built without etcd support: rebuild with `cargo build --features etcd` (needs protoc)")
 }
-

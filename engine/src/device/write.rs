@@ -8,7 +8,7 @@
 
 use super::Queue;
 use crate::bufs::PacketBufs;
-use crate::metrics::Failures;
+use crate::failures::Failures;
 use std::io;
 use weft_encap::gro;
 

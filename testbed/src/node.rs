@@ -1,0 +1,276 @@
+//! A test host: a namespace that runs weft (or the kernel's VXLAN set up
+//! as flanneld sets it up), with its log, subnet.env and pod bridge.
+
+use crate::*;
+use ipnet::Ipv4Net;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// One host of a `Cluster`.
+pub struct Node {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its underlay address on `eth0`.
+    pub underlay: Ipv4Addr,
+    /// Its weft process, if running.
+    pub daemon: Option<Child>,
+    /// Where its subnet.env goes.
+    pub subnet_file: PathBuf,
+    /// weft's log.
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// This node's subnet, from the subnet.env weft wrote.
+    pub fn subnet(&self) -> Option<Ipv4Net> {
+        weft_routes::subnet_env::previous_subnet(&self.subnet_file)
+    }
+
+    /// The subnet's `.1`: the pod gateway address `add_pod_bridge` puts up.
+    pub fn pod_ip(&self) -> Option<Ipv4Addr> {
+        self.subnet()
+            .map(|s| Ipv4Addr::from(u32::from(s.network()) + 1))
+    }
+
+    /// What weft logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (up to 10 s) for weft to exit.
+    pub fn stop(&mut self) -> io::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.daemon.take() else {
+            return Err(io::Error::other("not running"));
+        };
+        sh("kill", &["-TERM", &child.id().to_string()])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(io::Error::other("weft did not exit within 10 s of SIGTERM"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// How many routes the node's main table has through `dev`.
+    pub fn routes_via(&self, dev: &str) -> usize {
+        self.ns
+            .ip(&["route", "show", "dev", dev])
+            .map(|o| {
+                o.stdout
+                    .split(|&b| b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The daemon's resident memory (`VmRSS` of /proc/<pid>/status).
+    pub fn rss(&self) -> io::Result<String> {
+        let pid = self
+            .daemon
+            .as_ref()
+            .map(|d| d.id())
+            .ok_or_else(|| io::Error::other("not running"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        Ok(status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string())
+    }
+
+    /// Kills weft with SIGKILL (no cleanup), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Puts a `cni0` bridge with `<subnet>.1/<len>` up, standing in for the
+    /// pods the CNI plugin would attach.
+    pub fn add_pod_bridge(&self) -> io::Result<Ipv4Addr> {
+        let subnet = self
+            .subnet()
+            .ok_or_else(|| io::Error::other("no subnet.env yet"))?;
+        pod_bridge(&self.ns, subnet)
+    }
+}
+
+/// The VtepMAC the kernel-VXLAN stand-in of a test uses.
+pub const KERNEL_VTEP_MAC: &str = "0e:6b:65:72:6e:01";
+
+impl Node {
+    /// Makes this node a flanneld-style kernel VXLAN node on `subnet`, as
+    /// flanneld's vxlan backend would: `flannel.1` (VNI 1, dstport 8472,
+    /// nolearning, local = underlay), MTU 1450, `<subnet>.0/32`, its lease in
+    /// the registry, and subnet.env. Returns the lease file's path.
+    pub fn become_kernel_vxlan(&self, registry: &Path, subnet: Ipv4Net) -> io::Result<PathBuf> {
+        let local = self.underlay.to_string();
+        self.ns.ip(&[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &local,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ])?;
+        self.ns.ip(&[
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            KERNEL_VTEP_MAC,
+            "mtu",
+            "1450",
+            "up",
+        ])?;
+        self.ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/32", subnet.network()),
+            "dev",
+            "flannel.1",
+        ])?;
+        let lease =
+            registry
+                .join("subnets")
+                .join(format!("{}-{}", subnet.network(), subnet.prefix_len()));
+        std::fs::write(
+            &lease,
+            format!(
+                r#"{{"PublicIP":"{local}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP_MAC}"}}}}"#
+            ),
+        )?;
+        weft_routes::subnet_env::SubnetEnv {
+            network: "10.244.0.0/16".parse().expect("literal"),
+            subnet,
+            mtu: 1450,
+            ipmasq: false,
+        }
+        .write(&self.subnet_file)?;
+        Ok(lease)
+    }
+
+    /// Makes this node's underlay veth finish checksums like a wire does
+    /// (`ethtool -K eth0 tx off`).
+    ///
+    /// On a wire inner checksums are always complete: the NIC or the kernel
+    /// finishes them. Across a veth left at its defaults the kernel's VXLAN
+    /// hands over CHECKSUM_PARTIAL skbs with the inner L4 checksum
+    /// unfinished, and TCP super-packets unsegmented; weft handles both, and
+    /// the tests use this only for the wire-like case.
+    pub fn emulate_wire_checksums(&self) -> io::Result<()> {
+        self.ns.enter(|| set_tx_checksum("eth0", false))?
+    }
+
+    /// On a kernel VXLAN node, programs a remote lease exactly as flanneld
+    /// does: neighbor, then FDB, then the onlink route.
+    pub fn kernel_add_peer(
+        &self,
+        subnet: Ipv4Net,
+        public_ip: Ipv4Addr,
+        mac: &str,
+    ) -> io::Result<()> {
+        let gw = subnet.network().to_string();
+        self.ns.ip(&[
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            mac,
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ])?;
+        sh(
+            "bridge",
+            &[
+                "-n",
+                &self.ns.name,
+                "fdb",
+                "replace",
+                mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                &public_ip.to_string(),
+                "self",
+                "permanent",
+            ],
+        )?;
+        self.ns.ip(&[
+            "route",
+            "replace",
+            &subnet.to_string(),
+            "via",
+            &gw,
+            "dev",
+            "flannel.1",
+            "onlink",
+        ])?;
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Turns TX checksum offload on a link of the calling thread's namespace on
+/// or off: `ethtool -K <dev> tx on|off` without the ethtool binary.
+fn set_tx_checksum(dev: &str, on: bool) -> io::Result<()> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct Ifreq {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    let mut req = Ifreq {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut value,
+        _pad: [0; 16],
+    };
+    let n = dev.len().min(libc::IFNAMSIZ - 1);
+    req.name[..n].copy_from_slice(&dev.as_bytes()[..n]);
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    // SAFETY: SIOCETHTOOL reads an ifreq whose data field points at a live
+    // ethtool_value; both outlive the call, and the fd is a valid socket.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req as *mut Ifreq) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -539,7 +539,7 @@ impl Worker {
 
     /// EIO (link down) and EBADFD (device gone) repeat at once: back off
     /// instead of spinning. The control plane notices a deleted device
-    /// within 500 ms and recreates it (`daemon.rs`, `DataPlane::watch`).
+    /// within 500 ms and recreates it (`daemon/data_plane.rs`, `DataPlane::tend`).
     fn back_off(errno: Option<i32>) {
         if matches!(errno, Some(libc::EIO | libc::EBADFD)) {
             std::thread::sleep(Duration::from_millis(100));

@@ -6,6 +6,7 @@
 //! inner IP 5-tuple, `src_port` scales it into the kernel's default range.
 
 use crate::ipv4::{self, protocol, Packet};
+use crate::ipv6;
 
 /// The kernel's default ephemeral range, which `udp_flow_src_port` uses.
 pub const PORT_MIN: u16 = 32768;
@@ -32,12 +33,13 @@ pub fn hash(ip: &[u8]) -> u32 {
                 }
             }
         }
-        Some(6) if ip.len() >= 40 => {
-            h.add(&ip[8..40]);
-            let next = ip[6];
+        Some(6) if ip.len() >= ipv6::HEADER_LEN => {
+            let p = ipv6::Packet::new_unchecked(ip);
+            h.add(p.addrs_bytes());
+            let next = p.next_header();
             h.add(&[next]);
             if matches!(next, protocol::TCP | protocol::UDP) {
-                if let Some(ports) = ip.get(40..44) {
+                if let Some(ports) = ip.get(ipv6::HEADER_LEN..ipv6::HEADER_LEN + 4) {
                     h.add(ports);
                 }
             }

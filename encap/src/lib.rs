@@ -22,6 +22,7 @@ pub mod gro;
 pub mod harness;
 pub mod icmp;
 pub mod ipv4;
+pub mod ipv6;
 pub mod l4;
 pub mod tcp;
 pub mod udp;

@@ -299,15 +299,8 @@ fn check_ipv4(b: &[u8]) -> Result<usize, DropReason> {
 
 /// Checks an inner IPv6 fixed header and returns the packet's length.
 fn check_ipv6(b: &[u8]) -> Result<usize, DropReason> {
-    const FIXED: usize = 40;
-    if b.len() < FIXED || b[0] >> 4 != 6 {
-        return Err(DropReason::Ipv6Malformed);
-    }
-    let len = FIXED + usize::from(u16::from_be_bytes([b[4], b[5]]));
-    if len > b.len() {
-        return Err(DropReason::Ipv6Malformed);
-    }
-    Ok(len)
+    let p = crate::ipv6::Packet::new_checked(b).map_err(|_| DropReason::Ipv6Malformed)?;
+    Ok(p.total_len())
 }
 
 #[cfg(test)]

@@ -148,6 +148,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         &self.buffer.as_ref()[field::SRC.start..field::DST.end]
     }
 
+    /// The packet, header and payload, without any padding after it
+    /// (after `check_len`).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buffer.as_ref()[..self.total_len()]
+    }
+
     /// The payload, as long as the payload length says (after `check_len`).
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.total_len()]
@@ -336,7 +342,10 @@ mod tests {
         );
         let mut four = v.to_vec();
         four[0] = 0x45;
-        assert_eq!(Packet::new_checked(&four[..]).unwrap_err(), Malformed::Version);
+        assert_eq!(
+            Packet::new_checked(&four[..]).unwrap_err(),
+            Malformed::Version
+        );
         // Padding after the packet is allowed; the payload ends where the
         // length says.
         let mut padded = v.to_vec();

@@ -21,6 +21,7 @@ pub mod gro;
 #[doc(hidden)]
 pub mod harness;
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
 pub mod l4;

@@ -134,6 +134,16 @@ impl Node {
         if conf.backend_defaulted {
             tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
         }
+        if let Some(v6) = &conf.ipv6 {
+            // Refused rather than ignored: a dual-stack cluster would
+            // believe its IPv6 pod traffic is carried, and weft would drop
+            // it (it cannot authenticate IPv6 inner packets yet).
+            anyhow::bail!(
+                "EnableIPv6=true (IPv6Network {}): weft has no IPv6 overlay yet; remove EnableIPv6 \
+                 (and IPv6Network) from net-conf.json, or keep flanneld on dual-stack nodes",
+                v6.network
+            );
+        }
         let previous = subnet_env::previous_subnet(&opts.subnet_file);
         let plan = Plan::new(
             &conf.backend,

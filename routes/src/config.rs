@@ -2,9 +2,9 @@
 //! backend every node must agree on.
 
 use crate::json;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use weft_encap::Vni;
 
 /// Why a net-conf.json was refused.
@@ -79,6 +79,119 @@ pub struct NetConf {
     /// `EnableNFTables`: masquerading and forwarding rules in nftables
     /// instead of iptables.
     pub enable_nftables: bool,
+    /// The IPv6 overlay, with `EnableIPv6`.
+    pub ipv6: Option<Ipv6Conf>,
+}
+
+/// The IPv6 half of a dual-stack config (`EnableIPv6`, `IPv6Network`,
+/// `IPv6SubnetLen`, `IPv6SubnetMin`, `IPv6SubnetMax`), with flanneld's
+/// defaults and checks (`pkg/subnet/config.go`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Conf {
+    /// The IPv6 overlay network, e.g. fd00:10:244::/56.
+    pub network: Ipv6Net,
+    /// Prefix length of each node's IPv6 subnet.
+    pub subnet_len: u8,
+    /// First IPv6 subnet that may be handed out.
+    pub subnet_min: Ipv6Addr,
+    /// Last IPv6 subnet that may be handed out.
+    pub subnet_max: Ipv6Addr,
+}
+
+impl Ipv6Conf {
+    fn parse(obj: &Map<String, Value>) -> Result<Ipv6Conf, ConfigError> {
+        let network: Ipv6Net = parse_str(obj, "IPv6Network")?.ok_or(ConfigError::Value {
+            key: "IPv6Network",
+            why: "missing (EnableIPv6 needs it)".into(),
+        })?;
+        let network = network.trunc();
+        let prefix = network.prefix_len();
+        // As in flanneld, 0 (or no key) asks for the default.
+        let asked = match json::get(obj, "IPv6SubnetLen") {
+            None | Some(Value::Null) => 0,
+            Some(v) => number::<u8>(v, "IPv6SubnetLen")?,
+        };
+        let subnet_len = match (asked, prefix) {
+            (0, p) if p > 124 => {
+                return Err(ConfigError::Inconsistent(format!(
+                    "IPv6Network /{p} is too small: the shortest useful prefix is /124"
+                )))
+            }
+            (0, p) if p <= 62 => 64,
+            (0, p) => p + 2,
+            (l, _) => l,
+        };
+        if subnet_len > 126 {
+            return Err(ConfigError::Inconsistent(format!(
+                "IPv6SubnetLen /{subnet_len} is longer than /126"
+            )));
+        }
+        if u32::from(subnet_len) < u32::from(prefix) + 2 {
+            return Err(ConfigError::Inconsistent(format!(
+                "IPv6SubnetLen /{subnet_len} leaves IPv6Network /{prefix} fewer than four subnets"
+            )));
+        }
+        let step = 1u128 << (128 - subnet_len);
+        let first = u128::from(network.network());
+        let last = u128::from(network.broadcast()) & !(step - 1);
+        let subnet_min = parse_str(obj, "IPv6SubnetMin")?.unwrap_or(Ipv6Addr::from(first + step));
+        let subnet_max = parse_str(obj, "IPv6SubnetMax")?.unwrap_or(Ipv6Addr::from(last));
+        for (key, a) in [("IPv6SubnetMin", subnet_min), ("IPv6SubnetMax", subnet_max)] {
+            if !network.contains(&a) {
+                return Err(ConfigError::Inconsistent(format!(
+                    "{key} {a} is outside IPv6Network {network}"
+                )));
+            }
+            if u128::from(a) & (step - 1) != 0 {
+                return Err(ConfigError::Inconsistent(format!(
+                    "{key} {a} is not on a /{subnet_len} boundary"
+                )));
+            }
+        }
+        if u128::from(subnet_min) > u128::from(subnet_max) {
+            return Err(ConfigError::Inconsistent(format!(
+                "IPv6SubnetMin {subnet_min} is above IPv6SubnetMax {subnet_max}"
+            )));
+        }
+        Ok(Ipv6Conf {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+        })
+    }
+
+    /// Number of subnets between IPv6SubnetMin and IPv6SubnetMax inclusive
+    /// (at most 2⁶⁴ for a /0 network of /64s, so it fits a `u128`).
+    pub fn subnet_count(&self) -> u128 {
+        let step = 1u128 << (128 - self.subnet_len);
+        (u128::from(self.subnet_max) - u128::from(self.subnet_min)) / step + 1
+    }
+
+    /// The `i`th subnet from IPv6SubnetMin.
+    pub fn nth_subnet(&self, i: u128) -> Option<Ipv6Net> {
+        if i >= self.subnet_count() {
+            return None;
+        }
+        let step = 1u128 << (128 - self.subnet_len);
+        Ipv6Net::new(
+            Ipv6Addr::from(u128::from(self.subnet_min) + i * step),
+            self.subnet_len,
+        )
+        .ok()
+    }
+
+    /// True when `subnet` is one this config could hand out: inside
+    /// IPv6Network, of IPv6SubnetLen, between IPv6SubnetMin and
+    /// IPv6SubnetMax.
+    pub fn fits(&self, subnet: &Ipv6Net) -> bool {
+        let a = u128::from(subnet.network());
+        subnet.prefix_len() == self.subnet_len
+            && subnet.addr() == subnet.network()
+            && self.network.contains(subnet)
+            && a >= u128::from(self.subnet_min)
+            && a <= u128::from(self.subnet_max)
+    }
 }
 
 impl NetConf {
@@ -94,16 +207,16 @@ impl NetConf {
                 "EnableIPv4=false (IPv6-only overlays) is not supported yet".into(),
             ));
         }
-        if let Some(Value::Bool(true)) = json::get(obj, "EnableIPv6") {
-            // Refused rather than ignored: a dual-stack cluster would
-            // believe its IPv6 pod traffic is carried, and weft would drop
-            // it (it cannot authenticate IPv6 inner packets yet).
-            return Err(ConfigError::Inconsistent(
-                "EnableIPv6=true: weft has no IPv6 overlay yet; remove EnableIPv6 (and IPv6Network) \
-                 from net-conf.json, or keep flanneld on dual-stack nodes"
-                    .into(),
-            ));
-        }
+        let ipv6 = match json::get(obj, "EnableIPv6") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(Value::Bool(true)) => Some(Ipv6Conf::parse(obj)?),
+            Some(_) => {
+                return Err(ConfigError::Value {
+                    key: "EnableIPv6",
+                    why: "must be true or false".into(),
+                })
+            }
+        };
         let network: Ipv4Net = parse_str(obj, "Network")?.ok_or(ConfigError::Value {
             key: "Network",
             why: "missing".into(),
@@ -175,6 +288,7 @@ impl NetConf {
             backend,
             backend_defaulted,
             enable_nftables: matches!(json::get(obj, "EnableNFTables"), Some(Value::Bool(true))),
+            ipv6,
         })
     }
 
@@ -416,17 +530,90 @@ mod tests {
                 "IPv6-only",
             ),
             (
-                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
-                "no IPv6 overlay",
+                r#"{"Network":"10.244.0.0/16","enableipv6":true}"#,
+                "IPv6Network: missing",
             ),
             (
-                r#"{"Network":"10.244.0.0/16","enableipv6":true}"#,
-                "no IPv6 overlay",
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":"yes","IPv6Network":"fd00::/56"}"#,
+                "EnableIPv6: must be true or false",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"10.1.0.0/16"}"#,
+                "IPv6Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/125"}"#,
+                "shortest useful prefix is /124",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#,
+                "longer than /126",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":57}"#,
+                "fewer than four subnets",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::"}"#,
+                "outside IPv6Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMax":"fd00:0:0:7::1"}"#,
+                "boundary",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:2::"}"#,
+                "above",
             ),
         ] {
             let e = NetConf::parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
+    }
+
+    /// flanneld's IPv6 defaults: /64 subnets when the network is /62 or
+    /// shorter, else the prefix + 2; the first subnet skipped, the last
+    /// one used; 0 for IPv6SubnetLen means the default.
+    #[test]
+    fn ipv6_defaults_are_flanneld_s() {
+        let v6 = |extra: &str| {
+            let text = format!(r#"{{"Network":"10.244.0.0/16","EnableIPv6":true{extra}}}"#);
+            NetConf::parse(&text).unwrap().ipv6.unwrap()
+        };
+        let c = v6(r#","IPv6Network":"fd00:10:244::/56""#);
+        assert_eq!(c.subnet_len, 64);
+        assert_eq!(c.subnet_min, "fd00:10:244:1::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            c.subnet_max,
+            "fd00:10:244:ff::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(c.subnet_count(), 255);
+        assert_eq!(c.nth_subnet(0), Some("fd00:10:244:1::/64".parse().unwrap()));
+        assert_eq!(
+            c.nth_subnet(254),
+            Some("fd00:10:244:ff::/64".parse().unwrap())
+        );
+        assert_eq!(c.nth_subnet(255), None);
+        assert!(c.fits(&"fd00:10:244:7::/64".parse().unwrap()));
+        assert!(!c.fits(&"fd00:10:244::/64".parse().unwrap()));
+        assert!(!c.fits(&"fd00:10:244:7::/80".parse().unwrap()));
+        assert!(!c.fits(&"fd00:10:245:7::/64".parse().unwrap()));
+        assert!(!c.fits(&"fd00:10:244:7::1/64".parse().unwrap()));
+        // A host address in IPv6Network is truncated to the network.
+        assert_eq!(v6(r#","IPv6Network":"fd00:10:244::5/56""#), c);
+        assert_eq!(
+            v6(r#","IPv6Network":"fd00:10:244::/56","IPv6SubnetLen":0"#),
+            c
+        );
+        let small = v6(r#","IPv6Network":"fd00::/120""#);
+        assert_eq!(small.subnet_len, 122);
+        assert_eq!(small.subnet_count(), 3);
+        assert_eq!(v6(r#","IPv6Network":"fd00::/62""#).subnet_len, 64);
+        assert_eq!(v6(r#","IPv6Network":"fd00::/63""#).subnet_len, 65);
+        let wide = v6(r#","IPv6Network":"fd00::/8""#);
+        assert_eq!(wide.subnet_count(), (1u128 << 56) - 1);
+        let off = NetConf::parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":false}"#).unwrap();
+        assert_eq!(off.ipv6, None);
     }
 
     #[test]

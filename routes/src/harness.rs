@@ -27,6 +27,17 @@ pub fn net_conf(data: &[u8]) {
     assert!(c.fits(&first));
     let last = c.nth_subnet(c.subnet_count() - 1).expect("the last subnet");
     assert!(c.fits(&last) && last.network() == c.subnet_max);
+    if let Some(v6) = &c.ipv6 {
+        assert!(v6.subnet_len >= v6.network.prefix_len() + 2 && v6.subnet_len <= 126);
+        assert!(u128::from(v6.subnet_min) <= u128::from(v6.subnet_max));
+        let first = v6.nth_subnet(0).expect("at least one IPv6 subnet");
+        assert!(v6.fits(&first));
+        let last = v6
+            .nth_subnet(v6.subnet_count() - 1)
+            .expect("the last IPv6 subnet");
+        assert!(v6.fits(&last) && last.network() == v6.subnet_max);
+        assert_eq!(v6.nth_subnet(v6.subnet_count()), None);
+    }
 }
 
 /// Subnet keys: never panics; what parses prints back to a key that parses

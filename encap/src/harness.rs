@@ -127,8 +127,8 @@ pub fn l4_checksum(data: &[u8]) {
 /// Differential check against an independent parser (etherparse): the
 /// same bytes read as an Ethernet frame, and as an IPv4 packet at their
 /// start and behind an Ethernet header, are accepted or refused alike by
-/// encap's views and by etherparse, and every field both expose agrees.
-/// (An IPv4 packet whose IPsec authentication header etherparse refuses,
+/// encap's views and by etherparse, and every field both expose agrees;
+/// the same for IPv6 and ICMPv6. (An IPv4 packet whose IPsec authentication header etherparse refuses,
 /// malformed or cut short, still has a valid IPv4 header: encap does not
 /// look past it.)
 #[cfg(any(test, feature = "differential"))]
@@ -181,6 +181,64 @@ pub fn differential(data: &[u8]) {
         }
         assert_eq!(p.header(), h.slice());
     }
+    for ip in [data, data.get(14..).unwrap_or(&[])] {
+        differential_ipv6(ip);
+    }
+}
+
+/// The IPv6 and ICMPv6 views against etherparse's: the same accept/reject
+/// verdict and the same fields, the same ICMPv6 checksum verdict.
+#[cfg(any(test, feature = "differential"))]
+fn differential_ipv6(ip: &[u8]) {
+    use crate::{icmpv6, ipv6};
+    use etherparse::err::ipv6::SliceError;
+    use etherparse::err::Layer;
+    use etherparse::{Icmpv6Slice, Ipv6HeaderSlice, Ipv6Slice};
+    let ours = ipv6::Packet::new_checked(ip);
+    let theirs = Ipv6Slice::from_slice(ip);
+    // etherparse also parses the extension headers, which weft forwards
+    // untouched; and it reads a zero payload length as a jumbogram's (the
+    // rest of the slice), where weft reads an empty payload.
+    let theirs_ok = match &theirs {
+        Ok(_) | Err(SliceError::Exts(_)) => true,
+        Err(SliceError::Len(l)) => !matches!(l.layer, Layer::Ipv6Header | Layer::Ipv6Packet),
+        Err(_) => false,
+    };
+    assert_eq!(ours.is_ok(), theirs_ok, "IPv6 accept/reject: {theirs:?}");
+    let (Ok(p), Ok(h)) = (ours, Ipv6HeaderSlice::from_slice(ip)) else {
+        return;
+    };
+    assert_eq!(p.version(), h.version());
+    assert_eq!(p.traffic_class(), h.traffic_class());
+    assert_eq!(p.flow_label(), h.flow_label().value());
+    assert_eq!(p.payload_len(), h.payload_length());
+    assert_eq!(p.next_header(), h.next_header().0);
+    assert_eq!(p.hop_limit(), h.hop_limit());
+    assert_eq!(p.src(), h.source_addr());
+    assert_eq!(p.dst(), h.destination_addr());
+    assert_eq!(
+        p.bytes().len(),
+        ipv6::HEADER_LEN + usize::from(h.payload_length())
+    );
+    if p.next_header() != ipv6::next_header::ICMPV6 {
+        return;
+    }
+    let ours = icmpv6::Packet::new_checked(p.payload());
+    let theirs = Icmpv6Slice::from_slice(p.payload());
+    assert_eq!(ours.is_ok(), theirs.is_ok(), "ICMPv6 accept/reject");
+    let (Ok(m), Ok(t)) = (ours, theirs) else {
+        return;
+    };
+    assert_eq!(m.msg_type(), t.type_u8());
+    assert_eq!(m.code(), t.code_u8());
+    assert_eq!(m.checksum(), t.checksum());
+    assert_eq!(m.body(), t.payload());
+    let (src, dst) = (p.src(), p.dst());
+    assert_eq!(
+        m.verify_checksum(&src, &dst),
+        t.is_checksum_valid(src.octets(), dst.octets()),
+        "ICMPv6 checksum verdict"
+    );
 }
 
 /// Runs `f` over every file in `fuzz/seeds/<target>` and

@@ -265,6 +265,7 @@ impl Node {
             subnet,
             mtu: plan.mtu,
             ipmasq: opts.traffic.ip_masq,
+            ipv6: None,
         };
         // From the moment subnet.env says we are up, SIGTERM and SIGINT mean a
         // clean shutdown (routes, rules and device removed), even if they come

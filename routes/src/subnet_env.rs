@@ -2,9 +2,9 @@
 //! mk-docker-opts.sh read. Written atomically (temp file + rename) so a
 //! reader never sees half a file.
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 /// The values subnet.env carries.
@@ -18,21 +18,31 @@ pub struct SubnetEnv {
     pub mtu: u32,
     /// Whether flannel masquerades (weft never does).
     pub ipmasq: bool,
+    /// With `EnableIPv6`: the IPv6 overlay network and this node's IPv6
+    /// subnet.
+    pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
 }
 
 impl SubnetEnv {
-    /// The file's text, in flannel's key order. FLANNEL_SUBNET is the pod
-    /// bridge gateway: the subnet's `.1` with the subnet's prefix.
+    /// The file's text, in flanneld's key order (`WriteSubnetFile`).
+    /// FLANNEL_SUBNET is the pod bridge gateway: the subnet's `.1` with the
+    /// subnet's prefix; FLANNEL_IPV6_SUBNET likewise (`::1`).
     pub fn render(&self) -> String {
         let gw = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
-        format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+        let mut s = format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
             self.network,
             gw,
-            self.subnet.prefix_len(),
-            self.mtu,
-            self.ipmasq
-        )
+            self.subnet.prefix_len()
+        );
+        if let Some((network, subnet)) = self.ipv6 {
+            let gw = Ipv6Addr::from(u128::from(subnet.network()) + 1);
+            s += &format!(
+                "FLANNEL_IPV6_NETWORK={network}\nFLANNEL_IPV6_SUBNET={gw}/{}\n",
+                subnet.prefix_len()
+            );
+        }
+        s + &format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ipmasq)
     }
 
     /// Writes the file atomically, creating its directory if needed.
@@ -48,6 +58,16 @@ pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
     text.lines()
         .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
         .and_then(|v| v.trim().parse::<Ipv4Net>().ok())
+        .map(|n| n.trunc())
+}
+
+/// The IPv6 subnet a previous run wrote into `path` (FLANNEL_IPV6_SUBNET's
+/// network), if any.
+pub fn previous_ipv6_subnet(path: &Path) -> Option<Ipv6Net> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+        .and_then(|v| v.trim().parse::<Ipv6Net>().ok())
         .map(|n| n.trunc())
 }
 
@@ -96,6 +116,7 @@ mod tests {
             subnet: "10.244.1.0/24".parse().unwrap(),
             mtu: 1450,
             ipmasq: false,
+            ipv6: None,
         };
         assert_eq!(
             env.render(),
@@ -110,6 +131,32 @@ mod tests {
         // No temp file is left behind.
         let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(left.len(), 1);
+    }
+
+    /// Dual-stack, as flanneld's documentation shows it.
+    #[test]
+    fn the_ipv6_lines_come_between_the_ipv4_ones_and_the_mtu() {
+        let env = SubnetEnv {
+            network: "10.42.0.0/16".parse().unwrap(),
+            subnet: "10.42.0.0/24".parse().unwrap(),
+            mtu: 1450,
+            ipmasq: true,
+            ipv6: Some((
+                "2001:cafe:42::/56".parse().unwrap(),
+                "2001:cafe:42::/64".parse().unwrap(),
+            )),
+        };
+        assert_eq!(
+            env.render(),
+            "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\n\
+             FLANNEL_IPV6_NETWORK=2001:cafe:42::/56\nFLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        env.write(&path).unwrap();
+        assert_eq!(previous_ipv6_subnet(&path), Some(env.ipv6.unwrap().1));
+        assert_eq!(previous_subnet(&path), Some(env.subnet));
     }
 
     #[test]

@@ -165,6 +165,7 @@ impl Node {
             subnet,
             mtu: 1450,
             ipmasq: false,
+            ipv6: None,
         }
         .write(&self.subnet_file)?;
         Ok(lease)

@@ -157,7 +157,13 @@ impl Node {
         let previous_network = subnet_env::previous_network(&opts.subnet_file);
         let lease = match &leases_from {
             Leases::Kube(k) => k.acquire(&plan.attrs).await?,
-            Leases::Store(_) => alloc::acquire(reg, &conf, &plan.attrs, previous).await?,
+            Leases::Store(_) => {
+                let previous = previous.map(|v4| weft_routes::SubnetKey {
+                    v4,
+                    v6: subnet_env::previous_ipv6_subnet(&opts.subnet_file),
+                });
+                alloc::acquire(reg, &conf, &plan.attrs, previous).await?
+            }
         };
         let subnet = lease.subnet();
         tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");

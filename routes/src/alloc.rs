@@ -1,7 +1,8 @@
 //! Subnet acquisition, in flanneld's order: reuse the lease that holds our
 //! PublicIP; else the subnet a previous run wrote to subnet.env, if free;
 //! else one picked at random among the first 100 free subnets from SubnetMin
-//! to SubnetMax. Creation is exclusive and retried on conflict: a subnet
+//! to SubnetMax (with `EnableIPv6`, each paired with an IPv6 subnet, both
+//! in one key). Creation is exclusive and retried on conflict: a subnet
 //! lost in a race is never picked again, even when the registry's listing
 //! (a watch cache, or one that skips a malformed entry) does not show it
 //! taken yet.
@@ -9,7 +10,7 @@
 use crate::config::NetConf;
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::registry::{Registry, RegistryError};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::seq::IndexedRandom;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -32,6 +33,12 @@ pub enum AllocError {
         /// SubnetMax.
         max: Ipv4Addr,
     },
+    /// Every IPv6 subnet from IPv6SubnetMin to IPv6SubnetMax is taken.
+    #[error("no free IPv6 subnet left in {network}")]
+    Ipv6Exhausted {
+        /// IPv6Network.
+        network: Ipv6Net,
+    },
 }
 
 /// The current lease whose PublicIP is `ip`, if any. Anyone who can write
@@ -45,56 +52,104 @@ pub fn lease_of(leases: &[Lease], ip: Ipv4Addr, previous: Option<Ipv4Net>) -> Op
         .min_by_key(|l| (Some(l.subnet()) != previous, &l.origin, l.key))
 }
 
-/// Acquires a subnet for a node with `attrs`. `previous` is the subnet from
-/// an earlier subnet.env.
+/// Acquires a subnet (and with `EnableIPv6` an IPv6 subnet) for a node
+/// with `attrs`. `previous` is what an earlier subnet.env names.
 pub async fn acquire(
     reg: &dyn Registry,
     conf: &NetConf,
     attrs: &LeaseAttrs,
-    previous: Option<Ipv4Net>,
+    previous: Option<SubnetKey>,
 ) -> Result<Lease, AllocError> {
     let leases = reg.leases().await?;
-    if let Some(own) = lease_of(&leases, attrs.public_ip, previous) {
-        if conf.fits(&own.subnet()) {
-            tracing::info!(subnet = %own.subnet(), "reusing the lease that holds our PublicIP");
+    if let Some(own) = lease_of(&leases, attrs.public_ip, previous.map(|p| p.v4)) {
+        if fits(conf, &own.key) {
+            tracing::info!(subnet = %own.subnet(), ipv6_subnet = ?own.key.v6, "reusing the lease that holds our PublicIP");
             return Ok(reg.renew(&own.key, attrs).await?);
         }
-        tracing::warn!(subnet = %own.subnet(), "our old lease does not fit the config; deleting it");
+        tracing::warn!(subnet = %own.subnet(), ipv6_subnet = ?own.key.v6, "our old lease does not fit the config; deleting it");
         reg.delete(&own.key).await?;
     }
-    if let Some(prev) = previous.filter(|p| conf.fits(p)) {
-        if !leases.iter().any(|l| l.subnet() == prev) {
-            if let Some(l) = reg.create(&SubnetKey::v4(prev), attrs).await? {
-                tracing::info!(subnet = %prev, "reusing the subnet from the previous subnet.env");
+    if let Some(prev) = previous.filter(|p| fits(conf, p)) {
+        let held = |l: &Lease| l.subnet() == prev.v4 || (prev.v6.is_some() && l.key.v6 == prev.v6);
+        if !leases.iter().any(held) {
+            if let Some(l) = reg.create(&prev, attrs).await? {
+                tracing::info!(subnet = %prev.v4, ipv6_subnet = ?prev.v6, "reusing the subnet from the previous subnet.env");
                 return Ok(l);
             }
         }
     }
-    // Every lost race takes one subnet out of the candidates for good, so
+    // Every lost race takes its subnets out of the candidates for good, so
     // the loop ends: with a subnet won, or with none left.
     let mut lost: HashSet<Ipv4Net> = HashSet::new();
+    let mut lost6: HashSet<Ipv6Net> = HashSet::new();
     let mut leases = leases;
     loop {
         let taken: HashSet<Ipv4Net> = leases.iter().map(|l| l.subnet()).collect();
-        let free: Vec<Ipv4Net> = (0..conf.subnet_count())
-            .filter_map(|i| conf.nth_subnet(i))
-            .filter(|s| !taken.contains(s) && !lost.contains(s))
+        let taken6: Vec<Ipv6Net> = leases.iter().filter_map(|l| l.key.v6).collect();
+        let v4_free = |i: u32| {
+            conf.nth_subnet(i)
+                .filter(|s| !taken.contains(s) && !lost.contains(s))
+        };
+        // With `EnableIPv6`, the i-th IPv4 subnet pairs with the i-th IPv6
+        // subnet. The key holds both halves, so the registry's exclusive
+        // create settles a race for either: two nodes that pick one IPv4
+        // subnet pick one key, and one of them loses. (flanneld picks the
+        // halves independently, so two of its nodes can get one IPv4
+        // subnet under two keys.)
+        let v6_free = |i: u32| -> Option<Option<Ipv6Net>> {
+            let Some(c) = &conf.ipv6 else {
+                return Some(None);
+            };
+            let s = c.nth_subnet(u128::from(i))?;
+            let overlaps = taken6
+                .iter()
+                .any(|t| t.contains(&s.network()) || s.contains(&t.network()));
+            (!overlaps && !lost6.contains(&s)).then_some(Some(s))
+        };
+        let free: Vec<SubnetKey> = (0..conf.subnet_count())
+            .filter_map(|i| {
+                Some(SubnetKey {
+                    v4: v4_free(i)?,
+                    v6: v6_free(i)?,
+                })
+            })
             .take(CANDIDATES)
             .collect();
-        let Some(pick) = free.choose(&mut rand::rng()) else {
-            return Err(AllocError::Exhausted {
-                network: conf.network,
-                min: conf.subnet_min,
-                max: conf.subnet_max,
-            });
+        let Some(key) = free.choose(&mut rand::rng()).copied() else {
+            return Err(
+                match (
+                    &conf.ipv6,
+                    (0..conf.subnet_count()).any(|i| v4_free(i).is_some()),
+                ) {
+                    (Some(c), true) => AllocError::Ipv6Exhausted { network: c.network },
+                    _ => AllocError::Exhausted {
+                        network: conf.network,
+                        min: conf.subnet_min,
+                        max: conf.subnet_max,
+                    },
+                },
+            );
         };
-        if let Some(l) = reg.create(&SubnetKey::v4(*pick), attrs).await? {
+        if let Some(l) = reg.create(&key, attrs).await? {
             return Ok(l);
         }
-        tracing::debug!(subnet = %pick, "another node took the subnet first");
-        lost.insert(*pick);
+        tracing::debug!(subnet = %key.v4, ipv6_subnet = ?key.v6, "another node took the subnet first");
+        lost.insert(key.v4);
+        lost6.extend(key.v6);
         leases = reg.leases().await?;
     }
+}
+
+/// True when `key` is one this config could hand out, both halves: an
+/// IPv6 half exactly when the config has `EnableIPv6` (flanneld's
+/// `isSubnetConfigCompat` and `isIPv6SubnetConfigCompat`).
+fn fits(conf: &NetConf, key: &SubnetKey) -> bool {
+    conf.fits(&key.v4)
+        && match (&conf.ipv6, key.v6) {
+            (None, v6) => v6.is_none(),
+            (Some(c), Some(v6)) => c.fits(&v6),
+            (Some(_), None) => false,
+        }
 }
 
 #[cfg(test)]
@@ -123,11 +178,11 @@ mod tests {
         let (d, r, c) = setup(r#"{"Network":"10.244.0.0/16"}"#);
         let ours: Ipv4Net = "10.244.50.0/24".parse().unwrap();
         let mine = LeaseAttrs::udp(ip(1));
-        let a = block_on(acquire(&r, &c, &mine, Some(ours))).unwrap();
+        let a = block_on(acquire(&r, &c, &mine, Some(SubnetKey::v4(ours)))).unwrap();
         assert_eq!(a.subnet(), ours);
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(d.path().join("subnets/10.244.10.0-24"), mine.to_json()).unwrap();
-        for previous in [Some(ours), None] {
+        for previous in [Some(SubnetKey::v4(ours)), None] {
             let again = block_on(acquire(&r, &c, &mine, previous)).unwrap();
             assert_eq!(again.subnet(), ours, "{previous:?}");
         }
@@ -161,10 +216,22 @@ mod tests {
         let again = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
         assert_eq!(again.subnet(), a.subnet());
         let prev: Ipv4Net = "10.244.200.0/24".parse().unwrap();
-        let b = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(2)), Some(prev))).unwrap();
+        let b = block_on(acquire(
+            &r,
+            &c,
+            &LeaseAttrs::udp(ip(2)),
+            Some(SubnetKey::v4(prev)),
+        ))
+        .unwrap();
         assert_eq!(b.subnet(), prev);
         // A taken previous subnet is not stolen.
-        let c3 = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(3)), Some(prev))).unwrap();
+        let c3 = block_on(acquire(
+            &r,
+            &c,
+            &LeaseAttrs::udp(ip(3)),
+            Some(SubnetKey::v4(prev)),
+        ))
+        .unwrap();
         assert_ne!(c3.subnet(), prev);
         assert_eq!(block_on(r.leases()).unwrap().len(), 3);
     }
@@ -190,6 +257,84 @@ mod tests {
         }
         let e = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(9)), None)).unwrap_err();
         assert!(e.to_string().contains("no free subnet"), "{e}");
+    }
+
+    /// 15 IPv4 subnets, 7 IPv6 ones.
+    const DUAL: &str = r#"{"Network":"10.5.0.0/24","SubnetLen":28,"EnableIPv6":true,"IPv6Network":"fd00:5::/120","IPv6SubnetLen":123}"#;
+
+    /// With `EnableIPv6` every node gets an IPv6 subnet as well, picked
+    /// independently, in one key; nodes started together share neither.
+    #[test]
+    fn dual_stack_nodes_get_distinct_subnets_of_both_families() {
+        let (_d, r, c) = setup(DUAL);
+        let v6 = c.ipv6.clone().unwrap();
+        let r = std::sync::Arc::new(r);
+        let keys: Vec<SubnetKey> = (1..=7)
+            .map(|n| {
+                let (r, c) = (r.clone(), c.clone());
+                std::thread::spawn(move || {
+                    block_on(acquire(&*r, &c, &LeaseAttrs::udp(ip(n)), None))
+                        .unwrap()
+                        .key
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        let v4: HashSet<_> = keys.iter().map(|k| k.v4).collect();
+        let v6s: HashSet<_> = keys.iter().map(|k| k.v6.unwrap()).collect();
+        assert_eq!((v4.len(), v6s.len()), (7, 7), "{keys:?}");
+        assert!(keys
+            .iter()
+            .all(|k| c.fits(&k.v4) && v6.fits(&k.v6.unwrap())));
+        // The registry holds them under flanneld's dual-stack key.
+        let listed = block_on(r.leases()).unwrap();
+        assert_eq!(listed.len(), 7);
+        assert!(listed.iter().all(|l| l.key.v6.is_some()));
+        // The eighth finds IPv4 subnets but no IPv6 subnet left (/120 in
+        // /123s: 7 after the first, which is skipped).
+        let e = block_on(acquire(&*r, &c, &LeaseAttrs::udp(ip(8)), None)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no free IPv6 subnet left in fd00:5::/120"),
+            "{e}"
+        );
+    }
+
+    /// Our lease from before `EnableIPv6` has no IPv6 half: like flanneld,
+    /// weft deletes it and takes a dual-stack one. A previous subnet.env's
+    /// pair is taken again when neither half is held; one whose IPv6 half
+    /// is held, or that has none, is not.
+    #[test]
+    fn a_lease_without_its_ipv6_half_is_replaced_and_a_previous_pair_reused() {
+        let (d, r, c) = setup(DUAL);
+        std::fs::write(
+            d.path().join("subnets/10.5.0.64-28"),
+            r#"{"PublicIP":"192.0.2.1"}"#,
+        )
+        .unwrap();
+        let prev: SubnetKey = "10.5.0.96-28&fd00:5::c0-123".parse().unwrap();
+        let b = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(2)), Some(prev))).unwrap();
+        assert_eq!(b.key, prev);
+        let l = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
+        assert!(l.key.v6.is_some(), "{}", l.key);
+        assert_ne!((l.key.v4, l.key.v6), (b.key.v4, b.key.v6));
+        assert_ne!(l.key.v6, b.key.v6);
+        assert_eq!(block_on(r.leases()).unwrap().len(), 2);
+        let v6_held: SubnetKey = "10.5.0.128-28&fd00:5::c0-123".parse().unwrap();
+        let d4 = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(4)), Some(v6_held))).unwrap();
+        assert_ne!(d4.key.v6, b.key.v6);
+        // A previous pair without its IPv6 half does not fit: a new pair.
+        let c3 = block_on(acquire(
+            &r,
+            &c,
+            &LeaseAttrs::udp(ip(3)),
+            Some(SubnetKey::v4("10.5.0.144/28".parse().unwrap())),
+        ))
+        .unwrap();
+        assert!(c3.key.v6.is_some());
+        assert_ne!(c3.key.v6, b.key.v6);
     }
 
     /// A registry whose listing lags behind its writes, as etcd's watch

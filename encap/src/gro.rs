@@ -16,10 +16,11 @@
 //! which the receiving stack does not check again.
 
 use crate::ipv4::{self, protocol, Packet};
+use crate::virtio::{self, gso};
 use crate::{checksum, l4, tcp};
 
 /// Bytes of a `virtio_net_hdr` (without `num_buffers`).
-pub const VNET_HDR_LEN: usize = 10;
+pub const VNET_HDR_LEN: usize = virtio::HEADER_LEN;
 /// The longest link-layer header `super_header_after` puts in front of the
 /// merged packet (Ethernet, for a TAP device).
 pub const L2_MAX: usize = 14;
@@ -30,10 +31,6 @@ pub const SUPER_HEADER_MAX: usize = VNET_HDR_LEN + L2_MAX + 20 + 60;
 pub const MAX_MERGED: usize = 65535;
 /// The most segments merged into one packet (as Linux's GRO).
 pub const MAX_SEGMENTS: usize = 64;
-
-const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
-const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
-const VIRTIO_NET_HDR_GSO_ECN: u8 = 0x80;
 
 /// A `virtio_net_hdr` (`include/uapi/linux/virtio_net.h`) that hands the
 /// device one TCP/IPv4 packet to segment, its TCP checksum to complete
@@ -50,21 +47,19 @@ struct TcpGso {
 }
 
 impl TcpGso {
-    /// Little-endian, as the TUN device takes it (`IFF_VNET_HDR` with
-    /// `TUNSETVNETLE` unset on a little-endian host).
     fn encode(&self) -> [u8; VNET_HDR_LEN] {
-        let mut gso_type = VIRTIO_NET_HDR_GSO_TCPV4;
-        if self.ecn {
-            gso_type |= VIRTIO_NET_HDR_GSO_ECN;
+        virtio::Repr {
+            flags: virtio::flags::NEEDS_CSUM,
+            gso_type: match self.ecn {
+                true => gso::TCPV4 | gso::ECN,
+                false => gso::TCPV4,
+            },
+            hdr_len: self.hdr_len as u16,
+            gso_size: self.gso_size as u16,
+            csum_start: self.csum_start as u16,
+            csum_offset: tcp::CHECKSUM.start as u16,
         }
-        let mut out = [0u8; VNET_HDR_LEN];
-        out[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-        out[1] = gso_type;
-        out[2..4].copy_from_slice(&(self.hdr_len as u16).to_le_bytes());
-        out[4..6].copy_from_slice(&(self.gso_size as u16).to_le_bytes());
-        out[6..8].copy_from_slice(&(self.csum_start as u16).to_le_bytes());
-        out[8..10].copy_from_slice(&(tcp::CHECKSUM.start as u16).to_le_bytes());
-        out
+        .to_bytes()
     }
 }
 const TCP_CWR: u8 = tcp::flags::CWR;

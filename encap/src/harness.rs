@@ -118,8 +118,8 @@ pub fn l4_checksum(data: &[u8]) {
     let _ = udp::carried_len(data);
     let mut ip = data.to_vec();
     if let Some(h) = gro::gso_header(0, &mut ip, 1400, 1450) {
-        let hdr_len = usize::from(u16::from_le_bytes([h[2], h[3]]));
-        let csum_start = usize::from(u16::from_le_bytes([h[6], h[7]]));
+        let h = crate::virtio::Header::new_unchecked(&h[..]);
+        let (hdr_len, csum_start) = (usize::from(h.hdr_len()), usize::from(h.csum_start()));
         assert!(csum_start < hdr_len && hdr_len <= ip.len());
     }
 }

@@ -28,6 +28,7 @@ pub mod l4;
 pub mod tcp;
 pub mod udp;
 pub mod vectors;
+pub mod virtio;
 pub mod vxlan;
 
 pub use drop::DropReason;

@@ -27,6 +27,7 @@ fn policy() -> LeasePolicy {
         own_mac: Some(MacAddr([0x0e, 0xff, 0, 0, 0, 1])),
         underlay: vec!["172.16.0.0/12".parse().expect("a literal")],
         network_routed: false,
+        ipv6: None,
     }
 }
 

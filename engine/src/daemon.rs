@@ -253,6 +253,7 @@ impl Node {
                 own_public_ip: lease.attrs.public_ip,
                 own_mac: plan.vtep.map(|e| e.mac),
                 underlay: underlay.networks.clone(),
+                ipv6: None,
             },
             table,
             metrics: metrics.clone(),

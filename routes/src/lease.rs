@@ -206,10 +206,20 @@ impl LeaseAttrs {
 
     /// VNI and VtepMAC of a vxlan lease, if it is one and they parse.
     pub fn vxlan_data(&self) -> Option<VxlanData> {
+        self.vxlan_data_of(self.backend_data.as_ref())
+    }
+
+    /// VNI and VtepMAC of a vxlan lease's IPv6 side (`BackendV6Data`,
+    /// the `flannel-v6.<VNI>` device's), if it is one and they parse.
+    pub fn vxlan_v6_data(&self) -> Option<VxlanData> {
+        self.vxlan_data_of(self.backend_v6_data.as_ref())
+    }
+
+    fn vxlan_data_of(&self, data: Option<&Value>) -> Option<VxlanData> {
         if self.backend_type() != "vxlan" {
             return None;
         }
-        let bd = self.backend_data.as_ref()?.as_object()?;
+        let bd = data?.as_object()?;
         let vni = match json::get(bd, "VNI") {
             None | Some(Value::Null) => Vni::DEFAULT,
             Some(v) => Vni::new(u32::try_from(v.as_u64()?).ok()?)?,

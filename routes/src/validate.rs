@@ -16,13 +16,19 @@
 //!
 //! One PublicIP shared by two leases has no meaning in flannel: VXLAN and
 //! the udp backend tell nodes apart by their outer address alone.
+//!
+//! With `EnableIPv6`, a lease's IPv6 half (its IPv6 subnet, `PublicIPv6`
+//! and `BackendV6Data`) passes the same checks against the IPv6 side of
+//! the policy, and collides by the same rule with the IPv6 halves admitted
+//! before it. A bad IPv6 half is dropped with its reason; the lease's
+//! IPv4 half stands on its own merits.
 
 use crate::config::Backend;
 use crate::lease::{Lease, SubnetKey, VxlanData};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rustc_hash::FxHashSet;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use weft_encap::MacAddr;
 
 /// Why a lease was refused. Each is a metric label.
@@ -143,15 +149,52 @@ pub struct LeasePolicy {
     pub underlay: Vec<Ipv4Net>,
     /// The whole `Network` is routed into weft's device (the udp backend).
     pub network_routed: bool,
+    /// The IPv6 side, with `EnableIPv6`.
+    pub ipv6: Option<V6Policy>,
 }
 
-/// A lease that passed, and its VtepMAC (vxlan).
+/// What a lease's IPv6 half must agree with.
+#[derive(Debug, Clone)]
+pub struct V6Policy {
+    /// net-conf.json's `IPv6Network`.
+    pub network: Ipv6Net,
+    /// `IPv6SubnetLen`, when every lease must have it (`None` in
+    /// Kubernetes, as for IPv4).
+    pub subnet_len: Option<u8>,
+    /// Our own IPv6 subnet.
+    pub own: Option<Ipv6Net>,
+    /// Our PublicIPv6.
+    pub own_public_ip: Option<Ipv6Addr>,
+    /// Our IPv6 VtepMAC (`flannel-v6.<VNI>`'s).
+    pub own_mac: Option<MacAddr>,
+    /// The networks of the underlay interface's IPv6 addresses.
+    pub underlay: Vec<Ipv6Net>,
+}
+
+/// A lease's IPv6 half, admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V6Half {
+    /// The IPv6 subnet.
+    pub subnet: Ipv6Net,
+    /// Its PublicIPv6.
+    pub public_ip: Ipv6Addr,
+    /// Its IPv6 VtepMAC (vxlan only).
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// A lease that passed, its VtepMAC (vxlan), and what became of its IPv6
+/// half.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admitted<'a> {
     /// The lease.
     pub lease: &'a Lease,
     /// Its VtepMAC (vxlan only).
     pub vtep_mac: Option<MacAddr>,
+    /// Its IPv6 half, admitted; `None` without `EnableIPv6`, when the
+    /// lease has none, or when it was refused.
+    pub v6: Option<V6Half>,
+    /// Why its IPv6 half was refused, if it was.
+    pub v6_refused: Option<Rejection>,
 }
 
 /// A lease refused, and why.
@@ -188,13 +231,22 @@ impl LeasePolicy {
         }
         candidates.sort_by(|a, b| (a.0, &a.1.origin, a.1.key).cmp(&(b.0, &b.1.origin, b.1.key)));
         let mut taken = Taken::default();
+        let mut taken6 = Taken6::default();
         let mut accepted = Vec::with_capacity(candidates.len());
         for (_, l, mac) in candidates {
             match taken.claim(l.key.v4, l.attrs.public_ip, mac) {
-                Ok(()) => accepted.push(Admitted {
-                    lease: l,
-                    vtep_mac: mac,
-                }),
+                Ok(()) => {
+                    let half = self.check_v6(l).and_then(|h| match h {
+                        Some(h) => taken6.claim(&h).map(|()| Some(h)),
+                        None => Ok(None),
+                    });
+                    accepted.push(Admitted {
+                        lease: l,
+                        vtep_mac: mac,
+                        v6: half.ok().flatten(),
+                        v6_refused: half.err(),
+                    })
+                }
                 Err(reason) => refused.push(Refused { lease: l, reason }),
             }
         }
@@ -250,6 +302,66 @@ impl LeasePolicy {
             }
             _ => Ok(None),
         }
+    }
+
+    /// The checks of a lease's IPv6 half that need no other lease. `None`
+    /// without `EnableIPv6`, or for a lease with no IPv6 half at all (no
+    /// IPv6 subnet, PublicIPv6 or BackendV6Data); a half with a piece
+    /// missing is refused.
+    pub fn check_v6(&self, l: &Lease) -> Result<Option<V6Half>, Rejection> {
+        let Some(p) = &self.ipv6 else {
+            return Ok(None);
+        };
+        let a = &l.attrs;
+        let (net, ip) = match (l.key.v6, a.public_ipv6) {
+            (None, None) if a.backend_v6_data.is_none() => return Ok(None),
+            (None, _) => return Err(Rejection::OutsideNetwork),
+            (Some(_), None) => return Err(Rejection::PublicIp),
+            (Some(net), Some(ip)) => (net, ip),
+        };
+        if !p.network.contains(&net) {
+            return Err(Rejection::OutsideNetwork);
+        }
+        if p.subnet_len.is_some_and(|len| net.prefix_len() != len) {
+            return Err(Rejection::SubnetLength);
+        }
+        if p.own.is_some_and(|own| overlaps6(net, own)) {
+            return Err(Rejection::OverlapsOwn);
+        }
+        if p.underlay.iter().any(|u| overlaps6(net, *u)) {
+            return Err(Rejection::CoversUnderlay);
+        }
+        if ip.is_unspecified()
+            || ip.is_loopback()
+            || ip.is_multicast()
+            || ip.is_unicast_link_local()
+            || Some(ip) == p.own_public_ip
+            || net.contains(&ip)
+            || p.own.is_some_and(|own| own.contains(&ip))
+        {
+            return Err(Rejection::PublicIp);
+        }
+        let vtep_mac = match self.backend {
+            Backend::Vxlan { vni, .. } => {
+                let VxlanData {
+                    vni: theirs,
+                    vtep_mac,
+                } = a.vxlan_v6_data().ok_or(Rejection::BackendData)?;
+                if theirs != vni {
+                    return Err(Rejection::VniMismatch);
+                }
+                if !is_vtep_mac(vtep_mac) || Some(vtep_mac) == p.own_mac {
+                    return Err(Rejection::VtepMac);
+                }
+                Some(vtep_mac)
+            }
+            _ => None,
+        };
+        Ok(Some(V6Half {
+            subnet: net,
+            public_ip: ip,
+            vtep_mac,
+        }))
     }
 
     /// True when packets to `ip` would be routed into our own device: it
@@ -326,6 +438,50 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// `overlaps` for IPv6.
+fn overlaps6(a: Ipv6Net, b: Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// What the IPv6 halves admitted so far hold, as `Taken` for IPv4.
+#[derive(Default)]
+struct Taken6 {
+    subnets: BTreeMap<u128, u128>,
+    ips: BTreeSet<u128>,
+    macs: FxHashSet<MacAddr>,
+}
+
+impl Taken6 {
+    /// Takes all three for one IPv6 half, or none of them.
+    fn claim(&mut self, h: &V6Half) -> Result<(), Rejection> {
+        let (first, last) = (
+            u128::from(h.subnet.network()),
+            u128::from(h.subnet.broadcast()),
+        );
+        let reaching = |s: &Self, addr: u128| s.subnets.range(..=addr).next_back().map(|(_, e)| *e);
+        if reaching(self, last).is_some_and(|end| end >= first) {
+            return Err(Rejection::OverlapsPeer);
+        }
+        let ip = u128::from(h.public_ip);
+        if self.ips.contains(&ip) {
+            return Err(Rejection::DuplicatePublicIp);
+        }
+        if h.vtep_mac.is_some_and(|m| self.macs.contains(&m)) {
+            return Err(Rejection::DuplicateVtepMac);
+        }
+        if self.ips.range(first..=last).next().is_some() {
+            return Err(Rejection::CoversUnderlay);
+        }
+        if reaching(self, ip).is_some_and(|end| end >= ip) {
+            return Err(Rejection::PublicIp);
+        }
+        self.subnets.insert(first, last);
+        self.ips.insert(ip);
+        self.macs.extend(h.vtep_mac);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +505,7 @@ mod tests {
             own_mac: Some(OWN_MAC),
             underlay: vec!["10.9.0.0/24".parse().unwrap()],
             network_routed: false,
+            ipv6: None,
         }
     }
 
@@ -378,6 +535,8 @@ mod tests {
         origin: Origin,
         public_ip: Ipv4Addr,
         vtep_mac: Option<MacAddr>,
+        v6: Option<V6Half>,
+        v6_refused: Option<Rejection>,
     }
 
     /// A refused lease, owned.
@@ -401,6 +560,8 @@ mod tests {
                 origin: a.lease.origin.clone(),
                 public_ip: a.lease.attrs.public_ip,
                 vtep_mac: a.vtep_mac,
+                v6: a.v6,
+                v6_refused: a.v6_refused,
             })
             .collect();
         let lost = refused
@@ -703,6 +864,326 @@ mod tests {
             reasons(&refused),
             [("10.200.0.0-24".into(), Rejection::DuplicatePublicIp)]
         );
+    }
+
+    const OWN_MAC6: MacAddr = MacAddr([0x0e, 0, 0, 0, 0x60, 1]);
+
+    /// `policy()` with `EnableIPv6`: IPv6Network fd00:10:244::/56 of /64s,
+    /// ours fd00:10:244:1::/64 at 2001:db8::1.
+    fn dual_policy() -> LeasePolicy {
+        LeasePolicy {
+            ipv6: Some(V6Policy {
+                network: "fd00:10:244::/56".parse().unwrap(),
+                subnet_len: Some(64),
+                own: Some("fd00:10:244:1::/64".parse().unwrap()),
+                own_public_ip: Some("2001:db8::1".parse().unwrap()),
+                own_mac: Some(OWN_MAC6),
+                underlay: vec!["2001:db8::/64".parse().unwrap()],
+            }),
+            ..policy()
+        }
+    }
+
+    /// A dual-stack lease: `v6` is the key's IPv6 half, `ip6` its
+    /// PublicIPv6 (JSON, or `null`), `data6` its BackendV6Data (JSON).
+    fn dual(key: &str, ip: [u8; 4], ip6: &str, mac6: &str, since: i64) -> Lease {
+        dual_raw(
+            key,
+            ip,
+            &format!("{ip6:?}"),
+            &format!(r#"{{"VNI":1,"VtepMAC":"{mac6}"}}"#),
+            since,
+        )
+    }
+
+    fn dual_raw(key: &str, ip: [u8; 4], ip6: &str, data6: &str, since: i64) -> Lease {
+        let json = format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":{ip6},"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:{:02x}"}},"BackendV6Data":{data6}}}"#,
+            Ipv4Addr::from(ip),
+            ip[3]
+        );
+        Lease {
+            key: key.parse().unwrap(),
+            attrs: LeaseAttrs::from_json(json.as_bytes()).unwrap(),
+            expiration: None,
+            origin: Origin::keyed(since),
+        }
+    }
+
+    #[test]
+    fn a_good_ipv6_half_is_admitted_with_its_lease() {
+        let l = dual(
+            "10.244.2.0-24&fd00:10:244:2::-64",
+            IP,
+            "2001:db8::2",
+            "0e:00:00:00:60:02",
+            0,
+        );
+        let (ok, refused) = admit(&dual_policy(), &[l], |_, _| false);
+        assert!(refused.is_empty());
+        assert_eq!(
+            ok[0].v6,
+            Some(V6Half {
+                subnet: "fd00:10:244:2::/64".parse().unwrap(),
+                public_ip: "2001:db8::2".parse().unwrap(),
+                vtep_mac: Some("0e:00:00:00:60:02".parse().unwrap()),
+            })
+        );
+        assert_eq!(ok[0].v6_refused, None);
+        // Without EnableIPv6 the half is ignored: neither admitted nor
+        // refused.
+        let l = dual(
+            "10.244.2.0-24&fd00:10:244:2::-64",
+            IP,
+            "2001:db8::2",
+            "0e:00:00:00:60:02",
+            0,
+        );
+        let (ok, _) = admit(&policy(), &[l], |_, _| false);
+        assert_eq!((ok[0].v6, ok[0].v6_refused), (None, None));
+        // A lease with no IPv6 half at all in a dual-stack cluster.
+        let (ok, _) = admit(
+            &dual_policy(),
+            &[lease("10.244.2.0-24", IP, MAC)],
+            |_, _| false,
+        );
+        assert_eq!((ok[0].v6, ok[0].v6_refused), (None, None));
+    }
+
+    /// Each bad IPv6 half loses its half with its reason; the IPv4 half is
+    /// admitted all the same.
+    #[test]
+    fn each_bad_ipv6_half_has_its_reason_and_the_ipv4_half_stands() {
+        use Rejection::*;
+        let good = "0e:00:00:00:60:02";
+        let cases = [
+            (
+                dual(
+                    "10.244.2.0-24&fd00:10:245:2::-64",
+                    IP,
+                    "2001:db8:1::2",
+                    good,
+                    0,
+                ),
+                OutsideNetwork,
+            ),
+            (
+                dual(
+                    "10.244.2.0-24&fd00:10:244:2::-80",
+                    IP,
+                    "2001:db8:1::2",
+                    good,
+                    0,
+                ),
+                SubnetLength,
+            ),
+            (
+                dual(
+                    "10.244.2.0-24&fd00:10:244:1::-64",
+                    IP,
+                    "2001:db8:1::2",
+                    good,
+                    0,
+                ),
+                OverlapsOwn,
+            ),
+            (
+                dual("10.244.2.0-24&2001:db8::-64", IP, "2001:db8:1::2", good, 0),
+                OutsideNetwork,
+            ),
+            (
+                dual("10.244.2.0-24&fd00:10:244:2::-64", IP, "fe80::2", good, 0),
+                PublicIp,
+            ),
+            (
+                dual("10.244.2.0-24&fd00:10:244:2::-64", IP, "ff02::1", good, 0),
+                PublicIp,
+            ),
+            (
+                dual("10.244.2.0-24&fd00:10:244:2::-64", IP, "::", good, 0),
+                PublicIp,
+            ),
+            (
+                dual("10.244.2.0-24&fd00:10:244:2::-64", IP, "::1", good, 0),
+                PublicIp,
+            ),
+            (
+                dual(
+                    "10.244.2.0-24&fd00:10:244:2::-64",
+                    IP,
+                    "2001:db8::1",
+                    good,
+                    0,
+                ),
+                PublicIp,
+            ),
+            (
+                dual(
+                    "10.244.2.0-24&fd00:10:244:2::-64",
+                    IP,
+                    "fd00:10:244:2::9",
+                    good,
+                    0,
+                ),
+                PublicIp,
+            ),
+            (
+                dual(
+                    "10.244.2.0-24&fd00:10:244:2::-64",
+                    IP,
+                    "fd00:10:244:1::9",
+                    good,
+                    0,
+                ),
+                PublicIp,
+            ),
+            (
+                dual_raw(
+                    "10.244.2.0-24&fd00:10:244:2::-64",
+                    IP,
+                    "null",
+                    r#"{"VNI":1,"VtepMAC":"0e:00:00:00:60:02"}"#,
+                    0,
+                ),
+                PublicIp,
+            ),
+            (
+                dual_raw("10.244.2.0-24", IP, r#""2001:db8:1::2""#, "null", 0),
+                OutsideNetwork,
+            ),
+            (
+                dual_raw(
+                    "10.244.2.0-24&fd00:10:244:2::-64",
+                    IP,
+                    r#""2001:db8:1::2""#,
+                    "null",
+                    0,
+                ),
+                BackendData,
+            ),
+            (
+                dual_raw(
+                    "10.244.2.0-24&fd00:10:244:2::-64",
+                    IP,
+                    r#""2001:db8:1::2""#,
+                    r#"{"VNI":2,"VtepMAC":"0e:00:00:00:60:02"}"#,
+                    0,
+                ),
+                VniMismatch,
+            ),
+            (
+                dual(
+                    "10.244.2.0-24&fd00:10:244:2::-64",
+                    IP,
+                    "2001:db8:1::2",
+                    "01:00:5e:00:00:01",
+                    0,
+                ),
+                VtepMac,
+            ),
+            (
+                dual(
+                    "10.244.2.0-24&fd00:10:244:2::-64",
+                    IP,
+                    "2001:db8:1::2",
+                    "0e:00:00:00:60:01",
+                    0,
+                ),
+                VtepMac,
+            ),
+        ];
+        for (l, want) in cases {
+            let key = l.key.to_string();
+            let (ok, refused) = admit(&dual_policy(), &[l], |_, _| false);
+            assert!(refused.is_empty(), "{key}: {refused:?}");
+            assert_eq!((ok[0].v6, ok[0].v6_refused), (None, Some(want)), "{key}");
+        }
+    }
+
+    /// IPv6 halves collide by the IPv4 rule: the older lease keeps its
+    /// IPv6 subnet, PublicIPv6 and IPv6 VtepMAC, in every order; the
+    /// newer loses its IPv6 half only.
+    #[test]
+    fn each_ipv6_collision_goes_to_the_older_half_in_every_order() {
+        use Rejection::*;
+        let p = dual_policy();
+        let old = dual(
+            "10.244.2.0-24&fd00:10:244:2::-64",
+            [192, 168, 100, 2],
+            "2001:db8:1::2",
+            "0e:00:00:00:60:02",
+            10,
+        );
+        let cases = [
+            (
+                dual(
+                    "10.244.3.0-24&fd00:10:244:2::-64",
+                    [192, 168, 100, 3],
+                    "2001:db8:1::3",
+                    "0e:00:00:00:60:03",
+                    20,
+                ),
+                OverlapsPeer,
+            ),
+            (
+                dual(
+                    "10.244.3.0-24&fd00:10:244:3::-64",
+                    [192, 168, 100, 3],
+                    "2001:db8:1::2",
+                    "0e:00:00:00:60:03",
+                    20,
+                ),
+                DuplicatePublicIp,
+            ),
+            (
+                dual(
+                    "10.244.3.0-24&fd00:10:244:3::-64",
+                    [192, 168, 100, 3],
+                    "2001:db8:1::3",
+                    "0e:00:00:00:60:02",
+                    20,
+                ),
+                DuplicateVtepMac,
+            ),
+            (
+                dual(
+                    "10.244.3.0-24&fd00:10:244:3::-64",
+                    [192, 168, 100, 3],
+                    "fd00:10:244:2::7",
+                    "0e:00:00:00:60:03",
+                    20,
+                ),
+                PublicIp,
+            ),
+        ];
+        for (new, want) in cases {
+            let (ok, refused) = same_on_every_order(&p, &[old.clone(), new.clone()]);
+            assert!(refused.is_empty(), "{refused:?}");
+            let find = |k: SubnetKey| ok.iter().find(|w| w.key == k).unwrap();
+            assert!(find(old.key).v6.is_some(), "{want:?}");
+            assert_eq!(
+                (find(new.key).v6, find(new.key).v6_refused),
+                (None, Some(want))
+            );
+        }
+        // A newer half whose subnet covers the older one's PublicIPv6.
+        let under = dual(
+            "10.244.2.0-24&fd00:10:244:2::-64",
+            [192, 168, 100, 2],
+            "fd00:10:244:3::7",
+            "0e:00:00:00:60:02",
+            10,
+        );
+        let over = dual(
+            "10.244.3.0-24&fd00:10:244:3::-64",
+            [192, 168, 100, 3],
+            "2001:db8:1::3",
+            "0e:00:00:00:60:03",
+            20,
+        );
+        let (ok, _) = same_on_every_order(&p, &[under, over.clone()]);
+        let over = ok.iter().find(|w| w.key == over.key).unwrap();
+        assert_eq!(over.v6_refused, Some(CoversUnderlay));
     }
 
     #[test]

@@ -22,12 +22,12 @@ use crate::config::NetConf;
 use crate::lease::{Lease, LeaseAttrs, Origin, SubnetKey};
 use crate::registry::{Registry, RegistryError};
 use futures::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::{json, Value};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -104,6 +104,16 @@ pub enum SetupError {
         /// net-conf.json's Network.
         network: Ipv4Net,
     },
+    /// With `EnableIPv6`, our node has no IPv6 podCIDR inside IPv6Network.
+    #[error("node {node} has no IPv6 podCIDR inside the IPv6Network {network} of net-conf.json (EnableIPv6 needs spec.podCIDRs of both families; it has {cidrs:?})")]
+    NoIpv6PodCidr {
+        /// Our node.
+        node: String,
+        /// Its podCIDRs.
+        cidrs: Vec<String>,
+        /// net-conf.json's IPv6Network.
+        network: Ipv6Net,
+    },
 }
 
 impl kube::runtime::utils::Backoff for Backoff {
@@ -144,6 +154,12 @@ pub struct Annotations {
     pub public_ip: String,
     /// `public-ip-overwrite`.
     pub public_ip_overwrite: String,
+    /// `backend-v6-data`.
+    pub backend_v6_data: String,
+    /// `public-ipv6`.
+    pub public_ipv6: String,
+    /// `public-ipv6-overwrite`.
+    pub public_ipv6_overwrite: String,
 }
 
 impl Annotations {
@@ -161,6 +177,9 @@ impl Annotations {
             backend_data: format!("{p}backend-data"),
             public_ip: format!("{p}public-ip"),
             public_ip_overwrite: format!("{p}public-ip-overwrite"),
+            backend_v6_data: format!("{p}backend-v6-data"),
+            public_ipv6: format!("{p}public-ipv6"),
+            public_ipv6_overwrite: format!("{p}public-ipv6-overwrite"),
         }
     }
 }
@@ -316,6 +335,20 @@ impl KubeRegistry {
             }
             .into());
         }
+        let v6 = match &self.conf.ipv6 {
+            None => None,
+            Some(c) => match pod_cidr6(&node).filter(|v6| c.network.contains(v6)) {
+                Some(v6) => Some(v6),
+                None => {
+                    return Err(SetupError::NoIpv6PodCidr {
+                        node: self.node_name.clone(),
+                        cidrs: pod_cidrs(&node),
+                        network: c.network,
+                    }
+                    .into())
+                }
+            },
+        };
         let ann = node.metadata.annotations.clone().unwrap_or_default();
         let mut attrs = attrs.clone();
         if let Some(ip) = ann
@@ -327,7 +360,17 @@ impl KubeRegistry {
             }
             attrs.public_ip = ip;
         }
-        let want = self.annotations_for(&attrs);
+        if let (Some(ip), Some(_)) = (
+            ann.get(&self.keys.public_ipv6_overwrite)
+                .and_then(|v| v.parse::<Ipv6Addr>().ok()),
+            attrs.public_ipv6,
+        ) {
+            if Some(ip) != attrs.public_ipv6 {
+                tracing::info!(public_ipv6 = %ip, "using the PublicIPv6 of the node's {} annotation", self.keys.public_ipv6_overwrite);
+            }
+            attrs.public_ipv6 = Some(ip);
+        }
+        let want = annotations_for(&self.keys, &attrs);
         let same = want
             .iter()
             .all(|(k, v)| ann.get(k).map(String::as_str) == Some(v.as_str()));
@@ -354,29 +397,11 @@ impl KubeRegistry {
             }
         }
         Ok(Lease {
-            key: SubnetKey::v4(cidr),
+            key: SubnetKey { v4: cidr, v6 },
             attrs,
             expiration: None,
             origin: origin_of(&node),
         })
-    }
-
-    /// The annotations flanneld writes for `attrs`.
-    fn annotations_for(&self, attrs: &LeaseAttrs) -> std::collections::BTreeMap<String, String> {
-        let mut m = std::collections::BTreeMap::new();
-        m.insert(
-            self.keys.backend_type.clone(),
-            attrs.backend_type().to_string(),
-        );
-        let data = attrs
-            .backend_data
-            .as_ref()
-            .map(|d| d.to_string())
-            .unwrap_or_else(|| "null".into());
-        m.insert(self.keys.backend_data.clone(), data);
-        m.insert(self.keys.public_ip.clone(), attrs.public_ip.to_string());
-        m.insert(self.keys.managed.clone(), "true".into());
-        m
     }
 
     /// Sets our node's `NetworkUnavailable` condition to False, reason
@@ -407,39 +432,9 @@ impl KubeRegistry {
         Ok(())
     }
 
-    /// A node's lease, if it is a flannel node with a podCIDR. Its
-    /// annotations are as untrusted as any lease: what does not parse
-    /// becomes something `LeasePolicy` refuses (an unparsable PublicIP
-    /// is 0.0.0.0), never a crash.
+    /// A node's lease, if it is a flannel node with a podCIDR.
     fn lease_of(&self, n: &Node) -> Option<Lease> {
-        let ann = n.metadata.annotations.as_ref()?;
-        if ann.get(&self.keys.managed).map(String::as_str) != Some("true") {
-            return None;
-        }
-        let cidr = pod_cidr(n)?;
-        let public_ip = ann
-            .get(&self.keys.public_ip)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let backend_type = ann
-            .get(&self.keys.backend_type)
-            .cloned()
-            .filter(|t| !t.is_empty());
-        let backend_data = ann
-            .get(&self.keys.backend_data)
-            .map(|d| serde_json::from_str::<Value>(d).unwrap_or_else(|_| Value::String(d.clone())));
-        Some(Lease {
-            key: SubnetKey::v4(cidr),
-            attrs: LeaseAttrs {
-                public_ip,
-                public_ipv6: None,
-                backend_type,
-                backend_data: backend_data.filter(|d| !d.is_null()),
-                backend_v6_data: None,
-            },
-            expiration: None,
-            origin: origin_of(n),
-        })
+        node_lease(&self.keys, &self.conf, n)
     }
 
     /// Our own node's lease as its annotations say now, if it has one: what
@@ -452,6 +447,78 @@ impl KubeRegistry {
             .get(&reflector::ObjectRef::new(&self.node_name))?;
         self.lease_of(&node)
     }
+}
+
+/// The annotations flanneld writes for `attrs` (`AcquireLease`): the
+/// IPv6 ones only when there is an IPv6 side (a PublicIPv6).
+fn annotations_for(
+    keys: &Annotations,
+    attrs: &LeaseAttrs,
+) -> std::collections::BTreeMap<String, String> {
+    let json = |d: &Option<Value>| {
+        d.as_ref()
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "null".into())
+    };
+    let mut m = std::collections::BTreeMap::new();
+    m.insert(keys.backend_type.clone(), attrs.backend_type().to_string());
+    m.insert(keys.backend_data.clone(), json(&attrs.backend_data));
+    m.insert(keys.public_ip.clone(), attrs.public_ip.to_string());
+    if let Some(ip6) = attrs.public_ipv6 {
+        m.insert(keys.backend_v6_data.clone(), json(&attrs.backend_v6_data));
+        m.insert(keys.public_ipv6.clone(), ip6.to_string());
+    }
+    m.insert(keys.managed.clone(), "true".into());
+    m
+}
+
+/// A node's lease, if it is a flannel node with a podCIDR. Its annotations
+/// are as untrusted as any lease: what does not parse becomes something
+/// `LeasePolicy` refuses (an unparsable PublicIP is 0.0.0.0, an
+/// unparsable PublicIPv6 ::), never a crash. With `EnableIPv6` the IPv6
+/// podCIDR, `public-ipv6` and `backend-v6-data` make the IPv6 half;
+/// flanneld skips a Node that lacks one of them, IPv4 included, where
+/// weft keeps the IPv4 half and admission refuses the IPv6 half alone.
+fn node_lease(keys: &Annotations, conf: &NetConf, n: &Node) -> Option<Lease> {
+    let ann = n.metadata.annotations.as_ref()?;
+    if ann.get(&keys.managed).map(String::as_str) != Some("true") {
+        return None;
+    }
+    let cidr = pod_cidr(n)?;
+    let public_ip = ann
+        .get(&keys.public_ip)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let backend_type = ann
+        .get(&keys.backend_type)
+        .cloned()
+        .filter(|t| !t.is_empty());
+    let data = |key: &str| {
+        ann.get(key)
+            .map(|d| serde_json::from_str::<Value>(d).unwrap_or_else(|_| Value::String(d.clone())))
+            .filter(|d| !d.is_null())
+    };
+    let (v6, public_ipv6, backend_v6_data) = match conf.ipv6 {
+        None => (None, None, None),
+        Some(_) => (
+            pod_cidr6(n),
+            ann.get(&keys.public_ipv6)
+                .map(|v| v.parse().unwrap_or(Ipv6Addr::UNSPECIFIED)),
+            data(&keys.backend_v6_data),
+        ),
+    };
+    Some(Lease {
+        key: SubnetKey { v4: cidr, v6 },
+        attrs: LeaseAttrs {
+            public_ip,
+            public_ipv6,
+            backend_type,
+            backend_data: data(&keys.backend_data),
+            backend_v6_data,
+        },
+        expiration: None,
+        origin: origin_of(n),
+    })
 }
 
 /// A Node's identity and seniority: `creationTimestamp`, then uid.
@@ -497,6 +564,27 @@ fn pod_cidr(n: &Node) -> Option<Ipv4Net> {
     all.filter_map(|c| c.parse::<Ipv4Net>().ok())
         .map(|c| c.trunc())
         .next()
+}
+
+/// A node's IPv6 pod CIDR: the first IPv6 one of `spec.podCIDRs`, else
+/// `spec.podCIDR`.
+fn pod_cidr6(n: &Node) -> Option<Ipv6Net> {
+    let spec = n.spec.as_ref()?;
+    let all = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
+    all.filter_map(|c| c.parse::<Ipv6Net>().ok())
+        .map(|c| c.trunc())
+        .next()
+}
+
+/// A node's pod CIDRs as it lists them, for messages.
+fn pod_cidrs(n: &Node) -> Vec<String> {
+    let Some(spec) = n.spec.as_ref() else {
+        return Vec::new();
+    };
+    match &spec.pod_cidrs {
+        Some(all) if !all.is_empty() => all.clone(),
+        _ => spec.pod_cidr.iter().cloned().collect(),
+    }
 }
 
 #[async_trait::async_trait]
@@ -548,6 +636,92 @@ mod tests {
         assert_eq!(a.managed, "flannel.alpha.coreos.com/kube-subnet-manager");
         let b = Annotations::new("example.com/weft-");
         assert_eq!(b.public_ip, "example.com/weft-public-ip");
+    }
+
+    fn dual_node(annotations: &[(&str, &str)]) -> Node {
+        let keys = Annotations::new(DEFAULT_PREFIX);
+        let mut ann: std::collections::BTreeMap<String, String> = annotations
+            .iter()
+            .map(|(k, v)| (format!("{}{k}", keys.prefix), v.to_string()))
+            .collect();
+        ann.insert(keys.managed.clone(), "true".into());
+        Node {
+            metadata: kube::api::ObjectMeta {
+                name: Some("n3".into()),
+                annotations: Some(ann),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::NodeSpec {
+                pod_cidr: Some("10.244.3.0/24".into()),
+                pod_cidrs: Some(vec!["10.244.3.0/24".into(), "fd00:10:244:3::/64".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+    const V6_DATA: &str = r#"{"VNI":1,"VtepMAC":"0e:00:00:00:60:03"}"#;
+
+    /// A dual-stack Node, as flanneld annotates it, is one lease with both
+    /// halves; without EnableIPv6 its IPv6 side is not read.
+    #[test]
+    fn a_dual_stack_node_is_a_lease_with_both_halves() {
+        let keys = Annotations::new(DEFAULT_PREFIX);
+        let n = dual_node(&[
+            ("backend-type", "vxlan"),
+            ("backend-data", r#"{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"}"#),
+            ("public-ip", "192.168.100.3"),
+            ("backend-v6-data", V6_DATA),
+            ("public-ipv6", "2001:db8::3"),
+        ]);
+        let dual = NetConf::parse(DUAL).unwrap();
+        let l = node_lease(&keys, &dual, &n).unwrap();
+        assert_eq!(l.key.to_string(), "10.244.3.0-24&fd00:10:244:3::-64");
+        assert_eq!(l.attrs.public_ipv6, Some("2001:db8::3".parse().unwrap()));
+        let data = l.attrs.vxlan_v6_data().unwrap();
+        assert_eq!(data.vtep_mac.to_string(), "0e:00:00:00:60:03");
+        // What it announces is what flanneld writes, both families.
+        let back = annotations_for(&keys, &l.attrs);
+        for (k, v) in n.metadata.annotations.as_ref().unwrap() {
+            assert_eq!(back.get(k), Some(v), "{k}");
+        }
+        let v4_only =
+            NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let l = node_lease(&keys, &v4_only, &n).unwrap();
+        assert_eq!(l.key.to_string(), "10.244.3.0-24");
+        assert_eq!((l.attrs.public_ipv6, &l.attrs.backend_v6_data), (None, &None));
+        assert!(!annotations_for(&keys, &l.attrs).contains_key(&keys.public_ipv6));
+    }
+
+    /// A Node whose IPv6 side is missing or garbled is still a lease: its
+    /// IPv6 half is whatever it says, for admission to refuse (flanneld
+    /// would drop the whole Node, IPv4 included).
+    #[test]
+    fn a_node_with_a_bad_ipv6_side_is_still_a_lease() {
+        let keys = Annotations::new(DEFAULT_PREFIX);
+        let dual = NetConf::parse(DUAL).unwrap();
+        let v4 = [
+            ("backend-type", "vxlan"),
+            ("backend-data", r#"{"VNI":1,"VtepMAC":"0e:00:00:00:00:03"}"#),
+            ("public-ip", "192.168.100.3"),
+        ];
+        let l = node_lease(&keys, &dual, &dual_node(&v4)).unwrap();
+        assert_eq!(l.attrs.public_ip.to_string(), "192.168.100.3");
+        assert_eq!(l.attrs.public_ipv6, None);
+        let garbled = [
+            v4.as_slice(),
+            &[("public-ipv6", "nope"), ("backend-v6-data", "{")],
+        ]
+        .concat();
+        let l = node_lease(&keys, &dual, &dual_node(&garbled)).unwrap();
+        assert_eq!(l.attrs.public_ipv6, Some(Ipv6Addr::UNSPECIFIED));
+        assert_eq!(l.attrs.vxlan_v6_data(), None);
+        let mut v4_cidr_only = dual_node(&v4);
+        v4_cidr_only.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.3.0/24".into()]);
+        let l = node_lease(&keys, &dual, &v4_cidr_only).unwrap();
+        assert_eq!(l.key.v6, None);
+        assert_eq!(pod_cidrs(&v4_cidr_only), ["10.244.3.0/24"]);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! backend every node must agree on.
 
 use crate::json;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use weft_encap::Vni;
 
 /// Why a net-conf.json was refused.
@@ -131,28 +131,13 @@ impl Ipv6Conf {
                 "IPv6SubnetLen /{subnet_len} leaves IPv6Network /{prefix} fewer than four subnets"
             )));
         }
-        let step = 1u128 << (128 - subnet_len);
-        let first = u128::from(network.network());
-        let last = u128::from(network.broadcast()) & !(step - 1);
-        let subnet_min = parse_str(obj, "IPv6SubnetMin")?.unwrap_or(Ipv6Addr::from(first + step));
-        let subnet_max = parse_str(obj, "IPv6SubnetMax")?.unwrap_or(Ipv6Addr::from(last));
-        for (key, a) in [("IPv6SubnetMin", subnet_min), ("IPv6SubnetMax", subnet_max)] {
-            if !network.contains(&a) {
-                return Err(ConfigError::Inconsistent(format!(
-                    "{key} {a} is outside IPv6Network {network}"
-                )));
-            }
-            if u128::from(a) & (step - 1) != 0 {
-                return Err(ConfigError::Inconsistent(format!(
-                    "{key} {a} is not on a /{subnet_len} boundary"
-                )));
-            }
-        }
-        if u128::from(subnet_min) > u128::from(subnet_max) {
-            return Err(ConfigError::Inconsistent(format!(
-                "IPv6SubnetMin {subnet_min} is above IPv6SubnetMax {subnet_max}"
-            )));
-        }
+        let (min, max) = subnet_bounds(
+            obj,
+            ["IPv6SubnetMin", "IPv6SubnetMax", "IPv6Network"],
+            IpNet::V6(network),
+            subnet_len,
+        )?;
+        let (subnet_min, subnet_max) = (Ipv6Addr::from(min), Ipv6Addr::from(max));
         Ok(Ipv6Conf {
             network,
             subnet_len,
@@ -164,21 +149,22 @@ impl Ipv6Conf {
     /// Number of subnets between IPv6SubnetMin and IPv6SubnetMax inclusive
     /// (at most 2⁶⁴ for a /0 network of /64s, so it fits a `u128`).
     pub fn subnet_count(&self) -> u128 {
-        let step = 1u128 << (128 - self.subnet_len);
-        (u128::from(self.subnet_max) - u128::from(self.subnet_min)) / step + 1
+        ladder_len(
+            self.subnet_min.into(),
+            self.subnet_max.into(),
+            128 - self.subnet_len,
+        )
     }
 
     /// The `i`th subnet from IPv6SubnetMin.
     pub fn nth_subnet(&self, i: u128) -> Option<Ipv6Net> {
-        if i >= self.subnet_count() {
-            return None;
-        }
-        let step = 1u128 << (128 - self.subnet_len);
-        Ipv6Net::new(
-            Ipv6Addr::from(u128::from(self.subnet_min) + i * step),
-            self.subnet_len,
-        )
-        .ok()
+        let a = ladder_rung(
+            self.subnet_min.into(),
+            self.subnet_max.into(),
+            128 - self.subnet_len,
+            i,
+        )?;
+        Ipv6Net::new(Ipv6Addr::from(a), self.subnet_len).ok()
     }
 
     /// True when `subnet` is one this config could hand out: inside
@@ -243,28 +229,14 @@ impl NetConf {
                 network.prefix_len()
             )));
         }
-        let step = 1u32 << (32 - subnet_len);
-        let first = u32::from(network.network());
-        let last = u32::from(network.broadcast()) & !(step - 1);
-        let subnet_min = parse_str(obj, "SubnetMin")?.unwrap_or(Ipv4Addr::from(first + step));
-        let subnet_max = parse_str(obj, "SubnetMax")?.unwrap_or(Ipv4Addr::from(last));
-        for (key, a) in [("SubnetMin", subnet_min), ("SubnetMax", subnet_max)] {
-            if !network.contains(&a) {
-                return Err(ConfigError::Inconsistent(format!(
-                    "{key} {a} is outside Network {network}"
-                )));
-            }
-            if u32::from(a) & (step - 1) != 0 {
-                return Err(ConfigError::Inconsistent(format!(
-                    "{key} {a} is not on a /{subnet_len} boundary"
-                )));
-            }
-        }
-        if u32::from(subnet_min) > u32::from(subnet_max) {
-            return Err(ConfigError::Inconsistent(format!(
-                "SubnetMin {subnet_min} is above SubnetMax {subnet_max}"
-            )));
-        }
+        let (min, max) = subnet_bounds(
+            obj,
+            ["SubnetMin", "SubnetMax", "Network"],
+            IpNet::V4(network),
+            subnet_len,
+        )?;
+        // Both came from IPv4 addresses.
+        let (subnet_min, subnet_max) = (Ipv4Addr::from(min as u32), Ipv4Addr::from(max as u32));
         let (backend, backend_defaulted) = match json::get(obj, "Backend") {
             None | Some(Value::Null) => (
                 Backend::Udp {
@@ -294,21 +266,24 @@ impl NetConf {
 
     /// Number of subnets between SubnetMin and SubnetMax inclusive.
     pub fn subnet_count(&self) -> u32 {
-        let step = 1u32 << (32 - self.subnet_len);
-        (u32::from(self.subnet_max) - u32::from(self.subnet_min)) / step + 1
+        let n = ladder_len(
+            u32::from(self.subnet_min).into(),
+            u32::from(self.subnet_max).into(),
+            32 - self.subnet_len,
+        );
+        // At most 2³² subnets of /32 in 0.0.0.0/0, less the first.
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// The `i`th subnet from SubnetMin.
     pub fn nth_subnet(&self, i: u32) -> Option<Ipv4Net> {
-        if i >= self.subnet_count() {
-            return None;
-        }
-        let step = 1u32 << (32 - self.subnet_len);
-        Ipv4Net::new(
-            Ipv4Addr::from(u32::from(self.subnet_min) + i * step),
-            self.subnet_len,
-        )
-        .ok()
+        let a = ladder_rung(
+            u32::from(self.subnet_min).into(),
+            u32::from(self.subnet_max).into(),
+            32 - self.subnet_len,
+            i.into(),
+        )?;
+        Ipv4Net::new(Ipv4Addr::from(a as u32), self.subnet_len).ok()
     }
 
     /// True when `subnet` is one this config could hand out: inside Network,
@@ -321,6 +296,76 @@ impl NetConf {
             && a >= u32::from(self.subnet_min)
             && a <= u32::from(self.subnet_max)
     }
+}
+
+/// SubnetMin and SubnetMax (`keys`: their names and the network's, for
+/// either family), by default the second subnet and the last, checked as
+/// flanneld checks them: inside `network`, on a `/len` boundary, in order.
+/// The addresses as integers.
+fn subnet_bounds(
+    obj: &Map<String, Value>,
+    keys: [&'static str; 3],
+    network: IpNet,
+    len: u8,
+) -> Result<(u128, u128), ConfigError> {
+    let int = |a: IpAddr| match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let (addr, bits): (fn(u128) -> IpAddr, u8) = match network {
+        IpNet::V4(_) => (|a| IpAddr::V4(Ipv4Addr::from(a as u32)), 32),
+        IpNet::V6(_) => (|a| IpAddr::V6(Ipv6Addr::from(a)), 128),
+    };
+    let step = 1u128 << (bits - len);
+    let first = int(network.network());
+    let last = int(network.broadcast()) & !(step - 1);
+    let given = |key: &'static str| -> Result<Option<IpAddr>, ConfigError> {
+        let a: Option<IpAddr> = parse_str(obj, key)?;
+        match (a, network) {
+            (Some(IpAddr::V4(_)), IpNet::V6(_)) | (Some(IpAddr::V6(_)), IpNet::V4(_)) => {
+                Err(ConfigError::Value {
+                    key,
+                    why: format!(
+                        "{} is not of the family of {network}",
+                        a.unwrap_or(network.addr())
+                    ),
+                })
+            }
+            _ => Ok(a),
+        }
+    };
+    let [min_key, max_key, net_key] = keys;
+    let min = given(min_key)?.unwrap_or(addr(first + step));
+    let max = given(max_key)?.unwrap_or(addr(last));
+    for (key, a) in [(min_key, min), (max_key, max)] {
+        if !network.contains(&a) {
+            return Err(ConfigError::Inconsistent(format!(
+                "{key} {a} is outside {net_key} {network}"
+            )));
+        }
+        if int(a) & (step - 1) != 0 {
+            return Err(ConfigError::Inconsistent(format!(
+                "{key} {a} is not on a /{len} boundary"
+            )));
+        }
+    }
+    if int(min) > int(max) {
+        return Err(ConfigError::Inconsistent(format!(
+            "{min_key} {min} is above {max_key} {max}"
+        )));
+    }
+    Ok((int(min), int(max)))
+}
+
+/// How many subnets of `host_bits` host bits lie from `min` to `max`
+/// (both subnet addresses, `min <= max`), either family.
+fn ladder_len(min: u128, max: u128, host_bits: u8) -> u128 {
+    (max - min) / (1u128 << host_bits) + 1
+}
+
+/// The address of the `i`th of those subnets, if there are that many.
+fn ladder_rung(min: u128, max: u128, host_bits: u8, i: u128) -> Option<u128> {
+    (i < ladder_len(min, max, host_bits)).then(|| min + i * (1u128 << host_bits))
 }
 
 fn parse_backend(b: &Map<String, Value>) -> Result<Backend, ConfigError> {

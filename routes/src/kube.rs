@@ -690,7 +690,10 @@ mod tests {
             NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
         let l = node_lease(&keys, &v4_only, &n).unwrap();
         assert_eq!(l.key.to_string(), "10.244.3.0-24");
-        assert_eq!((l.attrs.public_ipv6, &l.attrs.backend_v6_data), (None, &None));
+        assert_eq!(
+            (l.attrs.public_ipv6, &l.attrs.backend_v6_data),
+            (None, &None)
+        );
         assert!(!annotations_for(&keys, &l.attrs).contains_key(&keys.public_ipv6));
     }
 

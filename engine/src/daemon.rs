@@ -17,7 +17,7 @@ use crate::metrics::{Metrics, WorkerStats};
 use crate::netlink::Netlink;
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use data_plane::{DataPlane, DataPlaneSpec, Tended};
+use data_plane::{DataPlane, Tended};
 use lease::{set_expiry, LeaseKeeper};
 use plan::Plan;
 use registry::{open_registry, Leases};
@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use weft_routes::{alloc, subnet_env, ForwardingTable, Registry};
+use weft_routes::{subnet_env, ForwardingTable, Registry};
 
 pub use crate::masq::TrafficOptions;
 
@@ -126,24 +126,7 @@ impl Node {
         let underlay = nl.choose_underlay(&opts.iface).await?;
         let public_ip = opts.public_ip.unwrap_or(underlay.addr);
         let leases_from = open_registry(&opts).await?;
-        let reg: &dyn Registry = leases_from.registry();
-        let conf = reg
-            .config()
-            .await
-            .context("cannot read the network config")?;
-        if conf.backend_defaulted {
-            tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
-        }
-        if let Some(v6) = &conf.ipv6 {
-            // Refused rather than ignored: a dual-stack cluster would
-            // believe its IPv6 pod traffic is carried, and weft would drop
-            // it (it cannot authenticate IPv6 inner packets yet).
-            anyhow::bail!(
-                "EnableIPv6=true (IPv6Network {}): weft has no IPv6 overlay yet; remove EnableIPv6 \
-                 (and IPv6Network) from net-conf.json, or keep flanneld on dual-stack nodes",
-                v6.network
-            );
-        }
+        let conf = leases_from.config().await?;
         let previous = subnet_env::previous_subnet(&opts.subnet_file);
         let plan = Plan::new(
             &conf.backend,
@@ -155,16 +138,9 @@ impl Node {
         )
         .await?;
         let previous_network = subnet_env::previous_network(&opts.subnet_file);
-        let lease = match &leases_from {
-            Leases::Kube(k) => k.acquire(&plan.attrs).await?,
-            Leases::Store(_) => {
-                let previous = previous.map(|v4| weft_routes::SubnetKey {
-                    v4,
-                    v6: subnet_env::previous_ipv6_subnet(&opts.subnet_file),
-                });
-                alloc::acquire(reg, &conf, &plan.attrs, previous).await?
-            }
-        };
+        let lease = leases_from
+            .acquire(&conf, &plan.attrs, &opts.subnet_file)
+            .await?;
         let subnet = lease.subnet();
         tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");
 
@@ -175,25 +151,9 @@ impl Node {
             Some(_) => (0..threads).map(|_| Arc::default()).collect(),
             None => Vec::new(),
         };
-        let data_plane = match &plan.device {
-            Some(device) => {
-                let spec = DataPlaneSpec {
-                    device: device.clone(),
-                    mtu: plan.mtu,
-                    port: plan.port,
-                    vtep: plan.vtep,
-                    programming: plan.programming,
-                    subnet,
-                    public_ip,
-                    network: conf.network,
-                    table: table.clone(),
-                    offload: opts.offload,
-                    tuning: opts.tuning,
-                    allow_nat_peers: opts.allow_nat_peers,
-                    stats: stats.clone(),
-                };
-                Some(DataPlane::start(&nl, spec).await?)
-            }
+        let data_plane = match plan.data_plane_spec(&conf, &opts, subnet, public_ip, &table, &stats)
+        {
+            Some(spec) => Some(DataPlane::start(&nl, spec).await?),
             None => None,
         };
         let metrics = Arc::new(Metrics {
@@ -211,54 +171,19 @@ impl Node {
                 .unwrap_or_default(),
             mtu: plan.mtu,
         });
-        if let Some(addr) = opts.metrics_addr {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => {
-                    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-                    tokio::spawn(crate::metrics::serve(l, metrics.clone()));
-                }
-                Err(e) if !opts.metrics_required => {
-                    tracing::warn!(%addr, error = %e, "cannot serve metrics on the default address; pass --metrics-addr to choose another")
-                }
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("cannot listen on --metrics-addr {addr}"))
-                }
-            }
-        }
-        if let Some(addr) = opts.healthz_addr {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
-            tracing::info!(%addr, "serving /healthz and /readyz");
-            tokio::spawn(crate::metrics::serve_health(l, metrics.clone()));
-        }
+        serve_endpoints(&opts, &metrics).await?;
+        let policy = lease_policy(&conf, &leases_from, &plan, &lease, &underlay);
         let mut peers = Peers::new(control::PeersConfig {
             nl: nl.clone(),
             device: data_plane.as_ref().map(|d| d.index),
             underlay: underlay.clone(),
             programming: plan.programming,
             port: plan.port,
-            policy: weft_routes::LeasePolicy {
-                backend: conf.backend.clone(),
-                network: conf.network,
-                // flanneld takes any podCIDR inside Network; the
-                // controller manager decides the length.
-                subnet_len: match leases_from {
-                    Leases::Kube(_) => None,
-                    Leases::Store(_) => Some(conf.subnet_len),
-                },
-                network_routed: plan.programming == control::Programming::NetworkRoute,
-                own: lease.key,
-                own_public_ip: lease.attrs.public_ip,
-                own_mac: plan.vtep.map(|e| e.mac),
-                underlay: underlay.networks.clone(),
-                ipv6: None,
-            },
+            policy,
             table,
             metrics: metrics.clone(),
         });
-        peers.sync(&reg.leases().await?).await;
+        peers.sync(&leases_from.registry().leases().await?).await;
         // Routes of ours a previous run left behind (it crashed, or a
         // removal failed) go now, not at the first periodic check.
         peers.recheck().await;
@@ -283,25 +208,7 @@ impl Node {
             .with_context(|| format!("cannot write {}", opts.subnet_file.display()))?;
         set_expiry(&metrics, lease.expiration);
         metrics.ready.store(true, Ordering::Relaxed);
-        if let (Leases::Kube(k), true) = (&leases_from, opts.set_node_network_unavailable) {
-            match k.set_network_available().await {
-                Ok(()) => tracing::info!(
-                    node = k.node_name(),
-                    "node condition NetworkUnavailable set to False (FlannelIsUp)"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot set the node's NetworkUnavailable condition")
-                }
-            }
-        }
-        match &plan.device {
-            Some(device) => {
-                tracing::info!(device = %device.name, mtu = plan.mtu, threads, subnet_file = %opts.subnet_file.display(), "ready")
-            }
-            None => {
-                tracing::info!(mtu = plan.mtu, iface = %underlay.name, subnet_file = %opts.subnet_file.display(), "ready (host-gw: routes only, no device)")
-            }
-        }
+        announce_ready(&opts, &leases_from, &plan, &underlay).await;
         // host-gw and DirectRouting decide per peer from the underlay's routes:
         // re-decide as soon as those change.
         let underlay_events = match plan.watch_underlay {
@@ -437,6 +344,92 @@ impl Node {
             dp.remove(&nl).await;
         }
     }
+}
+
+/// Says the node is up: the node condition in Kubernetes (when asked to
+/// set it), and the log line.
+async fn announce_ready(
+    opts: &RunOptions,
+    leases_from: &Leases,
+    plan: &Plan,
+    underlay: &crate::netlink::Underlay,
+) {
+    if let (Leases::Kube(k), true) = (leases_from, opts.set_node_network_unavailable) {
+        match k.set_network_available().await {
+            Ok(()) => tracing::info!(
+                node = k.node_name(),
+                "node condition NetworkUnavailable set to False (FlannelIsUp)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot set the node's NetworkUnavailable condition")
+            }
+        }
+    }
+    let subnet_file = opts.subnet_file.display();
+    match &plan.device {
+        Some(device) => {
+            let threads = opts.threads.max(1);
+            tracing::info!(device = %device.name, mtu = plan.mtu, threads, %subnet_file, "ready")
+        }
+        None => {
+            tracing::info!(mtu = plan.mtu, iface = %underlay.name, %subnet_file, "ready (host-gw: routes only, no device)")
+        }
+    }
+}
+
+/// What a peer lease must agree with: the config, our own lease, plan
+/// and underlay.
+fn lease_policy(
+    conf: &weft_routes::NetConf,
+    leases_from: &Leases,
+    plan: &Plan,
+    lease: &weft_routes::Lease,
+    underlay: &crate::netlink::Underlay,
+) -> weft_routes::LeasePolicy {
+    weft_routes::LeasePolicy {
+        backend: conf.backend.clone(),
+        network: conf.network,
+        // flanneld takes any podCIDR inside Network; the
+        // controller manager decides the length.
+        subnet_len: match leases_from {
+            Leases::Kube(_) => None,
+            Leases::Store(_) => Some(conf.subnet_len),
+        },
+        network_routed: plan.programming == control::Programming::NetworkRoute,
+        own: lease.key,
+        own_public_ip: lease.attrs.public_ip,
+        own_mac: plan.vtep.map(|e| e.mac),
+        underlay: underlay.networks.clone(),
+        ipv6: None,
+    }
+}
+
+/// Serves /metrics, /healthz and /readyz where the options say. A
+/// metrics address that cannot be bound is fatal only when it was asked
+/// for; the health address always is (the kubelet's probe needs it).
+async fn serve_endpoints(opts: &RunOptions, metrics: &Arc<Metrics>) -> anyhow::Result<()> {
+    if let Some(addr) = opts.metrics_addr {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+                tokio::spawn(crate::metrics::serve(l, metrics.clone()));
+            }
+            Err(e) if !opts.metrics_required => {
+                tracing::warn!(%addr, error = %e, "cannot serve metrics on the default address; pass --metrics-addr to choose another")
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot listen on --metrics-addr {addr}"))
+            }
+        }
+    }
+    if let Some(addr) = opts.healthz_addr {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --healthz-ip/--healthz-port {addr}"))?;
+        tracing::info!(%addr, "serving /healthz and /readyz");
+        tokio::spawn(crate::metrics::serve_health(l, metrics.clone()));
+    }
+    Ok(())
 }
 
 /// Plain routing can be one-sided (each node decides for itself), so pod

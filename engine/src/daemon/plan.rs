@@ -3,15 +3,20 @@
 //! MTU, the port, what is programmed per peer and what our lease says.
 //! `Node` owns the plan; a recreated device is built from it again.
 
+use super::data_plane::DataPlaneSpec;
 use super::registry::Leases;
 use super::RunOptions;
 use crate::control::{self, Programming};
 use crate::device::DeviceKind;
+use crate::metrics::WorkerStats;
 use crate::netlink::Underlay;
 use crate::tunnel::Mode;
 use anyhow::{bail, Context};
+use arc_swap::ArcSwap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use weft_encap::{udp, vxlan};
+use weft_routes::ForwardingTable;
 use weft_routes::{Backend, LeaseAttrs};
 
 /// weft's device: its name, its kind and what the tunnel carries on it.
@@ -137,5 +142,32 @@ impl Plan {
                 })
             }
         }
+    }
+    /// What the data plane is built from (and rebuilt from when the device
+    /// is deleted); none for host-gw, which has no device.
+    pub fn data_plane_spec(
+        &self,
+        conf: &weft_routes::NetConf,
+        opts: &RunOptions,
+        subnet: ipnet::Ipv4Net,
+        public_ip: Ipv4Addr,
+        table: &Arc<ArcSwap<ForwardingTable>>,
+        stats: &[Arc<WorkerStats>],
+    ) -> Option<DataPlaneSpec> {
+        Some(DataPlaneSpec {
+            device: self.device.clone()?,
+            mtu: self.mtu,
+            port: self.port,
+            vtep: self.vtep,
+            programming: self.programming,
+            subnet,
+            public_ip,
+            network: conf.network,
+            table: table.clone(),
+            offload: opts.offload,
+            tuning: opts.tuning,
+            allow_nat_peers: opts.allow_nat_peers,
+            stats: stats.to_vec(),
+        })
     }
 }

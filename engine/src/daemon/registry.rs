@@ -3,9 +3,12 @@
 
 use super::RunOptions;
 use anyhow::{bail, Context};
+use std::path::Path;
 #[cfg(feature = "etcd")]
 use std::time::Duration;
-use weft_routes::{FileRegistry, Registry};
+use weft_routes::{
+    alloc, subnet_env, FileRegistry, Lease, LeaseAttrs, NetConf, Registry, SubnetKey,
+};
 
 /// Where leases come from.
 pub(super) enum Leases {
@@ -21,6 +24,50 @@ impl Leases {
             Leases::Store(r) => r.as_ref(),
             Leases::Kube(k) => k.as_ref(),
         }
+    }
+
+    /// The network config, with what weft says about it at start.
+    pub async fn config(&self) -> anyhow::Result<NetConf> {
+        let conf = self
+            .registry()
+            .config()
+            .await
+            .context("cannot read the network config")?;
+        if conf.backend_defaulted {
+            tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
+        }
+        if let Some(v6) = &conf.ipv6 {
+            // Refused rather than ignored: a dual-stack cluster would
+            // believe its IPv6 pod traffic is carried, and weft would drop
+            // it (it cannot authenticate IPv6 inner packets yet).
+            bail!(
+                "EnableIPv6=true (IPv6Network {}): weft has no IPv6 overlay yet; remove EnableIPv6 \
+                 (and IPv6Network) from net-conf.json, or keep flanneld on dual-stack nodes",
+                v6.network
+            );
+        }
+        Ok(conf)
+    }
+
+    /// Our lease, announcing `attrs`: our Node's podCIDR in Kubernetes;
+    /// else allocated, reusing what the last subnet.env (`subnet_file`)
+    /// names when it is free.
+    pub async fn acquire(
+        &self,
+        conf: &NetConf,
+        attrs: &LeaseAttrs,
+        subnet_file: &Path,
+    ) -> anyhow::Result<Lease> {
+        Ok(match self {
+            Leases::Kube(k) => k.acquire(attrs).await?,
+            Leases::Store(r) => {
+                let previous = subnet_env::previous_subnet(subnet_file).map(|v4| SubnetKey {
+                    v4,
+                    v6: subnet_env::previous_ipv6_subnet(subnet_file),
+                });
+                alloc::acquire(r.as_ref(), conf, attrs, previous).await?
+            }
+        })
     }
 }
 

@@ -230,14 +230,24 @@ impl LeasePolicy {
             }
         }
         candidates.sort_by(|a, b| (a.0, &a.1.origin, a.1.key).cmp(&(b.0, &b.1.origin, b.1.key)));
-        let mut taken = Taken::default();
-        let mut taken6 = Taken6::default();
+        let mut taken = Taken::<u32>::default();
+        let mut taken6 = Taken::<u128>::default();
         let mut accepted = Vec::with_capacity(candidates.len());
         for (_, l, mac) in candidates {
-            match taken.claim(l.key.v4, l.attrs.public_ip, mac) {
+            let net = l.key.v4;
+            let span = (u32::from(net.network()), u32::from(net.broadcast()));
+            match taken.claim(span, u32::from(l.attrs.public_ip), mac) {
                 Ok(()) => {
                     let half = self.check_v6(l).and_then(|h| match h {
-                        Some(h) => taken6.claim(&h).map(|()| Some(h)),
+                        Some(h) => {
+                            let span = (
+                                u128::from(h.subnet.network()),
+                                u128::from(h.subnet.broadcast()),
+                            );
+                            taken6
+                                .claim(span, u128::from(h.public_ip), h.vtep_mac)
+                                .map(|()| Some(h))
+                        }
                         None => Ok(None),
                     });
                     accepted.push(Admitted {
@@ -286,22 +296,7 @@ impl LeasePolicy {
         {
             return Err(Rejection::PublicIp);
         }
-        match self.backend {
-            Backend::Vxlan { vni, .. } => {
-                let VxlanData {
-                    vni: theirs,
-                    vtep_mac,
-                } = a.vxlan_data().ok_or(Rejection::BackendData)?;
-                if theirs != vni {
-                    return Err(Rejection::VniMismatch);
-                }
-                if !is_vtep_mac(vtep_mac) || Some(vtep_mac) == self.own_mac {
-                    return Err(Rejection::VtepMac);
-                }
-                Ok(Some(vtep_mac))
-            }
-            _ => Ok(None),
-        }
+        self.vtep_mac(a.vxlan_data(), self.own_mac)
     }
 
     /// The checks of a lease's IPv6 half that need no other lease. `None`
@@ -341,27 +336,36 @@ impl LeasePolicy {
         {
             return Err(Rejection::PublicIp);
         }
-        let vtep_mac = match self.backend {
-            Backend::Vxlan { vni, .. } => {
-                let VxlanData {
-                    vni: theirs,
-                    vtep_mac,
-                } = a.vxlan_v6_data().ok_or(Rejection::BackendData)?;
-                if theirs != vni {
-                    return Err(Rejection::VniMismatch);
-                }
-                if !is_vtep_mac(vtep_mac) || Some(vtep_mac) == p.own_mac {
-                    return Err(Rejection::VtepMac);
-                }
-                Some(vtep_mac)
-            }
-            _ => None,
-        };
+        let vtep_mac = self.vtep_mac(a.vxlan_v6_data(), p.own_mac)?;
         Ok(Some(V6Half {
             subnet: net,
             public_ip: ip,
             vtep_mac,
         }))
+    }
+
+    /// With vxlan, the VtepMAC of `data` (one family's BackendData): it
+    /// must parse, carry our VNI, and be a unicast MAC that is not `own`.
+    /// `None` for the other backends.
+    fn vtep_mac(
+        &self,
+        data: Option<VxlanData>,
+        own: Option<MacAddr>,
+    ) -> Result<Option<MacAddr>, Rejection> {
+        let Backend::Vxlan { vni, .. } = self.backend else {
+            return Ok(None);
+        };
+        let VxlanData {
+            vni: theirs,
+            vtep_mac,
+        } = data.ok_or(Rejection::BackendData)?;
+        if theirs != vni {
+            return Err(Rejection::VniMismatch);
+        }
+        if !is_vtep_mac(vtep_mac) || Some(vtep_mac) == own {
+            return Err(Rejection::VtepMac);
+        }
+        Ok(Some(vtep_mac))
     }
 
     /// True when packets to `ip` would be routed into our own device: it
@@ -388,24 +392,38 @@ pub fn is_vtep_mac(mac: MacAddr) -> bool {
     mac.octets() != [0; 6] && !mac.is_multicast() // broadcast included
 }
 
-/// What the peers admitted so far hold: disjoint subnets (by first address,
-/// with their last), PublicIPs and VtepMACs.
-#[derive(Default)]
-struct Taken {
-    subnets: BTreeMap<u32, u32>,
-    ips: BTreeSet<u32>,
+/// What the peers admitted so far hold, in one family: disjoint subnets
+/// (by first address, with their last), PublicIPs and VtepMACs. Addresses
+/// are integers (`u32` for IPv4, `u128` for IPv6).
+struct Taken<N> {
+    subnets: BTreeMap<N, N>,
+    ips: BTreeSet<N>,
     macs: FxHashSet<MacAddr>,
 }
 
-impl Taken {
-    /// Takes all three for one lease, or none of them.
-    fn claim(&mut self, net: Ipv4Net, ip: Ipv4Addr, mac: Option<MacAddr>) -> Result<(), Rejection> {
-        let (first, last) = (u32::from(net.network()), u32::from(net.broadcast()));
+impl<N> Default for Taken<N> {
+    fn default() -> Self {
+        Taken {
+            subnets: BTreeMap::new(),
+            ips: BTreeSet::new(),
+            macs: FxHashSet::default(),
+        }
+    }
+}
+
+impl<N: Ord + Copy> Taken<N> {
+    /// Takes all three for one lease (or IPv6 half): the subnet from
+    /// `first` to `last`, PublicIP `ip`, VtepMAC `mac`; or none of them.
+    fn claim(
+        &mut self,
+        (first, last): (N, N),
+        ip: N,
+        mac: Option<MacAddr>,
+    ) -> Result<(), Rejection> {
         if self.subnet_reaching(last).is_some_and(|end| end >= first) {
             return Err(Rejection::OverlapsPeer);
         }
-        let ip32 = u32::from(ip);
-        if self.ips.contains(&ip32) {
+        if self.ips.contains(&ip) {
             return Err(Rejection::DuplicatePublicIp);
         }
         if mac.is_some_and(|m| self.macs.contains(&m)) {
@@ -416,11 +434,11 @@ impl Taken {
         if self.ips.range(first..=last).next().is_some() {
             return Err(Rejection::CoversUnderlay);
         }
-        if self.subnet_reaching(ip32).is_some_and(|end| end >= ip32) {
+        if self.subnet_reaching(ip).is_some_and(|end| end >= ip) {
             return Err(Rejection::PublicIp);
         }
         self.subnets.insert(first, last);
-        self.ips.insert(ip32);
+        self.ips.insert(ip);
         self.macs.extend(mac);
         Ok(())
     }
@@ -428,7 +446,7 @@ impl Taken {
     /// The last address of the subnet held that starts last at or before
     /// `addr`. The subnets held are disjoint, so it is the only one that
     /// can reach `addr`.
-    fn subnet_reaching(&self, addr: u32) -> Option<u32> {
+    fn subnet_reaching(&self, addr: N) -> Option<N> {
         self.subnets.range(..=addr).next_back().map(|(_, end)| *end)
     }
 }
@@ -441,45 +459,6 @@ fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
 /// `overlaps` for IPv6.
 fn overlaps6(a: Ipv6Net, b: Ipv6Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
-}
-
-/// What the IPv6 halves admitted so far hold, as `Taken` for IPv4.
-#[derive(Default)]
-struct Taken6 {
-    subnets: BTreeMap<u128, u128>,
-    ips: BTreeSet<u128>,
-    macs: FxHashSet<MacAddr>,
-}
-
-impl Taken6 {
-    /// Takes all three for one IPv6 half, or none of them.
-    fn claim(&mut self, h: &V6Half) -> Result<(), Rejection> {
-        let (first, last) = (
-            u128::from(h.subnet.network()),
-            u128::from(h.subnet.broadcast()),
-        );
-        let reaching = |s: &Self, addr: u128| s.subnets.range(..=addr).next_back().map(|(_, e)| *e);
-        if reaching(self, last).is_some_and(|end| end >= first) {
-            return Err(Rejection::OverlapsPeer);
-        }
-        let ip = u128::from(h.public_ip);
-        if self.ips.contains(&ip) {
-            return Err(Rejection::DuplicatePublicIp);
-        }
-        if h.vtep_mac.is_some_and(|m| self.macs.contains(&m)) {
-            return Err(Rejection::DuplicateVtepMac);
-        }
-        if self.ips.range(first..=last).next().is_some() {
-            return Err(Rejection::CoversUnderlay);
-        }
-        if reaching(self, ip).is_some_and(|end| end >= ip) {
-            return Err(Rejection::PublicIp);
-        }
-        self.subnets.insert(first, last);
-        self.ips.insert(ip);
-        self.macs.extend(h.vtep_mac);
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 use crate::checksum;
 use crate::ipv6::{self, next_header};
+use crate::Truncated;
 use core::net::Ipv6Addr;
 
 mod field {
@@ -53,10 +54,6 @@ pub mod unreachable {
     /// Port unreachable.
     pub const PORT: u8 = 4;
 }
-
-/// A buffer shorter than the ICMPv6 header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Truncated;
 
 /// A read/write view of an ICMPv6 message (the IPv6 payload).
 #[derive(Debug)]

@@ -559,21 +559,19 @@ fn trim(n: &mut Node, prefix: &str) {
 /// A node's IPv4 pod CIDR: the first IPv4 one of `spec.podCIDRs`, else
 /// `spec.podCIDR`.
 fn pod_cidr(n: &Node) -> Option<Ipv4Net> {
-    let spec = n.spec.as_ref()?;
-    let all = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
-    all.filter_map(|c| c.parse::<Ipv4Net>().ok())
-        .map(|c| c.trunc())
-        .next()
+    first_pod_cidr(n, |c| c.parse::<Ipv4Net>().ok().map(|c| c.trunc()))
 }
 
-/// A node's IPv6 pod CIDR: the first IPv6 one of `spec.podCIDRs`, else
-/// `spec.podCIDR`.
+/// A node's IPv6 pod CIDR, likewise.
 fn pod_cidr6(n: &Node) -> Option<Ipv6Net> {
+    first_pod_cidr(n, |c| c.parse::<Ipv6Net>().ok().map(|c| c.trunc()))
+}
+
+/// The first of `spec.podCIDRs`, then `spec.podCIDR`, that `parse` takes.
+fn first_pod_cidr<T>(n: &Node, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
     let spec = n.spec.as_ref()?;
     let all = spec.pod_cidrs.iter().flatten().chain(spec.pod_cidr.iter());
-    all.filter_map(|c| c.parse::<Ipv6Net>().ok())
-        .map(|c| c.trunc())
-        .next()
+    all.filter_map(|c| parse(c)).next()
 }
 
 /// A node's pod CIDRs as it lists them, for messages.

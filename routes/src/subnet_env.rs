@@ -54,30 +54,27 @@ impl SubnetEnv {
 /// The subnet a previous run wrote into `path`, if any: FLANNEL_SUBNET's
 /// network (flanneld reuses it when it is still free).
 pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
-        .and_then(|v| v.trim().parse::<Ipv4Net>().ok())
-        .map(|n| n.trunc())
+    previous::<Ipv4Net>(path, "FLANNEL_SUBNET").map(|n| n.trunc())
 }
 
 /// The IPv6 subnet a previous run wrote into `path` (FLANNEL_IPV6_SUBNET's
 /// network), if any.
 pub fn previous_ipv6_subnet(path: &Path) -> Option<Ipv6Net> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
-        .and_then(|v| v.trim().parse::<Ipv6Net>().ok())
-        .map(|n| n.trunc())
+    previous::<Ipv6Net>(path, "FLANNEL_IPV6_SUBNET").map(|n| n.trunc())
 }
 
 /// The network a previous run wrote into `path` (FLANNEL_NETWORK), if any.
 pub fn previous_network(path: &Path) -> Option<Ipv4Net> {
+    previous::<Ipv4Net>(path, "FLANNEL_NETWORK").map(|n| n.trunc())
+}
+
+/// The value of `key` in the subnet.env at `path`, if it is there and
+/// parses.
+fn previous<T: std::str::FromStr>(path: &Path, key: &str) -> Option<T> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_NETWORK="))
-        .and_then(|v| v.trim().parse::<Ipv4Net>().ok())
-        .map(|n| n.trunc())
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Writes `data` to `path` through a temp file in the same directory and a

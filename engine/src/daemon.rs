@@ -398,7 +398,7 @@ fn lease_policy(
         network_routed: plan.programming == control::Programming::NetworkRoute,
         own: lease.key,
         own_public_ip: lease.attrs.public_ip,
-        own_mac: plan.vtep.map(|e| e.mac),
+        own_mac: plan.vtep().map(|e| e.mac),
         underlay: underlay.networks.clone(),
         ipv6: None,
     }

@@ -16,7 +16,6 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use weft_encap::vxlan;
 use weft_routes::ForwardingTable;
 
 /// VXLAN send sockets per worker (outer source ports picked by flow hash).
@@ -30,7 +29,6 @@ pub(super) struct DataPlaneSpec {
     pub device: DevicePlan,
     pub mtu: u32,
     pub port: u16,
-    pub vtep: Option<vxlan::Endpoint>,
     pub programming: Programming,
     pub subnet: ipnet::Ipv4Net,
     pub public_ip: Ipv4Addr,
@@ -228,7 +226,7 @@ async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Worke
         .with_context(|| format!("device {name} vanished after creation"))?;
     disable_ipv6(name);
     let tap_mac = match kind {
-        DeviceKind::Tap => spec.vtep.map(|v| v.mac),
+        DeviceKind::Tap => spec.device.vtep().map(|v| v.mac),
         DeviceKind::Tun => None,
     };
     nl.configure_link(index, spec.mtu, tap_mac).await?;
@@ -257,7 +255,7 @@ async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Worke
         let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, spec.port);
         let socket = udp_io::bind(any, true, tuning.socket_buffers)
             .with_context(|| format!("cannot bind UDP port {}", spec.port))?;
-        let tx_sockets = if spec.vtep.is_some() {
+        let tx_sockets = if spec.device.vtep().is_some() {
             let n = if tuning.flow_ports {
                 VXLAN_TX_SOCKETS
             } else {

@@ -38,8 +38,6 @@ pub(super) struct Plan {
     pub port: u16,
     /// What our lease announces.
     pub attrs: LeaseAttrs,
-    /// Our VXLAN endpoint, for the vxlan backend.
-    pub vtep: Option<vxlan::Endpoint>,
     /// What is programmed per peer.
     pub programming: Programming,
     /// host-gw and DirectRouting decide per peer from the underlay's
@@ -47,7 +45,22 @@ pub(super) struct Plan {
     pub watch_underlay: bool,
 }
 
+impl DevicePlan {
+    /// Our VXLAN endpoint, when the device carries VXLAN.
+    pub fn vtep(&self) -> Option<vxlan::Endpoint> {
+        match self.mode {
+            Mode::VxlanTun(ep) | Mode::VxlanTap(ep) => Some(ep),
+            Mode::Udp => None,
+        }
+    }
+}
+
 impl Plan {
+    /// Our VXLAN endpoint, for the vxlan backend.
+    pub fn vtep(&self) -> Option<vxlan::Endpoint> {
+        self.device.as_ref().and_then(DevicePlan::vtep)
+    }
+
     /// Decides the plan. `previous` is the subnet of the last subnet.env,
     /// which names the lease whose VtepMAC we keep.
     pub async fn new(
@@ -75,7 +88,6 @@ impl Plan {
                     mtu: underlay_mtu.saturating_sub(udp::IPV4_OVERHEAD as u32),
                     port,
                     attrs: LeaseAttrs::udp(public_ip),
-                    vtep: None,
                     programming: Programming::for_backend(backend, DeviceKind::Tun),
                     watch_underlay: false,
                 })
@@ -116,7 +128,6 @@ impl Plan {
                         .saturating_sub(vxlan::IPV4_OVERHEAD as u32),
                     port,
                     attrs: LeaseAttrs::vxlan(public_ip, data),
-                    vtep: Some(vtep),
                     programming: Programming::for_backend(backend, kind),
                     watch_underlay: direct_routing,
                 })
@@ -136,7 +147,6 @@ impl Plan {
                     mtu: underlay_mtu,
                     port: 0,
                     attrs: LeaseAttrs::host_gw(public_ip),
-                    vtep: None,
                     programming: Programming::Gateway,
                     watch_underlay: true,
                 })
@@ -158,7 +168,6 @@ impl Plan {
             device: self.device.clone()?,
             mtu: self.mtu,
             port: self.port,
-            vtep: self.vtep,
             programming: self.programming,
             subnet,
             public_ip,

@@ -4,7 +4,7 @@
 use crate::*;
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -141,11 +141,65 @@ impl Cluster {
         self.nodes.push(Node {
             ns,
             underlay,
+            underlay6: None,
             daemon: None,
             subnet_file,
             log,
         });
         Ok(i)
+    }
+
+    /// Makes the first segment dual-stack: every host on it gets
+    /// `2001:db8:100::<N>/64` on `eth0` (N as for IPv4, duplicate address
+    /// detection off so it is usable at once) and an IPv6 default route via
+    /// `2001:db8:100::fe`, which nothing answers for, as with IPv4. Hosts
+    /// added later get none.
+    pub fn add_ipv6(&mut self) -> io::Result<()> {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if n.underlay.octets()[2] != 100 {
+                continue;
+            }
+            let ip = Ipv6Addr::from(0x2001_0db8_0100_u128 << 80 | (i as u128 + 1));
+            check(
+                n.ns.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{ip}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?,
+                "IPv6 underlay address",
+            )?;
+            check(
+                n.ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "2001:db8:100::fe",
+                    "dev",
+                    "eth0",
+                ])?,
+                "IPv6 default route",
+            )?;
+            n.underlay6 = Some(ip);
+        }
+        // Neighbour discovery answers only once the link-local addresses
+        // passed duplicate address detection (about a second after the
+        // link came up): wait for that, as a booted host would have.
+        let settled = Cluster::wait_for(Duration::from_secs(5), || {
+            self.nodes.iter().all(|n| {
+                n.ns.ip(&["-6", "addr", "show", "dev", "eth0", "tentative"])
+                    .is_ok_and(|o| o.stdout.is_empty())
+            })
+        });
+        if !settled {
+            return Err(io::Error::other("IPv6 addresses still tentative after 5 s"));
+        }
+        Ok(())
     }
 
     /// Starts weft on node `i` and waits (up to 15 s) until it is ready

@@ -2,9 +2,9 @@
 //! as flanneld sets it up), with its log, subnet.env and pod bridge.
 
 use crate::*;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -16,6 +16,8 @@ pub struct Node {
     pub ns: Netns,
     /// Its underlay address on `eth0`.
     pub underlay: Ipv4Addr,
+    /// Its IPv6 underlay address on `eth0`, once `Cluster::add_ipv6` ran.
+    pub underlay6: Option<Ipv6Addr>,
     /// Its weft process, if running.
     pub daemon: Option<Child>,
     /// Where its subnet.env goes.
@@ -34,6 +36,19 @@ impl Node {
     pub fn pod_ip(&self) -> Option<Ipv4Addr> {
         self.subnet()
             .map(|s| Ipv4Addr::from(u32::from(s.network()) + 1))
+    }
+
+    /// This node's IPv6 subnet, from the subnet.env weft wrote (with
+    /// `EnableIPv6`).
+    pub fn subnet6(&self) -> Option<Ipv6Net> {
+        weft_routes::subnet_env::previous_ipv6_subnet(&self.subnet_file)
+    }
+
+    /// The IPv6 subnet's `::1`: the pod gateway address `add_pod_bridge`
+    /// puts up with `EnableIPv6`.
+    pub fn pod_ip6(&self) -> Option<Ipv6Addr> {
+        self.subnet6()
+            .map(|s| Ipv6Addr::from(u128::from(s.network()) + 1))
     }
 
     /// What weft logged so far.
@@ -99,11 +114,21 @@ impl Node {
 
     /// Puts a `cni0` bridge with `<subnet>.1/<len>` up, standing in for the
     /// pods the CNI plugin would attach.
+    /// With `EnableIPv6`, the bridge also gets `<IPv6 subnet>::1`.
     pub fn add_pod_bridge(&self) -> io::Result<Ipv4Addr> {
         let subnet = self
             .subnet()
             .ok_or_else(|| io::Error::other("no subnet.env yet"))?;
-        pod_bridge(&self.ns, subnet)
+        let ip = pod_bridge(&self.ns, subnet)?;
+        if let (Some(s), Some(ip6)) = (self.subnet6(), self.pod_ip6()) {
+            let addr = format!("{ip6}/{}", s.prefix_len());
+            check(
+                self.ns
+                    .ip(&["-6", "addr", "add", &addr, "dev", "cni0", "nodad"])?,
+                "cni0 IPv6 address",
+            )?;
+        }
+        Ok(ip)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::*;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,18 @@ pub fn tcp_transfer_from(
     port: u16,
     len: usize,
 ) -> io::Result<TransferResult> {
+    tcp_transfer_ip(from, src.map(IpAddr::from), to, to_ip.into(), port, len)
+}
+
+/// `tcp_transfer_from` in either family.
+pub fn tcp_transfer_ip(
+    from: &Netns,
+    src: Option<IpAddr>,
+    to: &Netns,
+    to_ip: IpAddr,
+    port: u16,
+    len: usize,
+) -> io::Result<TransferResult> {
     use std::io::{Read, Write};
     let listener = to.enter(move || std::net::TcpListener::bind((to_ip, port)))??;
     let server = std::thread::spawn(move || -> io::Result<(u64, u64)> {
@@ -50,7 +62,8 @@ pub fn tcp_transfer_from(
     });
     let start = Instant::now();
     let sent = from.enter(move || -> io::Result<(u64, u64)> {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        let domain = socket2::Domain::for_address(std::net::SocketAddr::new(to_ip, port));
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
         if let Some(src) = src {
             sock.bind(&std::net::SocketAddr::from((src, 0)).into())?;
         }
@@ -250,6 +263,51 @@ pub fn ping_probe(
             std::thread::sleep(interval);
         }
         Ok(out)
+    })?
+}
+
+/// Sends `count` ICMPv6 echo requests from `ns` (from `src`, when given)
+/// to `ip` over a raw socket, 50 ms apart, each waiting up to 500 ms;
+/// returns how many were answered. The kernel fills in the ICMPv6
+/// checksum, as it must for every raw ICMPv6 socket.
+pub fn ping6(ns: &Netns, src: Option<Ipv6Addr>, ip: Ipv6Addr, count: u16) -> io::Result<usize> {
+    ns.enter(move || -> io::Result<usize> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        if let Some(src) = src {
+            s.bind(&std::net::SocketAddr::from((src, 0)).into())?;
+        }
+        let dst: socket2::SockAddr = std::net::SocketAddr::from((ip, 0)).into();
+        let id = (COUNTER.fetch_add(1, Ordering::Relaxed) as u16) ^ (std::process::id() as u16);
+        let mut answered = 0;
+        for seq in 0..count {
+            let mut req = [0u8; 64];
+            req[0] = 128;
+            req[4..6].copy_from_slice(&id.to_be_bytes());
+            req[6..8].copy_from_slice(&seq.to_be_bytes());
+            let sent = Instant::now();
+            s.send_to(&req, &dst)?;
+            let mut buf = [0u8; 512];
+            while sent.elapsed() < Duration::from_millis(500) {
+                let Ok(n) = std::io::Read::read(&mut &s, &mut buf) else {
+                    continue;
+                };
+                // No IPv6 header on a raw ICMPv6 socket: type 129 is an
+                // echo reply.
+                let r = &buf[..n];
+                if r.len() >= 8
+                    && r[0] == 129
+                    && r[4..6] == id.to_be_bytes()
+                    && r[6..8] == seq.to_be_bytes()
+                {
+                    answered += 1;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(answered)
     })?
 }
 

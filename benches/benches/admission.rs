@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use weft_encap::{MacAddr, Vni};
 use weft_routes::lease::{Origin, VxlanData};
-use weft_routes::{Backend, Lease, LeaseAttrs, LeasePolicy, SubnetKey};
+use weft_routes::{Backend, Claim, Lease, LeaseAttrs, LeasePolicy, SubnetKey};
 
 fn policy() -> LeasePolicy {
     LeasePolicy {
@@ -77,7 +77,11 @@ fn admission(c: &mut Criterion) {
                 (l.key, (l.origin.clone(), l.attrs.public_ip, a.vtep_mac))
             })
             .collect();
-        let is_peer = |l: &Lease, vtep_mac: Option<MacAddr>| {
+        // IPv4-only leases: every claim is an IPv4 one.
+        let is_peer = |l: &Lease, claim: Claim<'_>| {
+            let Claim::V4(vtep_mac) = claim else {
+                return false;
+            };
             held.get(&l.key).is_some_and(|(o, ip, mac)| {
                 *o == l.origin && *ip == l.attrs.public_ip && *mac == vtep_mac
             })

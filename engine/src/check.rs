@@ -356,10 +356,10 @@ fn tap_peer_entries(name: &str) -> Result<(), (&'static str, String)> {
         nl.configure_link(index, 1450, None)
             .await
             .map_err(failed("link up"))?;
-        nl.replace_neighbor(index, gw, MacAddr([0x02, 0, 0, 0, 0, 1]))
+        nl.replace_neighbor(index, gw.into(), MacAddr([0x02, 0, 0, 0, 0, 1]))
             .await
             .map_err(failed("neighbour"))?;
-        nl.replace_route(net, index, Some(gw), true)
+        nl.replace_route(net.into(), index, Some(gw.into()), true)
             .await
             .map_err(failed("onlink route"))
     })

@@ -6,15 +6,16 @@
 use crate::device::DeviceKind;
 use crate::netlink::{Netlink, NetlinkError, RouteEntry, Underlay};
 use arc_swap::ArcSwap;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use std::collections::{BTreeMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use weft_encap::{MacAddr, Vni};
 use weft_routes::lease::Origin;
 use weft_routes::{
-    Backend, ForwardingTable, Lease, LeasePolicy, Peer, PeerCounters, Rejection, Sender, SubnetKey,
+    Backend, Claim, ForwardingTable, Lease, LeasePolicy, Peer, PeerCounters, Rejection, Sender,
+    SubnetKey,
 };
 
 /// How peers are reached, which decides what is programmed per peer.
@@ -65,6 +66,54 @@ impl std::fmt::Display for Via {
     }
 }
 
+/// An address family: a peer lease has a half in each it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4: `Network`, the lease's subnet and PublicIP.
+    V4,
+    /// IPv6 (`EnableIPv6`): `IPv6Network`, its IPv6 subnet and PublicIPv6.
+    V6,
+}
+
+impl Family {
+    /// As flannel's metric labels and weft's spell it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    fn of(net: IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::V4,
+            IpNet::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// One family's half of an admitted peer lease: what the kernel is
+/// programmed with for it. Both families take the same path through
+/// `Peers`; only the addresses differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Half {
+    /// The peer's subnet in this family.
+    pub subnet: IpNet,
+    /// Its PublicIP (or PublicIPv6): the gateway of a direct route.
+    pub public_ip: IpAddr,
+    /// Its VtepMAC in this family (vxlan only).
+    pub vtep_mac: Option<MacAddr>,
+}
+
+impl Half {
+    fn family(&self) -> Family {
+        Family::of(self.subnet)
+    }
+}
+
+/// A half's place: its lease's key and its family.
+type HalfKey = (SubnetKey, Family);
+
 /// What `Peers` works with.
 pub struct PeersConfig {
     /// The kernel.
@@ -85,10 +134,11 @@ pub struct PeersConfig {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// The peer set, as last applied.
+/// The peer set, as last applied: each admitted lease as one half per
+/// family it carries.
 pub struct Peers {
     nl: Netlink,
-    /// weft's device; `None` for host-gw.
+    /// weft's device (it carries IPv4); `None` for host-gw.
     device: Option<u32>,
     underlay: Underlay,
     programming: Programming,
@@ -97,21 +147,21 @@ pub struct Peers {
     policy: LeasePolicy,
     table: Arc<ArcSwap<ForwardingTable>>,
     metrics: Arc<crate::metrics::Metrics>,
-    /// The peers the registry gives us, as last synced.
-    wanted: BTreeMap<SubnetKey, Peer>,
-    /// Who holds each of them: a lease with the same key but another
+    /// The halves the registry gives us, as last synced.
+    wanted: BTreeMap<HalfKey, Half>,
+    /// Who holds each lease: a lease with the same key but another
     /// holder (a second Node with one podCIDR) is not that peer.
     holders: BTreeMap<SubnetKey, Origin>,
-    /// Those whose kernel state is in place, and how each is reached.
-    routed: BTreeMap<SubnetKey, Via>,
+    /// The halves whose kernel state is in place, and how each is reached.
+    routed: BTreeMap<HalfKey, Via>,
     /// Those whose kernel state failed, with the error last logged (each
     /// distinct error is logged once; they are retried by `recheck`).
-    failing: BTreeMap<SubnetKey, String>,
-    /// Leases we refuse (by key and holder), with the PublicIP they claim
-    /// and why, remembered so each is warned about and counted once per
-    /// change.
-    rejected: BTreeMap<(SubnetKey, Origin), (Ipv4Addr, Rejection)>,
-    /// Each peer's traffic counters, kept for as long as its lease.
+    failing: BTreeMap<HalfKey, String>,
+    /// Lease halves we refuse (by key, holder and family), with the
+    /// address they claim and why, remembered so each is warned about and
+    /// counted once per change. A refused IPv4 half is the whole lease.
+    rejected: BTreeMap<(SubnetKey, Origin, Family), (IpAddr, Rejection)>,
+    /// Each peer lease's traffic counters, kept for as long as its lease.
     counters: BTreeMap<SubnetKey, Arc<PeerCounters>>,
     /// The leases of the last sync: a poll that finds them unchanged has
     /// nothing to decide (admission depends only on them and on the peers
@@ -149,11 +199,19 @@ impl Peers {
         }
     }
 
+    /// weft's device for `family`'s tunnel halves: it carries IPv4 only.
+    fn device(&self, family: Family) -> Option<u32> {
+        match family {
+            Family::V4 => self.device,
+            Family::V6 => None,
+        }
+    }
+
     /// The prefixes the main table routes under another protocol than
     /// weft's: the underlay's, the CNI bridge's, static and daemon routes.
     /// weft never programs a peer over one of them, so when they cannot be
     /// listed (`None`) nothing is programmed until they can.
-    async fn foreign_prefixes(&self) -> Option<HashSet<Ipv4Net>> {
+    async fn foreign_prefixes(&self) -> Option<HashSet<IpNet>> {
         match self.nl.main_routes().await {
             Ok(r) => Some(foreign(&r)),
             Err(e) => {
@@ -165,7 +223,7 @@ impl Peers {
 
     /// Programs each of `keys` unless the kernel's routes are unknown
     /// (`foreign` is `None`): then each is left unrouted, for `recheck`.
-    async fn apply_all(&mut self, keys: Vec<SubnetKey>, foreign: Option<&HashSet<Ipv4Net>>) {
+    async fn apply_all(&mut self, keys: Vec<HalfKey>, foreign: Option<&HashSet<IpNet>>) {
         for k in keys {
             match foreign {
                 Some(f) => self.apply(k, f).await,
@@ -187,7 +245,7 @@ impl Peers {
         self.device = Some(device);
         self.routed.retain(|_, via| *via != Via::Tunnel);
         let foreign = self.foreign_prefixes().await;
-        let keys: Vec<SubnetKey> = self
+        let keys: Vec<HalfKey> = self
             .wanted
             .keys()
             .filter(|k| !self.routed.contains_key(k))
@@ -197,63 +255,56 @@ impl Peers {
         self.publish();
     }
 
-    /// The peers, each with how it is reached (`None`: not routable now).
-    pub fn current(&self) -> impl Iterator<Item = (&Peer, Option<Via>)> {
+    /// The peer halves, each with how it is reached (`None`: not routable
+    /// now).
+    pub fn current(&self) -> impl Iterator<Item = (&Half, Option<Via>)> {
         self.wanted
             .iter()
             .map(|(k, p)| (p, self.routed.get(k).copied()))
     }
 
     /// Brings kernel state and the snapshot in line with `leases`. Every
-    /// lease first passes `LeasePolicy::admit`; a refused one is warned
-    /// about and counted once per change, and gets no kernel state. Kernel
-    /// errors for one peer are logged and retried by `recheck`; they do not
-    /// stop the others.
+    /// lease first passes `LeasePolicy::admit`; a refused lease (or IPv6
+    /// half) is warned about and counted once per change, and gets no
+    /// kernel state. Kernel errors for one peer are logged and retried by
+    /// `recheck`; they do not stop the others.
     pub async fn sync(&mut self, leases: &[Lease]) {
         if leases == self.last_leases.as_slice() {
             return;
         }
         self.last_leases = leases.to_vec();
-        let (admitted, refused) = self.policy.admit(leases, |l, mac| self.is_peer(l, mac));
+        let (admitted, refused) = self.policy.admit(leases, |l, c| self.is_peer(l, c));
         let mut desired = BTreeMap::new();
         let mut holders = BTreeMap::new();
-        for a in admitted {
+        let mut rejected = BTreeMap::new();
+        for a in &admitted {
             let l = a.lease;
-            desired.insert(
-                l.key,
-                Peer {
-                    subnet: l.key.v4,
-                    endpoint: SocketAddrV4::new(l.attrs.public_ip, self.port),
-                    vtep_mac: a.vtep_mac,
-                },
-            );
+            let v4 = Half {
+                subnet: l.key.v4.into(),
+                public_ip: l.attrs.public_ip.into(),
+                vtep_mac: a.vtep_mac,
+            };
+            desired.insert((l.key, Family::V4), v4);
+            if let Some(h) = a.v6 {
+                let v6 = Half {
+                    subnet: h.subnet.into(),
+                    public_ip: h.public_ip.into(),
+                    vtep_mac: h.vtep_mac,
+                };
+                desired.insert((l.key, Family::V6), v6);
+            }
+            if let Some(reason) = a.v6_refused {
+                let ip = l.attrs.public_ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED);
+                rejected.insert((l.key, l.origin.clone(), Family::V6), (ip.into(), reason));
+            }
             holders.insert(l.key, l.origin.clone());
         }
-        let mut rejected = BTreeMap::new();
         for r in refused {
             let l = r.lease;
-            let id = (l.key, l.origin.clone());
-            let entry = (l.attrs.public_ip, r.reason);
-            if self.rejected.get(&id) != Some(&entry) {
-                let detail = match r.reason {
-                    Rejection::BackendType => format!(
-                        "its BackendType is {:?}, this cluster runs {:?}; mixed-backend clusters do not work",
-                        l.attrs.backend_type(),
-                        self.policy.backend.type_name()
-                    ),
-                    why => why.explain().to_string(),
-                };
-                let node = &l.origin.name;
-                tracing::warn!(lease = %l.key, node, public_ip = %l.attrs.public_ip, reason = %r.reason, "ignoring lease: {detail}; no route, neighbor or FDB entry is programmed for it");
-                self.metrics.leases_rejected[r.reason.index()].fetch_add(1, Relaxed);
-            }
-            rejected.insert(id, entry);
+            let id = (l.key, l.origin.clone(), Family::V4);
+            rejected.insert(id, (l.attrs.public_ip.into(), r.reason));
         }
-        let changed_rejections = rejected != self.rejected;
-        self.rejected = rejected;
-        if changed_rejections {
-            self.publish_rejected();
-        }
+        self.report_rejected(rejected, leases);
         // Only admission reads the holders: they may change alone (a
         // lease re-created with what it held before).
         self.holders = holders;
@@ -262,13 +313,13 @@ impl Peers {
         }
         // Stop forwarding to removed peers before their routes go, and start
         // forwarding to new ones only after their kernel state is in place.
-        let removed: Vec<(Peer, Option<Via>)> = self
+        let removed: Vec<(Half, Option<Via>)> = self
             .wanted
             .iter()
             .filter(|(k, _)| !desired.contains_key(k))
-            .map(|(k, p)| (p.clone(), self.routed.get(k).copied()))
+            .map(|(k, p)| (*p, self.routed.get(k).copied()))
             .collect();
-        let changed: Vec<SubnetKey> = desired
+        let changed: Vec<HalfKey> = desired
             .iter()
             .filter(|(k, p)| self.wanted.get(k) != Some(p))
             .map(|(k, _)| *k)
@@ -296,17 +347,47 @@ impl Peers {
         self.publish();
     }
 
-    /// True when `l` (with VtepMAC `mac`) is the lease of a peer we have,
-    /// unchanged: the same holder, PublicIP and VtepMAC.
-    fn is_peer(&self, l: &Lease, mac: Option<MacAddr>) -> bool {
-        self.holders.get(&l.key) == Some(&l.origin)
-            && self
-                .wanted
-                .get(&l.key)
-                .is_some_and(|p| *p.endpoint.ip() == l.attrs.public_ip && p.vtep_mac == mac)
-    }
-
-    fn publish_rejected(&self) {
+    /// Warns about and counts each refusal in `rejected` that is new or
+    /// changed, and publishes them all.
+    fn report_rejected(
+        &mut self,
+        rejected: BTreeMap<(SubnetKey, Origin, Family), (IpAddr, Rejection)>,
+        leases: &[Lease],
+    ) {
+        if rejected == self.rejected {
+            return;
+        }
+        for (id @ (key, origin, family), entry @ (ip, reason)) in &rejected {
+            if self.rejected.get(id) == Some(entry) {
+                continue;
+            }
+            let node = &origin.name;
+            match family {
+                Family::V4 => {
+                    let detail = match reason {
+                        Rejection::BackendType => {
+                            let theirs = leases
+                                .iter()
+                                .find(|l| l.key == *key && l.origin == *origin)
+                                .map(|l| l.attrs.backend_type())
+                                .unwrap_or_default();
+                            format!(
+                                "its BackendType is {theirs:?}, this cluster runs {:?}; mixed-backend clusters do not work",
+                                self.policy.backend.type_name()
+                            )
+                        }
+                        why => why.explain().to_string(),
+                    };
+                    tracing::warn!(lease = %key, node, public_ip = %ip, %reason, "ignoring lease: {detail}; no route, neighbor or FDB entry is programmed for it");
+                    self.metrics.leases_rejected[reason.index()].fetch_add(1, Relaxed);
+                }
+                Family::V6 => {
+                    tracing::warn!(lease = %key, node, public_ipv6 = %ip, %reason, "ignoring the lease's IPv6 half: {}; its IPv4 half is a peer on its own merits", reason.explain());
+                    self.metrics.ipv6_halves_rejected[reason.index()].fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.rejected = rejected;
         *self
             .metrics
             .rejected_views
@@ -315,14 +396,41 @@ impl Peers {
             .rejected
             .iter()
             .map(
-                |((key, origin), (public_ip, reason))| crate::metrics::RejectedView {
+                |((key, origin, family), (public_ip, reason))| crate::metrics::RejectedView {
                     key: *key,
                     node: origin.name.clone(),
+                    family: family.label(),
                     public_ip: *public_ip,
                     reason: *reason,
                 },
             )
             .collect();
+    }
+
+    /// True when claim `c` of lease `l` is a peer's we have, unchanged:
+    /// the same holder, and in the claim's family the same PublicIP and
+    /// VtepMAC (and IPv6 subnet).
+    fn is_peer(&self, l: &Lease, c: Claim<'_>) -> bool {
+        let (family, want) = match c {
+            Claim::V4(mac) => (
+                Family::V4,
+                Half {
+                    subnet: l.key.v4.into(),
+                    public_ip: l.attrs.public_ip.into(),
+                    vtep_mac: mac,
+                },
+            ),
+            Claim::V6(h) => (
+                Family::V6,
+                Half {
+                    subnet: h.subnet.into(),
+                    public_ip: h.public_ip.into(),
+                    vtep_mac: h.vtep_mac,
+                },
+            ),
+        };
+        self.holders.get(&l.key) == Some(&l.origin)
+            && self.wanted.get(&(l.key, family)) == Some(&want)
     }
 
     /// Re-evaluates every peer against the kernel, as flanneld's host-gw
@@ -341,14 +449,14 @@ impl Peers {
         self.sweep(&routes).await;
         let mut recovered = 0;
         let foreign = foreign(&routes);
-        let keys: Vec<SubnetKey> = self.wanted.keys().copied().collect();
+        let keys: Vec<HalfKey> = self.wanted.keys().copied().collect();
         for k in keys {
-            let p = &self.wanted[&k];
-            let via = self.decide(p).await;
+            let p = self.wanted[&k];
+            let via = self.decide(&p).await;
             match self.routed.get(&k) {
                 Some(&now) if now == via => {
                     if self
-                        .expected_route(p, via)
+                        .expected_route(&p, via)
                         .is_none_or(|r| routes.contains(&r))
                     {
                         continue;
@@ -359,7 +467,7 @@ impl Peers {
                         self.apply(k, &foreign).await;
                         continue;
                     }
-                    tracing::warn!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), "route recovered: our route to the peer was deleted; put it back");
+                    tracing::warn!(subnet = %p.subnet, public_ip = %p.public_ip, "route recovered: our route to the peer was deleted; put it back");
                     recovered += 1;
                 }
                 Some(_) | None => {}
@@ -373,18 +481,38 @@ impl Peers {
         recovered
     }
 
-    /// Deletes routes of ours (protocol 87) into `Network` that no peer
-    /// wants: left by a run that crashed, or whose removal failed. The
-    /// udp backend's route for the whole Network and our own subnet's
-    /// blackhole route are not peers' and stay.
+    /// True for the overlay networks' own prefixes that are not peers':
+    /// the networks themselves (the udp backend's route) and our own
+    /// subnets (their blackhole routes).
+    fn is_own_prefix(&self, dst: IpNet) -> bool {
+        let v4 = [self.policy.network, self.policy.own.v4].map(IpNet::from);
+        let v6 =
+            self.policy.ipv6.iter().flat_map(|p| {
+                std::iter::once(IpNet::from(p.network)).chain(p.own.map(IpNet::from))
+            });
+        v4.into_iter().chain(v6).any(|n| n == dst)
+    }
+
+    /// True when `dst` lies inside one of the overlay networks.
+    fn in_overlay(&self, dst: IpNet) -> bool {
+        IpNet::from(self.policy.network).contains(&dst)
+            || self
+                .policy
+                .ipv6
+                .as_ref()
+                .is_some_and(|p| IpNet::from(p.network).contains(&dst))
+    }
+
+    /// Deletes routes of ours (protocol 87) into the overlay networks that
+    /// no peer wants: left by a run that crashed, or whose removal failed.
+    /// The udp backend's route for the whole Network and our own subnets'
+    /// blackhole routes are not peers' and stay.
     async fn sweep(&self, routes: &HashSet<RouteEntry>) {
-        let own = self.policy.own.v4;
-        let wanted: HashSet<Ipv4Net> = self.wanted.values().map(|p| p.subnet).collect();
+        let wanted: HashSet<IpNet> = self.wanted.values().map(|p| p.subnet).collect();
         let stale = routes.iter().filter(|r| {
             r.ours
-                && self.policy.network.contains(&r.dst)
-                && r.dst != self.policy.network
-                && r.dst != own
+                && self.in_overlay(r.dst)
+                && !self.is_own_prefix(r.dst)
                 && !wanted.contains(&r.dst)
         });
         for r in stale {
@@ -405,15 +533,17 @@ impl Peers {
     }
 
     /// How `p` should be reached now.
-    async fn decide(&self, p: &Peer) -> Via {
+    async fn decide(&self, p: &Half) -> Via {
         match self.programming {
             Programming::Gateway => Via::Direct {
                 oif: self.underlay.index,
             },
-            _ if self.direct_routing => match self.nl.route_to(*p.endpoint.ip()).await {
+            _ if self.direct_routing => match self.nl.route_to(p.public_ip).await {
                 // flanneld's rule: exactly one route, without a gateway.
                 Ok(r) => match r[..] {
-                    [(None, Some(oif))] if Some(oif) != self.device => Via::Direct { oif },
+                    [(None, Some(oif))] if Some(oif) != self.device(p.family()) => {
+                        Via::Direct { oif }
+                    }
                     _ => Via::Tunnel,
                 },
                 Err(e) => {
@@ -425,11 +555,11 @@ impl Peers {
         }
     }
 
-    /// Programs peer `k` the way `decide` says, recording the outcome;
+    /// Programs half `k` the way `decide` says, recording the outcome;
     /// refuses when the kernel routes its subnet under another protocol
     /// (`foreign`).
-    async fn apply(&mut self, k: SubnetKey, foreign: &HashSet<Ipv4Net>) {
-        let p = self.wanted[&k].clone();
+    async fn apply(&mut self, k: HalfKey, foreign: &HashSet<IpNet>) {
+        let p = self.wanted[&k];
         if self.programming != Programming::NetworkRoute && foreign.contains(&p.subnet) {
             self.routed.remove(&k);
             let msg = format!(
@@ -437,7 +567,7 @@ impl Peers {
                 p.subnet, p.subnet
             );
             if self.failing.get(&k) != Some(&msg) {
-                tracing::warn!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), "{msg}");
+                tracing::warn!(subnet = %p.subnet, public_ip = %p.public_ip, "{msg}");
                 self.metrics.routes_refused.fetch_add(1, Relaxed);
                 self.failing.insert(k, msg);
             }
@@ -450,17 +580,17 @@ impl Peers {
                 if before == Some(Via::Tunnel) && via != Via::Tunnel {
                     // The neighbor entry the tunnel route needed.
                     if let (Programming::NeighborAndOnlinkRoute, Some(dev)) =
-                        (self.programming, self.device)
+                        (self.programming, self.device(p.family()))
                     {
-                        let _ = self.nl.delete_neighbor(dev, p.subnet.network()).await;
+                        let _ = self.nl.delete_neighbor(dev, tunnel_addr(p.subnet)).await;
                     }
                 }
                 if self.failing.remove(&k).is_some() {
-                    tracing::info!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), %via, "peer reachable again");
+                    tracing::info!(subnet = %p.subnet, public_ip = %p.public_ip, %via, "peer reachable again");
                 } else if before.is_some_and(|b| b != via) {
-                    tracing::info!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), %via, "underlay routes changed: peer now reached {}", describe(via));
+                    tracing::info!(subnet = %p.subnet, public_ip = %p.public_ip, %via, "underlay routes changed: peer now reached {}", describe(via));
                 } else if before.is_none() {
-                    tracing::info!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), vtep_mac = ?p.vtep_mac.map(|m| m.to_string()), %via, "peer added");
+                    tracing::info!(subnet = %p.subnet, public_ip = %p.public_ip, vtep_mac = ?p.vtep_mac.map(|m| m.to_string()), %via, "peer added");
                 }
                 self.routed.insert(k, via);
             }
@@ -475,14 +605,14 @@ impl Peers {
                             "the kernel refuses {} as a gateway: it is not on a network {} is connected to. \
                              host-gw needs every node on one layer-2 segment, and this peer is behind a router. \
                              Its subnet is marked unreachable here; retrying every 10 s",
-                            p.endpoint.ip(),
+                            p.public_ip,
                             self.underlay.name
                         )
                     }
                     _ => format!("cannot program the peer: {e}; retrying every 10 s"),
                 };
                 if self.failing.get(&k) != Some(&msg) {
-                    tracing::warn!(subnet = %p.subnet, public_ip = %p.endpoint.ip(), "{msg}");
+                    tracing::warn!(subnet = %p.subnet, public_ip = %p.public_ip, "{msg}");
                     self.failing.insert(k, msg);
                 }
             }
@@ -490,48 +620,62 @@ impl Peers {
     }
 
     fn publish(&mut self) {
-        self.counters.retain(|k, _| self.wanted.contains_key(k));
-        for k in self.wanted.keys() {
+        self.counters.retain(|k, _| {
+            self.holders.contains_key(k) && self.wanted.contains_key(&(*k, Family::V4))
+        });
+        for (k, _) in self.wanted.keys() {
             self.counters.entry(*k).or_default();
         }
+        let v4 = |(&(k, f), h): (&HalfKey, &Half)| match (f, h.subnet, h.public_ip) {
+            (Family::V4, IpNet::V4(subnet), IpAddr::V4(ip)) => Some((k, subnet, ip, h.vtep_mac)),
+            _ => None,
+        };
+        // The data path carries IPv4: it forwards to IPv4 halves only.
         let peers: Vec<Peer> = self
             .wanted
             .iter()
             .filter(|(k, _)| self.routed.get(k) == Some(&Via::Tunnel))
-            .map(|(_, p)| p.clone())
+            .filter_map(v4)
+            .map(|(_, subnet, ip, vtep_mac)| Peer {
+                subnet,
+                endpoint: SocketAddrV4::new(ip, self.port),
+                vtep_mac,
+            })
+            .collect();
+        // Every lease may send to us, also peers we route to directly.
+        let senders: Vec<Sender> = self
+            .wanted
+            .iter()
+            .filter_map(v4)
+            .map(|(k, subnet, public_ip, _)| Sender {
+                public_ip,
+                subnet,
+                counters: self.counters[&k].clone(),
+            })
             .collect();
         let direct = self
             .routed
             .values()
             .filter(|v| matches!(v, Via::Direct { .. }))
             .count();
-        // Every lease may send to us, also peers we route to directly.
-        let senders: Vec<Sender> = self
-            .wanted
-            .iter()
-            .map(|(k, p)| Sender {
-                public_ip: *p.endpoint.ip(),
-                subnet: p.subnet,
-                counters: self.counters[k].clone(),
-            })
-            .collect();
         let m = &self.metrics;
         *m.peer_views.lock().unwrap_or_else(|e| e.into_inner()) = self
             .wanted
             .iter()
             .map(|(k, p)| crate::metrics::PeerView {
                 subnet: p.subnet,
-                public_ip: *p.endpoint.ip(),
+                public_ip: p.public_ip,
                 vtep_mac: p.vtep_mac,
                 via: match self.routed.get(k) {
                     Some(Via::Tunnel) => "tunnel",
                     Some(Via::Direct { .. }) => "direct",
                     None => "unreachable",
                 },
-                counters: self.counters[k].clone(),
+                counters: self.counters[&k.0].clone(),
             })
             .collect();
-        m.peers.store(self.wanted.len() as u64, Relaxed);
+        let leases = self.wanted.keys().filter(|(_, f)| *f == Family::V4).count();
+        m.peers.store(leases as u64, Relaxed);
         m.peers_direct.store(direct as u64, Relaxed);
         m.peers_unreachable
             .store(self.failing.len() as u64, Relaxed);
@@ -540,12 +684,12 @@ impl Peers {
     }
 
     /// The route `program` installs for `p`, if it installs one per peer.
-    fn expected_route(&self, p: &Peer, via: Via) -> Option<RouteEntry> {
+    fn expected_route(&self, p: &Half, via: Via) -> Option<RouteEntry> {
         let (oif, gateway) = match (via, self.programming) {
-            (Via::Direct { oif }, _) => (oif, Some(*p.endpoint.ip())),
-            (Via::Tunnel, Programming::DeviceRoute) => (self.device?, None),
+            (Via::Direct { oif }, _) => (oif, Some(p.public_ip)),
+            (Via::Tunnel, Programming::DeviceRoute) => (self.device(p.family())?, None),
             (Via::Tunnel, Programming::NeighborAndOnlinkRoute) => {
-                (self.device?, Some(tunnel_addr(p.subnet)))
+                (self.device(p.family())?, Some(tunnel_addr(p.subnet)))
             }
             (Via::Tunnel, _) => return None,
         };
@@ -558,12 +702,13 @@ impl Peers {
         })
     }
 
-    async fn program(&self, p: &Peer, via: Via) -> Result<(), NetlinkError> {
+    async fn program(&self, p: &Half, via: Via) -> Result<(), NetlinkError> {
         let gw = tunnel_addr(p.subnet);
-        match (via, self.programming, self.device, p.vtep_mac) {
+        let device = self.device(p.family());
+        match (via, self.programming, device, p.vtep_mac) {
             (Via::Direct { oif }, ..) => {
                 self.nl
-                    .replace_route(p.subnet, oif, Some(*p.endpoint.ip()), false)
+                    .replace_route(p.subnet, oif, Some(p.public_ip), false)
                     .await
             }
             (Via::Tunnel, Programming::NeighborAndOnlinkRoute, Some(dev), Some(mac)) => {
@@ -577,12 +722,12 @@ impl Peers {
         }
     }
 
-    async fn unprogram(&self, p: &Peer, via: Via) -> Result<(), NetlinkError> {
-        match (via, self.programming, self.device) {
+    async fn unprogram(&self, p: &Half, via: Via) -> Result<(), NetlinkError> {
+        match (via, self.programming, self.device(p.family())) {
             (Via::Direct { oif }, ..) => self.nl.delete_route(p.subnet, oif).await,
             (Via::Tunnel, Programming::NeighborAndOnlinkRoute, Some(dev)) => {
                 self.nl.delete_route(p.subnet, dev).await?;
-                self.nl.delete_neighbor(dev, p.subnet.network()).await
+                self.nl.delete_neighbor(dev, tunnel_addr(p.subnet)).await
             }
             (Via::Tunnel, Programming::DeviceRoute, Some(dev)) => {
                 self.nl.delete_route(p.subnet, dev).await
@@ -593,10 +738,10 @@ impl Peers {
 
     /// Removes every peer's kernel state (at shutdown).
     pub async fn clear(&mut self) {
-        let all: Vec<(Peer, Option<Via>)> = self
+        let all: Vec<(Half, Option<Via>)> = self
             .wanted
             .iter()
-            .map(|(k, p)| (p.clone(), self.routed.get(k).copied()))
+            .map(|(k, p)| (*p, self.routed.get(k).copied()))
             .collect();
         self.wanted.clear();
         self.holders.clear();
@@ -614,7 +759,7 @@ impl Peers {
 }
 
 /// The destinations of `routes` that weft did not install.
-fn foreign(routes: &HashSet<RouteEntry>) -> HashSet<Ipv4Net> {
+fn foreign(routes: &HashSet<RouteEntry>) -> HashSet<IpNet> {
     routes.iter().filter(|r| !r.ours).map(|r| r.dst).collect()
 }
 
@@ -640,7 +785,8 @@ pub fn vtep_mac_for(
         .unwrap_or_else(|| MacAddr::vtep_from_random(rand::random()))
 }
 
-/// `<subnet>.0`, the tunnel device's address.
-pub fn tunnel_addr(subnet: Ipv4Net) -> Ipv4Addr {
+/// A subnet's first address (`<subnet>.0`, `<subnet>::`): the tunnel
+/// device's address, and the gateway of a tunnel peer's route on a TAP.
+pub fn tunnel_addr(subnet: IpNet) -> IpAddr {
     subnet.network()
 }

@@ -18,10 +18,11 @@ use crate::netlink::Netlink;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use data_plane::{DataPlane, Tended};
+use ipnet::{IpNet, Ipv6Net};
 use lease::{set_expiry, LeaseKeeper};
 use plan::Plan;
 use registry::{open_registry, Leases};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,6 +54,9 @@ pub struct RunOptions {
     pub renew_margin: Duration,
     /// Our PublicIP; default the underlay interface's address.
     pub public_ip: Option<Ipv4Addr>,
+    /// Our PublicIPv6 (with `EnableIPv6`); default the underlay
+    /// interface's preferred global IPv6 address.
+    pub public_ipv6: Option<Ipv6Addr>,
     /// How to pick the underlay interface; by default the default route's.
     pub iface: crate::netlink::IfaceChoice,
     /// Also serve /healthz and /readyz here (flanneld's --healthz-ip and
@@ -107,6 +111,8 @@ struct Node {
     nl: Netlink,
     leases_from: Leases,
     subnet: ipnet::Ipv4Net,
+    /// Our IPv6 subnet, with `EnableIPv6`.
+    subnet6: Option<Ipv6Net>,
     data_plane: Option<DataPlane>,
     metrics: Arc<Metrics>,
     peers: Peers,
@@ -127,12 +133,16 @@ impl Node {
         let public_ip = opts.public_ip.unwrap_or(underlay.addr);
         let leases_from = open_registry(&opts).await?;
         let conf = leases_from.config().await?;
+        let public_ipv6 = match conf.ipv6 {
+            Some(_) => Some(public_ipv6(&opts, &underlay)?),
+            None => None,
+        };
         let previous = subnet_env::previous_subnet(&opts.subnet_file);
         let plan = Plan::new(
             &conf.backend,
             &opts,
             &underlay,
-            public_ip,
+            (public_ip, public_ipv6),
             &leases_from,
             previous,
         )
@@ -142,7 +152,22 @@ impl Node {
             .acquire(&conf, &plan.attrs, &opts.subnet_file)
             .await?;
         let subnet = lease.subnet();
-        tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired");
+        let subnet6 = lease.key.v6;
+        if let (Some(v6), None) = (&conf.ipv6, subnet6) {
+            anyhow::bail!(
+                "EnableIPv6 is set, but our lease {} has no IPv6 subnet in {}",
+                lease.key,
+                v6.network
+            );
+        }
+        match (subnet6, public_ipv6) {
+            (Some(subnet6), Some(public_ipv6)) => {
+                tracing::info!(%subnet, %public_ip, %subnet6, %public_ipv6, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired")
+            }
+            _ => {
+                tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired")
+            }
+        }
 
         let threads = opts.threads.max(1);
         let table = Arc::new(ArcSwap::from_pointee(ForwardingTable::default()));
@@ -188,16 +213,26 @@ impl Node {
         // removal failed) go now, not at the first periodic check.
         peers.recheck().await;
         // Rules before readiness: /readyz and subnet.env come once they are in.
-        let traffic = Traffic::start(opts.traffic, &conf, subnet, (previous_network, previous))?;
+        let traffic = Traffic::start(
+            opts.traffic,
+            conf.enable_nftables,
+            &family_nets(
+                &conf,
+                &opts,
+                subnet,
+                subnet6,
+                previous_network.zip(previous),
+            ),
+        )?;
         if opts.traffic.blackhole_route {
-            ensure_blackhole(&nl, subnet).await;
+            ensure_blackholes(&nl, subnet, subnet6).await;
         }
         let env = subnet_env::SubnetEnv {
             network: conf.network,
             subnet,
             mtu: plan.mtu,
             ipmasq: opts.traffic.ip_masq,
-            ipv6: None,
+            ipv6: conf.ipv6.as_ref().zip(subnet6).map(|(c, s)| (c.network, s)),
         };
         // From the moment subnet.env says we are up, SIGTERM and SIGINT mean a
         // clean shutdown (routes, rules and device removed), even if they come
@@ -212,7 +247,11 @@ impl Node {
         // host-gw and DirectRouting decide per peer from the underlay's routes:
         // re-decide as soon as those change.
         let underlay_events = match plan.watch_underlay {
-            true => Some(crate::netlink::watch_routes(conf.network)?),
+            true => {
+                let mut ours = vec![IpNet::from(conf.network)];
+                ours.extend(conf.ipv6.as_ref().map(|c| IpNet::from(c.network)));
+                Some(crate::netlink::watch_routes(ours)?)
+            }
             false => None,
         };
         if underlay_events.is_some() {
@@ -223,6 +262,7 @@ impl Node {
             nl,
             leases_from,
             subnet,
+            subnet6,
             data_plane,
             metrics,
             peers,
@@ -243,6 +283,7 @@ impl Node {
             nl,
             leases_from,
             subnet,
+            subnet6,
             data_plane,
             metrics,
             peers,
@@ -252,7 +293,7 @@ impl Node {
             underlay_events,
             ..
         } = self;
-        let subnet = *subnet;
+        let (subnet, subnet6) = (*subnet, *subnet6);
         let reg: &dyn Registry = leases_from.registry();
         let mut blackhole_checked = tokio::time::Instant::now();
         let mut underlay_changed = false;
@@ -301,7 +342,7 @@ impl Node {
             }
             if opts.traffic.blackhole_route && blackhole_checked.elapsed() >= opts.traffic.resync {
                 blackhole_checked = tokio::time::Instant::now();
-                ensure_blackhole(nl, subnet).await;
+                ensure_blackholes(nl, subnet, subnet6).await;
             }
             peers.sync(&leases).await;
             if underlay_changed || last_recheck.elapsed() >= RECHECK {
@@ -322,6 +363,7 @@ impl Node {
             opts,
             nl,
             subnet,
+            subnet6,
             mut data_plane,
             metrics,
             mut peers,
@@ -338,7 +380,10 @@ impl Node {
             t.remove();
         }
         if opts.traffic.blackhole_route {
-            let _ = nl.delete_blackhole(subnet).await;
+            let _ = nl.delete_blackhole(subnet.into()).await;
+            if let Some(s) = subnet6 {
+                let _ = nl.delete_blackhole(s.into()).await;
+            }
         }
         if let Some(dp) = data_plane {
             dp.remove(&nl).await;
@@ -400,8 +445,60 @@ fn lease_policy(
         own_public_ip: lease.attrs.public_ip,
         own_mac: plan.vtep().map(|e| e.mac),
         underlay: underlay.networks.clone(),
-        ipv6: None,
+        ipv6: conf.ipv6.as_ref().map(|c| weft_routes::validate::V6Policy {
+            network: c.network,
+            subnet_len: match leases_from {
+                Leases::Kube(_) => None,
+                Leases::Store(_) => Some(c.subnet_len),
+            },
+            own: lease.key.v6,
+            own_public_ip: lease.attrs.public_ipv6,
+            // No IPv6 VXLAN device yet (`Leases::config` refuses vxlan
+            // with EnableIPv6).
+            own_mac: None,
+            underlay: underlay.networks6.clone(),
+        }),
     }
+}
+
+/// Our PublicIPv6: `--public-ipv6`, else the underlay's preferred global
+/// IPv6 address.
+fn public_ipv6(opts: &RunOptions, underlay: &crate::netlink::Underlay) -> anyhow::Result<Ipv6Addr> {
+    opts.public_ipv6.or(underlay.addr6).with_context(|| {
+        format!(
+            "EnableIPv6 is set, but {} has no usable global IPv6 address (link-local, deprecated and \
+             tentative addresses do not count): add one, or pass --public-ipv6",
+            underlay.name
+        )
+    })
+}
+
+/// Each family's network and our subnet in it, for the rules: IPv4, and
+/// IPv6 with `EnableIPv6`. `previous` is the last subnet.env's IPv4
+/// network and subnet.
+fn family_nets(
+    conf: &weft_routes::NetConf,
+    opts: &RunOptions,
+    subnet: ipnet::Ipv4Net,
+    subnet6: Option<Ipv6Net>,
+    previous: Option<(ipnet::Ipv4Net, ipnet::Ipv4Net)>,
+) -> Vec<crate::masq::FamilyNets> {
+    let mut nets = vec![crate::masq::FamilyNets {
+        network: conf.network.into(),
+        subnet: subnet.into(),
+        previous: previous.map(|(n, s)| (n.into(), s.into())),
+    }];
+    if let (Some(c), Some(s)) = (&conf.ipv6, subnet6) {
+        let file = &opts.subnet_file;
+        let previous =
+            subnet_env::previous_ipv6_network(file).zip(subnet_env::previous_ipv6_subnet(file));
+        nets.push(crate::masq::FamilyNets {
+            network: c.network.into(),
+            subnet: s.into(),
+            previous: previous.map(|(n, s)| (n.into(), s.into())),
+        });
+    }
+    nets
 }
 
 /// Serves /metrics, /healthz and /readyz where the options say. A
@@ -437,11 +534,15 @@ async fn serve_endpoints(opts: &RunOptions, metrics: &Arc<Metrics>) -> anyhow::R
 /// through the tunnel; strict reverse-path filtering drops those.
 /// `--ip-blackhole-route`: puts `blackhole <subnet>` in place unless the
 /// kernel routes the subnet already (the bridge plugin's route, say).
-async fn ensure_blackhole(nl: &Netlink, subnet: ipnet::Ipv4Net) {
-    match nl.ensure_blackhole(subnet).await {
-        Ok(true) => tracing::info!(%subnet, "blackhole route in place"),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(%subnet, error = %e, "cannot add the blackhole route"),
+/// With `EnableIPv6`, our IPv6 subnet gets one too, as flanneld's does.
+async fn ensure_blackholes(nl: &Netlink, subnet: ipnet::Ipv4Net, subnet6: Option<Ipv6Net>) {
+    let nets = std::iter::once(IpNet::from(subnet)).chain(subnet6.map(IpNet::from));
+    for subnet in nets {
+        match nl.ensure_blackhole(subnet).await {
+            Ok(true) => tracing::info!(%subnet, "blackhole route in place"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(%subnet, error = %e, "cannot add the blackhole route"),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use weft::device::DeviceKind;
 
@@ -152,6 +152,11 @@ struct RunArgs {
     /// underlay interface's first IPv4 address.
     #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
     public_ip: Option<Ipv4Addr>,
+    /// The IPv6 address peers reach this node at (the lease's PublicIPv6),
+    /// with `EnableIPv6`. Default: the underlay interface's preferred
+    /// global IPv6 address.
+    #[arg(long, value_name = "IPV6", env = "FLANNELD_PUBLIC_IPV6")]
+    public_ipv6: Option<Ipv6Addr>,
     /// Underlay interface. Default: the interface of the default route.
     /// (A name or an IPv4 address; repeatable: the first that exists wins,
     /// as with flanneld.)
@@ -359,6 +364,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         registry_dir: a.registry_dir,
         renew_margin: std::time::Duration::from_secs(a.subnet_lease_renew_margin * 60),
         public_ip: a.public_ip,
+        public_ipv6: a.public_ipv6,
         iface: weft::netlink::IfaceChoice {
             ifaces: a.iface,
             regexes: a

@@ -16,8 +16,8 @@ pub mod nft;
 mod traffic;
 
 pub use iptables::{forward_rules, masq_rules, restore_payload, Iptables, Rule, FWD, POSTRTG};
-pub(crate) use traffic::Traffic;
 pub use traffic::TrafficOptions;
+pub(crate) use traffic::{FamilyNets, Traffic};
 
 /// An iptables failure.
 #[derive(Debug, thiserror::Error)]

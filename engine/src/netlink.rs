@@ -2,16 +2,17 @@
 //! neighbor entries. weft never shells out to `ip`.
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
-use rtnetlink::packet_route::address::AddressAttribute;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use weft_encap::MacAddr;
 
 /// A netlink failure, with what was being done.
@@ -77,15 +78,15 @@ const RT_TABLE_MAIN: u8 = 254;
 /// to take. 87 is unassigned in iproute2's `rt_protos`.
 pub const RTPROT_WEFT: u8 = 87;
 
-/// One IPv4 route, as far as weft compares routes.
+/// One route of either family, as far as weft compares routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RouteEntry {
     /// Destination prefix.
-    pub dst: Ipv4Net,
+    pub dst: IpNet,
     /// Output interface, if it has one.
     pub oif: Option<u32>,
     /// Gateway, if it has one.
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     /// An `unreachable` route.
     pub unreachable: bool,
     /// Installed by weft (protocol `RTPROT_WEFT`).
@@ -94,18 +95,27 @@ pub struct RouteEntry {
 
 impl RouteEntry {
     fn of(r: &RouteMessage) -> Option<RouteEntry> {
-        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let ip = |a: &RouteAddress| match a {
+            RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+            RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+            _ => None,
+        };
+        let mut dst = match r.header.address_family {
+            AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => return None,
+        };
         let (mut oif, mut gateway) = (None, None);
         for a in &r.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                RouteAttribute::Destination(d) => dst = ip(d)?,
                 RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                RouteAttribute::Gateway(g) => gateway = ip(g),
                 _ => {}
             }
         }
         Some(RouteEntry {
-            dst: Ipv4Net::new(dst, r.header.destination_prefix_length).ok()?,
+            dst: IpNet::new(dst, r.header.destination_prefix_length).ok()?,
             oif,
             gateway,
             unreachable: r.header.kind == RouteType::Unreachable,
@@ -127,6 +137,11 @@ pub struct Underlay {
     pub mtu: u32,
     /// The networks of all its IPv4 addresses.
     pub networks: Vec<Ipv4Net>,
+    /// The IPv6 address a dual-stack node announces as its PublicIPv6
+    /// (`preferred_v6`), if the interface has one.
+    pub addr6: Option<Ipv6Addr>,
+    /// The networks of all its IPv6 addresses, link-local included.
+    pub networks6: Vec<Ipv6Net>,
 }
 
 /// How to pick the underlay interface, as flanneld's `--iface`,
@@ -165,6 +180,46 @@ pub struct LinkAddrs {
     pub mtu: u32,
     /// Its IPv4 addresses, in the kernel's order.
     pub addrs: Vec<Ipv4Net>,
+    /// Its IPv6 addresses, in the kernel's order.
+    pub addrs6: Vec<Addr6>,
+}
+
+/// An IPv6 address of a link, with what `preferred_v6` weighs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr6 {
+    /// The address and its prefix.
+    pub net: Ipv6Net,
+    /// Configured by hand (or by a tool), not by autoconfiguration.
+    pub permanent: bool,
+    /// A privacy (temporary) address.
+    pub temporary: bool,
+    /// Deprecated, still being duplicate-checked, or failed the check:
+    /// not to be used as a source.
+    pub unusable: bool,
+}
+
+/// The IPv6 address a node announces as PublicIPv6 among a link's
+/// addresses, in flanneld's order of preference (`GetInterfaceIP6Addrs`):
+/// permanent before autoconfigured, stable before temporary, never a
+/// deprecated one. Unlike flanneld, never a link-local address either:
+/// peers refuse a link-local PublicIPv6 (it names no single host), so
+/// announcing one would cut this node off; `None` asks for
+/// `--public-ipv6` instead.
+pub fn preferred_v6(addrs: &[Addr6]) -> Option<Ipv6Addr> {
+    let mut usable: Vec<&Addr6> = addrs
+        .iter()
+        .filter(|a| {
+            let ip = a.net.addr();
+            !a.unusable
+                && !ip.is_unspecified()
+                && !ip.is_loopback()
+                && !ip.is_multicast()
+                && !ip.is_unicast_link_local()
+        })
+        .collect();
+    // Stable: among equals, the kernel's order.
+    usable.sort_by_key(|a| (!a.permanent, a.temporary));
+    usable.first().map(|a| a.net.addr())
 }
 
 /// The interface and address `--iface` and `--iface-regex` choose among
@@ -264,19 +319,51 @@ impl Netlink {
                 name,
                 mtu,
                 addrs: Vec::new(),
+                addrs6: Vec::new(),
             });
         }
         let mut s = self.handle.address().get().execute();
         while let Some(a) = s.try_next().await.map_err(req("list addresses"))? {
-            let v4 = a.attributes.iter().find_map(|x| match x {
-                AddressAttribute::Local(IpAddr::V4(v))
-                | AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+            let Some(l) = out.iter_mut().find(|l| l.index == a.header.index) else {
+                continue;
+            };
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Local(ip) => Some(*ip),
                 _ => None,
             });
-            let net = v4.and_then(|v| Ipv4Net::new(v, a.header.prefix_len).ok());
-            if let (Some(net), Some(l)) = (net, out.iter_mut().find(|l| l.index == a.header.index))
-            {
-                l.addrs.push(net);
+            let ip = ip.or_else(|| {
+                a.attributes.iter().find_map(|x| match x {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            match ip {
+                Some(IpAddr::V4(v)) => l.addrs.extend(Ipv4Net::new(v, a.header.prefix_len).ok()),
+                Some(IpAddr::V6(v)) => {
+                    let flags = a
+                        .attributes
+                        .iter()
+                        .find_map(|x| match x {
+                            AddressAttribute::Flags(f) => Some(*f),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| {
+                            AddressFlags::from_bits_retain(a.header.flags.bits().into())
+                        });
+                    l.addrs6
+                        .extend(Ipv6Net::new(v, a.header.prefix_len).ok().map(|net| Addr6 {
+                            net,
+                            permanent: flags.contains(AddressFlags::Permanent),
+                            // IFA_F_TEMPORARY is IFA_F_SECONDARY's bit.
+                            temporary: flags.contains(AddressFlags::Secondary),
+                            unusable: flags.intersects(
+                                AddressFlags::Deprecated
+                                    | AddressFlags::Tentative
+                                    | AddressFlags::Dadfailed,
+                            ),
+                        }));
+                }
+                None => {}
             }
         }
         out.sort_by_key(|l| l.index);
@@ -294,7 +381,7 @@ impl Netlink {
         let routed = match (pick(&links, choice), choice.can_reach) {
             (Some(found), _) => return Ok(underlay_of(&links, found)),
             (None, Some(ip)) => self
-                .route_to(ip)
+                .route_to(IpAddr::V4(ip))
                 .await?
                 .into_iter()
                 .find_map(|(_, oif)| oif),
@@ -378,28 +465,41 @@ impl Netlink {
         }
     }
 
-    fn route_msg(dst: Ipv4Net, index: u32, via: Option<Ipv4Addr>, onlink: bool) -> RouteMessage {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .protocol(RouteProtocol::Other(RTPROT_WEFT))
-            .output_interface(index);
-        if let Some(gw) = via {
-            b = b.gateway(gw);
-        } else {
-            b = b.scope(RouteScope::Link);
-        }
-        if onlink {
-            b = b.onlink();
-        }
-        b.build()
+    /// A main-table route message to `dst`, marked as weft's.
+    fn prefix_msg(dst: IpNet, kind: RouteType) -> RouteMessage {
+        let mut m = match dst {
+            IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(n.network(), n.prefix_len())
+                .build(),
+            IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(n.network(), n.prefix_len())
+                .build(),
+        };
+        m.header.protocol = RouteProtocol::Other(RTPROT_WEFT);
+        m.header.kind = kind;
+        m
     }
 
-    /// Installs (or replaces) `dst [via gw] dev index [onlink]`.
+    fn route_msg(dst: IpNet, index: u32, via: Option<IpAddr>, onlink: bool) -> RouteMessage {
+        let mut m = Self::prefix_msg(dst, RouteType::Unicast);
+        m.attributes.push(RouteAttribute::Oif(index));
+        match via {
+            Some(gw) => m.attributes.push(RouteAttribute::Gateway(gw.into())),
+            None => m.header.scope = RouteScope::Link,
+        }
+        if onlink {
+            m.header.flags.insert(RouteFlags::Onlink);
+        }
+        m
+    }
+
+    /// Installs (or replaces) `dst [via gw] dev index [onlink]`, in either
+    /// family (`via` is of `dst`'s).
     pub async fn replace_route(
         &self,
-        dst: Ipv4Net,
+        dst: IpNet,
         index: u32,
-        via: Option<Ipv4Addr>,
+        via: Option<IpAddr>,
         onlink: bool,
     ) -> Result<(), NetlinkError> {
         self.handle
@@ -414,11 +514,15 @@ impl Netlink {
     /// Removes weft's route to `dst` on link `index`, whatever its gateway
     /// and scope; absent is fine. A route of another protocol is never
     /// matched: the kernel compares the protocol when one is given.
-    pub async fn delete_route(&self, dst: Ipv4Net, index: u32) -> Result<(), NetlinkError> {
+    pub async fn delete_route(&self, dst: IpNet, index: u32) -> Result<(), NetlinkError> {
         let mut msg = Self::route_msg(dst, index, None, false);
         // RT_SCOPE_NOWHERE matches any scope, as `ip route del` sends it; a
         // `via … onlink` route is scope universe, a device route scope link.
         msg.header.scope = RouteScope::NoWhere;
+        self.delete(msg, dst).await
+    }
+
+    async fn delete(&self, msg: RouteMessage, dst: IpNet) -> Result<(), NetlinkError> {
         match self.handle.route().del(msg).execute().await {
             Err(e) if !is_absent(&e) => Err(req(format!("delete route {dst}"))(e)),
             _ => Ok(()),
@@ -430,11 +534,16 @@ impl Netlink {
     /// each route returned. A multipath route counts as one with a gateway.
     pub async fn route_to(
         &self,
-        ip: Ipv4Addr,
-    ) -> Result<Vec<(Option<Ipv4Addr>, Option<u32>)>, NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(ip, 32)
-            .build();
+        ip: IpAddr,
+    ) -> Result<Vec<(Option<IpAddr>, Option<u32>)>, NetlinkError> {
+        let msg = match ip {
+            IpAddr::V4(v) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(v, 32)
+                .build(),
+            IpAddr::V6(v) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(v, 128)
+                .build(),
+        };
         let mut s = self.handle.route().get(msg).execute();
         let mut out = Vec::new();
         loop {
@@ -446,7 +555,7 @@ impl Netlink {
                         .iter()
                         .any(|a| matches!(a, RouteAttribute::MultiPath(_)));
                     let gw = if multipath {
-                        Some(Ipv4Addr::UNSPECIFIED)
+                        Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
                     } else {
                         e.and_then(|e| e.gateway)
                     };
@@ -461,17 +570,19 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The IPv4 routes of the main table.
+    /// The routes of the main table, both families.
     pub async fn main_routes(&self) -> Result<HashSet<RouteEntry>, NetlinkError> {
-        let mut s = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
         let mut out = HashSet::new();
-        while let Some(r) = s.try_next().await.map_err(req("list routes"))? {
-            if r.header.table == RT_TABLE_MAIN {
-                out.extend(RouteEntry::of(&r));
+        let dumps = [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ];
+        for dump in dumps {
+            let mut s = self.handle.route().get(dump).execute();
+            while let Some(r) = s.try_next().await.map_err(req("list routes"))? {
+                if r.header.table == RT_TABLE_MAIN {
+                    out.extend(RouteEntry::of(&r));
+                }
             }
         }
         Ok(out)
@@ -479,15 +590,10 @@ impl Netlink {
 
     /// Installs (or replaces) `unreachable dst`: local senders get "no route
     /// to host" at once instead of their packets leaking to the default route.
-    pub async fn replace_unreachable(&self, dst: Ipv4Net) -> Result<(), NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .protocol(RouteProtocol::Other(RTPROT_WEFT))
-            .kind(RouteType::Unreachable)
-            .build();
+    pub async fn replace_unreachable(&self, dst: IpNet) -> Result<(), NetlinkError> {
         self.handle
             .route()
-            .add(msg)
+            .add(Self::prefix_msg(dst, RouteType::Unreachable))
             .replace()
             .execute()
             .await
@@ -498,12 +604,8 @@ impl Netlink {
     /// already (flanneld's `--ip-blackhole-route`: pod addresses nobody
     /// holds are dropped here instead of following the default route).
     /// True if it added one.
-    pub async fn ensure_blackhole(&self, dst: Ipv4Net) -> Result<bool, NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .protocol(RouteProtocol::Other(RTPROT_WEFT))
-            .kind(RouteType::BlackHole)
-            .build();
+    pub async fn ensure_blackhole(&self, dst: IpNet) -> Result<bool, NetlinkError> {
+        let msg = Self::prefix_msg(dst, RouteType::BlackHole);
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(true),
             Err(rtnetlink::Error::NetlinkError(m))
@@ -516,43 +618,29 @@ impl Netlink {
     }
 
     /// Removes weft's `blackhole dst`, if there is one.
-    pub async fn delete_blackhole(&self, dst: Ipv4Net) -> Result<(), NetlinkError> {
-        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .protocol(RouteProtocol::Other(RTPROT_WEFT))
-            .kind(RouteType::BlackHole)
-            .build();
+    pub async fn delete_blackhole(&self, dst: IpNet) -> Result<(), NetlinkError> {
+        let mut msg = Self::prefix_msg(dst, RouteType::BlackHole);
         msg.header.scope = RouteScope::NoWhere;
-        match self.handle.route().del(msg).execute().await {
-            Err(e) if !is_absent(&e) => Err(req(format!("delete route {dst}"))(e)),
-            _ => Ok(()),
-        }
+        self.delete(msg, dst).await
     }
 
     /// Removes `unreachable dst`, if there is one.
-    pub async fn delete_unreachable(&self, dst: Ipv4Net) -> Result<(), NetlinkError> {
-        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.network(), dst.prefix_len())
-            .protocol(RouteProtocol::Other(RTPROT_WEFT))
-            .kind(RouteType::Unreachable)
-            .build();
+    pub async fn delete_unreachable(&self, dst: IpNet) -> Result<(), NetlinkError> {
+        let mut msg = Self::prefix_msg(dst, RouteType::Unreachable);
         msg.header.scope = RouteScope::NoWhere;
-        match self.handle.route().del(msg).execute().await {
-            Err(e) if !is_absent(&e) => Err(req(format!("delete route {dst}"))(e)),
-            _ => Ok(()),
-        }
+        self.delete(msg, dst).await
     }
 
     /// Installs (or replaces) a permanent neighbor `ip lladdr mac`.
     pub async fn replace_neighbor(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         mac: MacAddr,
     ) -> Result<(), NetlinkError> {
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(&mac.octets())
             .state(NeighbourState::Permanent)
             .replace()
@@ -562,8 +650,8 @@ impl Netlink {
     }
 
     /// Removes the neighbor entry for `ip`; absent is fine.
-    pub async fn delete_neighbor(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
-        let mut add = self.handle.neighbours().add(index, IpAddr::V4(ip));
+    pub async fn delete_neighbor(&self, index: u32, ip: IpAddr) -> Result<(), NetlinkError> {
+        let mut add = self.handle.neighbours().add(index, ip);
         let msg = add.message_mut().clone();
         match self.handle.neighbours().del(msg).execute().await {
             Err(e) if !is_absent(&e) => Err(req(format!("delete neighbor {ip}"))(e)),
@@ -572,26 +660,29 @@ impl Netlink {
     }
 }
 
-/// Watches the kernel's IPv4 routes (as `ip monitor route` does) and sends
-/// `()` on every change outside `ours`, the overlay network whose routes
-/// weft itself installs. Routes change when addresses and links do, so
-/// this sees those too.
+/// Watches the kernel's routes of both families (as `ip monitor route`
+/// does) and sends `()` on every change outside `ours`, the overlay
+/// networks whose routes weft itself installs. Routes change when
+/// addresses and links do, so this sees those too.
 pub fn watch_routes(
-    ours: Ipv4Net,
+    ours: Vec<IpNet>,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<()>, NetlinkError> {
     use futures::StreamExt;
     use rtnetlink::packet_core::NetlinkPayload;
     use rtnetlink::packet_route::RouteNetlinkMessage as M;
+    let groups = [
+        rtnetlink::MulticastGroup::Ipv4Route,
+        rtnetlink::MulticastGroup::Ipv6Route,
+    ];
     let (conn, _handle, mut events) =
-        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Route])
-            .map_err(NetlinkError::Open)?;
+        rtnetlink::new_multicast_connection(&groups).map_err(NetlinkError::Open)?;
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some((m, _)) = events.next().await {
             let mine = match &m.payload {
                 NetlinkPayload::InnerMessage(M::NewRoute(r) | M::DelRoute(r)) => {
-                    RouteEntry::of(r).is_some_and(|e| ours.contains(&e.dst))
+                    RouteEntry::of(r).is_some_and(|e| ours.iter().any(|n| n.contains(&e.dst)))
                 }
                 _ => false,
             };
@@ -612,6 +703,8 @@ fn underlay_of(links: &[LinkAddrs], (i, addr): (usize, Ipv4Addr)) -> Underlay {
         addr,
         mtu: l.mtu,
         networks: l.addrs.iter().map(|n| n.trunc()).collect(),
+        addr6: preferred_v6(&l.addrs6),
+        networks6: l.addrs6.iter().map(|a| a.net.trunc()).collect(),
     }
 }
 
@@ -625,6 +718,7 @@ mod tests {
             name: name.into(),
             mtu: 1500,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            addrs6: Vec::new(),
         };
         vec![
             l(1, "lo", &["127.0.0.1/8"]),
@@ -679,5 +773,46 @@ mod tests {
         );
         assert_eq!(name(choice(&["nope"], &["nomatch"])), None);
         assert_eq!(name(choice(&[], &[])), None);
+    }
+
+    #[test]
+    fn public_ipv6_is_a_usable_global_address_permanent_first() {
+        let a = |net: &str, permanent, temporary, unusable| Addr6 {
+            net: net.parse().unwrap(),
+            permanent,
+            temporary,
+            unusable,
+        };
+        let pick = |addrs: &[Addr6]| preferred_v6(addrs).map(|ip| ip.to_string());
+        // Link-local never, even alone (peers refuse it).
+        assert_eq!(pick(&[a("fe80::1/64", true, false, false)]), None);
+        assert_eq!(
+            pick(&[
+                a("fe80::1/64", true, false, false),
+                a("2001:db8::9/64", false, true, false),
+                a("2001:db8::5/64", false, false, false),
+                a("2001:db8::1/64", true, false, true),
+                a("fd00::7/64", true, false, false),
+            ]),
+            Some("fd00::7".into()),
+            "permanent beats autoconfigured, a deprecated address is skipped"
+        );
+        assert_eq!(
+            pick(&[
+                a("2001:db8::9/64", false, true, false),
+                a("2001:db8::5/64", false, false, false),
+            ]),
+            Some("2001:db8::5".into()),
+            "stable beats temporary"
+        );
+        assert_eq!(
+            pick(&[
+                a("2001:db8::2/64", true, false, false),
+                a("2001:db8::3/64", true, false, false),
+            ]),
+            Some("2001:db8::2".into()),
+            "among equals, the kernel's order"
+        );
+        assert_eq!(pick(&[a("::1/128", true, false, false)]), None);
     }
 }

@@ -127,7 +127,11 @@ impl Sample {
             .flatten()
             .map(|s| {
                 let l = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
-                (l("key"), l("node"), l("public_ip"), l("reason"))
+                let reason = match l("family").as_str() {
+                    "ipv6" => format!("{} (its IPv6 half only)", l("reason")),
+                    _ => l("reason"),
+                };
+                (l("key"), l("node"), l("public_ip"), reason)
             })
             .collect();
         v.sort();

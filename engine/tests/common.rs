@@ -100,9 +100,12 @@ pub fn transfer_pods(c: &Cluster, a: usize, b: usize, mb: usize, port: u16) {
     assert_eq!(r.sent, r.received, "bytes or hash differ {a}->{b}");
 }
 
-/// `ip route show <dst>` in `ns`, as text.
+/// `ip route show <dst>` in `ns`, as text (`ip -6` for an IPv6 prefix:
+/// plain `ip route` lists IPv4 routes only).
 pub fn route_of(ns: &Netns, dst: impl std::fmt::Display) -> String {
-    ns.ip(&["route", "show", &dst.to_string()])
+    let dst = dst.to_string();
+    let family = if dst.contains(':') { "-6" } else { "-4" };
+    ns.ip(&[family, "route", "show", &dst])
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }

@@ -266,20 +266,6 @@ fn backend_mtu_is_the_underlay_mtu() {
     }
 }
 
-/// `EnableIPv6: true` is refused at start with a clear error, not ignored.
-#[test]
-fn enable_ipv6_is_refused_at_start() {
-    let conf = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
-    let mut c = Cluster::new("v6", 1, conf).unwrap();
-    c.spawn(0, weft(), &[]).unwrap();
-    let exited = Cluster::wait_for(Duration::from_secs(5), || {
-        c.nodes[0].log_text().contains("no IPv6 overlay yet")
-    });
-    assert!(exited, "{}", c.nodes[0].log_text());
-    let status = c.nodes[0].stop().unwrap();
-    assert!(!status.success(), "weft ran with EnableIPv6");
-}
-
 /// Routes of weft's own (proto 87) inside `Network` that no peer wants,
 /// as a crashed run of host-gw leaves them, go at start; other routes,
 /// and weft's own outside `Network`, stay.

@@ -25,4 +25,4 @@ pub use config::{Backend, NetConf};
 pub use lease::{Lease, LeaseAttrs, SubnetKey};
 pub use registry::{EtcdConfig, FileRegistry, Registry, RegistryError};
 pub use table::{Direction, ForwardingTable, Peer, PeerCounters, PeerId, PeerTally, Sender};
-pub use validate::{LeasePolicy, Rejection};
+pub use validate::{Claim, LeasePolicy, Rejection};

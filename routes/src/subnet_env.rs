@@ -68,6 +68,12 @@ pub fn previous_network(path: &Path) -> Option<Ipv4Net> {
     previous::<Ipv4Net>(path, "FLANNEL_NETWORK").map(|n| n.trunc())
 }
 
+/// The IPv6 network a previous run wrote into `path`
+/// (FLANNEL_IPV6_NETWORK), if any.
+pub fn previous_ipv6_network(path: &Path) -> Option<Ipv6Net> {
+    previous::<Ipv6Net>(path, "FLANNEL_IPV6_NETWORK").map(|n| n.trunc())
+}
+
 /// The value of `key` in the subnet.env at `path`, if it is there and
 /// parses.
 fn previous<T: std::str::FromStr>(path: &Path, key: &str) -> Option<T> {

@@ -206,63 +206,94 @@ pub struct Refused<'a> {
     pub reason: Rejection,
 }
 
+/// One family's claim of a lease, as `LeasePolicy::admit` asks whether it
+/// is a peer's already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim<'h> {
+    /// The lease itself (its IPv4 half), with the VtepMAC `check` read.
+    V4(Option<MacAddr>),
+    /// Its IPv6 half, as `check_v6` read it.
+    V6(&'h V6Half),
+}
+
 impl LeasePolicy {
     /// Splits `leases` into peers and refusals. Our own lease (our key
     /// and our PublicIP) is neither; another node's claim to our subnet is
     /// refused as `overlaps_own`.
     ///
-    /// `incumbent` says which leases (with the VtepMAC `check` read) are
-    /// peers already, unchanged: they are settled first, so a colliding
-    /// newcomer never displaces one.
-    /// The others are settled in `Origin` order, older first. O(n log n).
+    /// `incumbent` says which claims are a peer's already, unchanged: the
+    /// lease with the VtepMAC `check` read (`Claim::V4`), and apart from
+    /// it, its IPv6 half (`Claim::V6`). Incumbent claims are settled
+    /// first, so a colliding newcomer never displaces one, in either
+    /// family; the others are settled in `Origin` order, older first.
+    /// IPv6 halves are settled among the admitted leases, after the IPv4
+    /// halves. O(n log n).
     pub fn admit<'a>(
         &self,
         leases: &'a [Lease],
-        incumbent: impl Fn(&Lease, Option<MacAddr>) -> bool,
+        incumbent: impl Fn(&Lease, Claim<'_>) -> bool,
     ) -> (Vec<Admitted<'a>>, Vec<Refused<'a>>) {
         let mut refused = Vec::new();
         let mut candidates = Vec::with_capacity(leases.len());
         let ours = |l: &Lease| l.key == self.own && l.attrs.public_ip == self.own_public_ip;
         for l in leases.iter().filter(|l| !ours(l)) {
             match self.check(l) {
-                Ok(mac) => candidates.push((!incumbent(l, mac), l, mac)),
+                Ok(mac) => candidates.push((!incumbent(l, Claim::V4(mac)), l, mac)),
                 Err(reason) => refused.push(Refused { lease: l, reason }),
             }
         }
         candidates.sort_by(|a, b| (a.0, &a.1.origin, a.1.key).cmp(&(b.0, &b.1.origin, b.1.key)));
         let mut taken = Taken::<u32>::default();
-        let mut taken6 = Taken::<u128>::default();
         let mut accepted = Vec::with_capacity(candidates.len());
         for (_, l, mac) in candidates {
             let net = l.key.v4;
             let span = (u32::from(net.network()), u32::from(net.broadcast()));
             match taken.claim(span, u32::from(l.attrs.public_ip), mac) {
-                Ok(()) => {
-                    let half = self.check_v6(l).and_then(|h| match h {
-                        Some(h) => {
-                            let span = (
-                                u128::from(h.subnet.network()),
-                                u128::from(h.subnet.broadcast()),
-                            );
-                            taken6
-                                .claim(span, u128::from(h.public_ip), h.vtep_mac)
-                                .map(|()| Some(h))
-                        }
-                        None => Ok(None),
-                    });
-                    accepted.push(Admitted {
-                        lease: l,
-                        vtep_mac: mac,
-                        v6: half.ok().flatten(),
-                        v6_refused: half.err(),
-                    })
-                }
+                Ok(()) => accepted.push(Admitted {
+                    lease: l,
+                    vtep_mac: mac,
+                    v6: None,
+                    v6_refused: None,
+                }),
                 Err(reason) => refused.push(Refused { lease: l, reason }),
             }
         }
+        self.admit_v6(&mut accepted, incumbent);
         accepted.sort_by_key(|a| a.lease.key);
         refused.sort_by(|a, b| (a.lease.key, &a.lease.origin).cmp(&(b.lease.key, &b.lease.origin)));
         (accepted, refused)
+    }
+
+    /// Settles the IPv6 halves of the `accepted` leases, by the same rule
+    /// as their IPv4 halves: incumbents first, then older first.
+    fn admit_v6(
+        &self,
+        accepted: &mut [Admitted<'_>],
+        incumbent: impl Fn(&Lease, Claim<'_>) -> bool,
+    ) {
+        let mut halves = Vec::new();
+        for (i, a) in accepted.iter_mut().enumerate() {
+            match self.check_v6(a.lease) {
+                Ok(Some(h)) => halves.push((!incumbent(a.lease, Claim::V6(&h)), i, h)),
+                Ok(None) => {}
+                Err(reason) => a.v6_refused = Some(reason),
+            }
+        }
+        halves.sort_by(|a, b| {
+            let (la, lb) = (accepted[a.1].lease, accepted[b.1].lease);
+            (a.0, &la.origin, la.key).cmp(&(b.0, &lb.origin, lb.key))
+        });
+        let mut taken = Taken::<u128>::default();
+        for (_, i, h) in halves {
+            let span = (
+                u128::from(h.subnet.network()),
+                u128::from(h.subnet.broadcast()),
+            );
+            match taken.claim(span, u128::from(h.public_ip), h.vtep_mac) {
+                Ok(()) => accepted[i].v6 = Some(h),
+                Err(reason) => accepted[i].v6_refused = Some(reason),
+            }
+        }
     }
 
     /// The checks that need no other lease. Returns the VtepMAC (vxlan).
@@ -529,7 +560,7 @@ mod tests {
     fn admit(
         p: &LeasePolicy,
         leases: &[Lease],
-        incumbent: impl Fn(&Lease, Option<MacAddr>) -> bool,
+        incumbent: impl Fn(&Lease, Claim<'_>) -> bool,
     ) -> (Vec<Won>, Vec<Lost>) {
         let (ok, refused) = LeasePolicy::admit(p, leases, incumbent);
         let won = ok
@@ -1163,6 +1194,53 @@ mod tests {
         let (ok, _) = same_on_every_order(&p, &[under, over.clone()]);
         let over = ok.iter().find(|w| w.key == over.key).unwrap();
         assert_eq!(over.v6_refused, Some(CoversUnderlay));
+    }
+
+    /// Incumbency is per family: a peer whose IPv4 half is unchanged but
+    /// whose IPv6 half now names another peer's IPv6 subnet or PublicIPv6
+    /// is a newcomer for that half, and loses it, however old its lease.
+    #[test]
+    fn a_changed_ipv6_half_does_not_displace_an_incumbent_one() {
+        let p = dual_policy();
+        let victim = dual(
+            "10.244.2.0-24&fd00:10:244:2::-64",
+            [192, 168, 100, 2],
+            "2001:db8:1::2",
+            "0e:00:00:00:60:02",
+            50,
+        );
+        // Older by the registry's order, and its IPv4 half is a peer's.
+        let turncoat = dual(
+            "10.244.3.0-24&fd00:10:244:2::-64",
+            [192, 168, 100, 3],
+            "2001:db8:1::2",
+            "0e:00:00:00:60:03",
+            10,
+        );
+        let incumbent = |l: &Lease, c: Claim<'_>| match c {
+            Claim::V4(_) => true,
+            // What the running node holds: the victim's half only.
+            Claim::V6(h) => {
+                l.key == victim.key && h.public_ip == "2001:db8:1::2".parse::<Ipv6Addr>().unwrap()
+            }
+        };
+        for leases in [
+            [victim.clone(), turncoat.clone()],
+            [turncoat.clone(), victim.clone()],
+        ] {
+            let (ok, refused) = admit(&p, &leases, incumbent);
+            assert!(refused.is_empty());
+            let find = |k: SubnetKey| ok.iter().find(|w| w.key == k).unwrap();
+            assert_eq!(
+                find(victim.key).v6.map(|h| h.subnet.to_string()),
+                Some("fd00:10:244:2::/64".into())
+            );
+            assert_eq!(find(turncoat.key).v6, None);
+            assert!(find(turncoat.key).v6_refused.is_some());
+        }
+        // Without incumbency, age decides: the older turncoat would win.
+        let (ok, _) = admit(&p, &[victim.clone(), turncoat.clone()], |_, _| false);
+        assert_eq!(ok.iter().find(|w| w.key == victim.key).unwrap().v6, None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! deletes the device.
 
 use super::plan::DevicePlan;
-use crate::control::{self, Programming};
+use crate::control::Programming;
 use crate::device::{self, DeviceKind};
 use crate::metrics::WorkerStats;
 use crate::netlink::Netlink;
@@ -117,7 +117,7 @@ impl DataPlane {
             return;
         }
         if self.spec.programming == Programming::NetworkRoute {
-            let _ = nl.delete_route(self.spec.network, self.index).await;
+            let _ = nl.delete_route(self.spec.network.into(), self.index).await;
         }
         // Dropping the queues would delete it too, but only when the last
         // one closes; deleting it here means it is gone before we say we
@@ -230,14 +230,17 @@ async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Worke
         DeviceKind::Tun => None,
     };
     nl.configure_link(index, spec.mtu, tap_mac).await?;
-    let local = control::tunnel_addr(spec.subnet);
+    let local = spec.subnet.network();
     nl.add_address(index, local, 32).await?;
     if spec.programming == Programming::NetworkRoute {
         // weft replaces only its own routes: a Network that the kernel
         // routes already (the LAN's own prefix, the default route's
         // 0.0.0.0/0, a static route) would be taken from under the host.
         let routes = nl.main_routes().await?;
-        if let Some(r) = routes.iter().find(|r| r.dst == spec.network && !r.ours) {
+        if let Some(r) = routes
+            .iter()
+            .find(|r| r.dst == ipnet::IpNet::from(spec.network) && !r.ours)
+        {
             bail!(
                 "refusing to route the Network {} into {name}: the kernel routes it already with a route weft did not install ({}); \
                  the udp backend routes the whole Network into its device, which would replace that route. \
@@ -246,7 +249,8 @@ async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Worke
                 describe_route(r)
             );
         }
-        nl.replace_route(spec.network, index, None, false).await?;
+        nl.replace_route(spec.network.into(), index, None, false)
+            .await?;
     }
     // From here on, returning early stops the workers already started.
     let mut workers = Workers::new();

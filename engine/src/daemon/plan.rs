@@ -13,7 +13,7 @@ use crate::netlink::Underlay;
 use crate::tunnel::Mode;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use weft_encap::{udp, vxlan};
 use weft_routes::ForwardingTable;
@@ -61,9 +61,38 @@ impl Plan {
         self.device.as_ref().and_then(DevicePlan::vtep)
     }
 
-    /// Decides the plan. `previous` is the subnet of the last subnet.env,
-    /// which names the lease whose VtepMAC we keep.
+    /// Decides the plan for our PublicIP and (with `EnableIPv6`)
+    /// PublicIPv6. `previous` is the subnet of the last subnet.env, which
+    /// names the lease whose VtepMAC we keep.
     pub async fn new(
+        backend: &Backend,
+        opts: &RunOptions,
+        underlay: &Underlay,
+        (public_ip, public_ipv6): (Ipv4Addr, Option<Ipv6Addr>),
+        leases_from: &Leases,
+        previous: Option<ipnet::Ipv4Net>,
+    ) -> anyhow::Result<Plan> {
+        let mut plan =
+            Plan::for_ipv4(backend, opts, underlay, public_ip, leases_from, previous).await?;
+        if let Some(ip) = public_ipv6 {
+            if plan.programming == Programming::Gateway
+                && !underlay.networks6.iter().any(|n| n.contains(&ip))
+            {
+                bail!(
+                    "host-gw cannot work behind NAT: PublicIPv6 {ip} is on none of {}'s IPv6 networks ({:?}). \
+                     Peers route this node's IPv6 pods via its PublicIPv6, so it must be this host's own address \
+                     on the shared layer-2 segment; drop --public-ipv6",
+                    underlay.name,
+                    underlay.networks6
+                );
+            }
+            plan.attrs.public_ipv6 = Some(ip);
+        }
+        Ok(plan)
+    }
+
+    /// The plan of the IPv4 side, which every node has.
+    async fn for_ipv4(
         backend: &Backend,
         opts: &RunOptions,
         underlay: &Underlay,

@@ -7,7 +7,7 @@ use std::path::Path;
 #[cfg(feature = "etcd")]
 use std::time::Duration;
 use weft_routes::{
-    alloc, subnet_env, FileRegistry, Lease, LeaseAttrs, NetConf, Registry, SubnetKey,
+    alloc, subnet_env, Backend, FileRegistry, Lease, LeaseAttrs, NetConf, Registry, SubnetKey,
 };
 
 /// Where leases come from.
@@ -39,12 +39,22 @@ impl Leases {
         if let Some(v6) = &conf.ipv6 {
             // Refused rather than ignored: a dual-stack cluster would
             // believe its IPv6 pod traffic is carried, and weft would drop
-            // it (it cannot authenticate IPv6 inner packets yet).
-            bail!(
-                "EnableIPv6=true (IPv6Network {}): weft has no IPv6 overlay yet; remove EnableIPv6 \
-                 (and IPv6Network) from net-conf.json, or keep flanneld on dual-stack nodes",
-                v6.network
-            );
+            // it.
+            match conf.backend {
+                Backend::HostGw => {}
+                Backend::Udp { .. } => bail!(
+                    "EnableIPv6=true (IPv6Network {}) with the udp backend: flannel's udp backend carries \
+                     IPv4 only, and so does weft's; use host-gw (or vxlan under flanneld) for IPv6, or \
+                     remove EnableIPv6 from net-conf.json",
+                    v6.network
+                ),
+                Backend::Vxlan { .. } => bail!(
+                    "EnableIPv6=true (IPv6Network {}) with the vxlan backend: weft's VXLAN data plane \
+                     carries IPv4 only so far (host-gw carries both); remove EnableIPv6 (and \
+                     IPv6Network) from net-conf.json, or keep flanneld on dual-stack vxlan nodes",
+                    v6.network
+                ),
+            }
         }
         Ok(conf)
     }

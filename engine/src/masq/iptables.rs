@@ -1,7 +1,8 @@
-//! The rules in iptables, written through `iptables-restore --noflush`.
+//! The rules in iptables (and ip6tables), written through
+//! `iptables-restore --noflush`.
 
 use super::MasqError;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -32,10 +33,16 @@ fn rule(table: &'static str, chain: &'static str, spec: &[&str]) -> Rule {
 }
 
 /// flanneld's masquerading rules for `network` (the cluster's) and
-/// `subnet` (this node's lease), in its order. `random_fully` adds
-/// `--random-fully` to the MASQUERADE targets.
-pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> Vec<Rule> {
+/// `subnet` (this node's lease) of one family, in its order (its
+/// `masqRules` and `masqIP6Rules`, which differ only in the multicast
+/// range). `random_fully` adds `--random-fully` to the MASQUERADE
+/// targets.
+pub fn masq_rules(network: IpNet, subnet: IpNet, random_fully: bool) -> Vec<Rule> {
     let (net, pod) = (network.to_string(), subnet.to_string());
+    let multicast = match network {
+        IpNet::V4(_) => "224.0.0.0/4",
+        IpNet::V6(_) => "ff00::/8",
+    };
     let c = ["-m", "comment", "--comment", "flanneld masq"];
     let with = |head: &[&str], tail: &[&str]| -> Vec<String> {
         head.iter()
@@ -72,14 +79,14 @@ pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net, random_fully: bool) -> Vec<
         // Outside traffic arriving for our pods keeps its source.
         r(with(&["!", "-s", &net, "-d", &pod], &["-j", "RETURN"])),
         // Pods to the outside, multicast excepted.
-        r(with(&["-s", &net, "!", "-d", "224.0.0.0/4"], masq)),
+        r(with(&["-s", &net, "!", "-d", multicast], masq)),
         // The host to the overlay.
         r(with(&["!", "-s", &net, "-d", &net], masq)),
     ]
 }
 
-/// flanneld's forwarding rules for `network`.
-pub fn forward_rules(network: Ipv4Net) -> Vec<Rule> {
+/// flanneld's forwarding rules for `network`, of either family.
+pub fn forward_rules(network: IpNet) -> Vec<Rule> {
     let net = network.to_string();
     let c = ["-m", "comment", "--comment", "flanneld forward"];
     let mut jump = c.to_vec();
@@ -134,19 +141,42 @@ fn quote(spec: &[String]) -> String {
     words.join(" ")
 }
 
-/// The `iptables` and `iptables-restore` programs of this node.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Iptables;
+/// The `iptables` and `iptables-restore` programs of this node, or their
+/// IPv6 twins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Iptables {
+    program: &'static str,
+    restore: &'static str,
+}
 
 impl Iptables {
+    /// `iptables`, for IPv4 rules.
+    pub const V4: Iptables = Iptables {
+        program: "iptables",
+        restore: "iptables-restore",
+    };
+    /// `ip6tables`, for IPv6 rules.
+    pub const V6: Iptables = Iptables {
+        program: "ip6tables",
+        restore: "ip6tables-restore",
+    };
+
+    /// The programs for `net`'s family.
+    pub fn for_net(net: IpNet) -> Iptables {
+        match net {
+            IpNet::V4(_) => Iptables::V4,
+            IpNet::V6(_) => Iptables::V6,
+        }
+    }
+
     fn run(&self, args: &[&str]) -> Result<std::process::Output, MasqError> {
-        Command::new("iptables")
+        Command::new(self.program)
             .arg("-w")
             .args(args)
             .stdin(Stdio::null())
             .output()
             .map_err(|error| MasqError::Spawn {
-                program: "iptables",
+                program: self.program,
                 error,
             })
     }
@@ -185,7 +215,8 @@ impl Iptables {
                 if is_ours(chain) && !self.chain_exists(r.table, chain)? {
                     let out = self.run(&["-t", r.table, "-N", chain])?;
                     if !out.status.success() && !self.chain_exists(r.table, chain)? {
-                        return Err(failed(&format!("iptables -t {} -N {chain}", r.table), &out));
+                        let what = format!("{} -t {} -N {chain}", self.program, r.table);
+                        return Err(failed(&what, &out));
                     }
                 }
             }
@@ -195,25 +226,25 @@ impl Iptables {
             return Ok(false);
         }
         let payload = restore_payload(rules, &existing);
-        let mut child = Command::new("iptables-restore")
+        let mut child = Command::new(self.restore)
             .args(["--noflush", "-w"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|error| MasqError::Spawn {
-                program: "iptables-restore",
+                program: self.restore,
                 error,
             })?;
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(payload.as_bytes());
         }
         let out = child.wait_with_output().map_err(|error| MasqError::Spawn {
-            program: "iptables-restore",
+            program: self.restore,
             error,
         })?;
         if !out.status.success() {
-            return Err(failed("iptables-restore --noflush", &out));
+            return Err(failed(&format!("{} --noflush", self.restore), &out));
         }
         Ok(true)
     }
@@ -228,7 +259,7 @@ impl Iptables {
                 let out = self.run(&args)?;
                 if !out.status.success() {
                     return Err(failed(
-                        &format!("iptables -t {} -D {}", r.table, r.chain),
+                        &format!("{} -t {} -D {}", self.program, r.table, r.chain),
                         &out,
                     ));
                 }
@@ -293,6 +324,35 @@ mod tests {
              -A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully\n\
              COMMIT\n"
         );
+    }
+
+    /// flanneld's `masqIP6Rules`: the IPv4 set, with IPv6 prefixes and
+    /// ff00::/8 as the multicast range left alone.
+    #[test]
+    fn ipv6_masq_rules_are_flanneld_s() {
+        let rules = masq_rules(
+            "fd00:10:244::/56".parse().unwrap(),
+            "fd00:10:244:7::/64".parse().unwrap(),
+            false,
+        );
+        let payload = restore_payload(&rules, &vec![false; rules.len()]);
+        assert_eq!(
+            payload,
+            "*nat\n\
+             -A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n\
+             -A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"flanneld masq\" -j RETURN\n\
+             -A FLANNEL-POSTRTG -s fd00:10:244:7::/64 -d fd00:10:244::/56 -m comment --comment \"flanneld masq\" -j RETURN\n\
+             -A FLANNEL-POSTRTG -s fd00:10:244::/56 -d fd00:10:244:7::/64 -m comment --comment \"flanneld masq\" -j RETURN\n\
+             -A FLANNEL-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244:7::/64 -m comment --comment \"flanneld masq\" -j RETURN\n\
+             -A FLANNEL-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE\n\
+             -A FLANNEL-POSTRTG ! -s fd00:10:244::/56 -d fd00:10:244::/56 -m comment --comment \"flanneld masq\" -j MASQUERADE\n\
+             COMMIT\n"
+        );
+        assert_eq!(Iptables::for_net(rules_net()), Iptables::V6);
+    }
+
+    fn rules_net() -> IpNet {
+        "fd00::/8".parse().unwrap()
     }
 
     #[test]

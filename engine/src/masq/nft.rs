@@ -1,39 +1,52 @@
 //! The same rules in nftables, as flanneld writes them with `EnableNFTables`
 //! (flannel's `pkg/trafficmngr/nftables/nftables.go`, through knftables):
-//! table `ip flannel-ipv4` (and an empty `ip6 flannel-ipv6`, which flanneld
-//! creates as well), chain `postrtg` (nat, postrouting, srcnat) and chain
-//! `forward` (filter, forward, filter), each flushed and written in one
-//! `nft -f -` transaction.
+//! tables `ip flannel-ipv4` and `ip6 flannel-ipv6` (both created, as
+//! flanneld does, whichever families are enabled), each with chain
+//! `postrtg` (nat, postrouting, srcnat) and chain `forward` (filter,
+//! forward, filter) for its family, flushed and written in one `nft -f -`
+//! transaction.
 
 use super::MasqError;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// flanneld's IPv4 table.
 pub const TABLE: &str = "flannel-ipv4";
-/// flanneld's IPv6 table (created empty: weft has no IPv6 overlay).
+/// flanneld's IPv6 table.
 pub const TABLE6: &str = "flannel-ipv6";
 
-/// What to write: masquerading for (network, our subnet, fully-random),
-/// forwarding for the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What to write: masquerading for (network, our subnet, fully-random)
+/// and forwarding for the network, in each family enabled.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Rules {
-    /// `--ip-masq`.
-    pub masq: Option<(Ipv4Net, Ipv4Net, bool)>,
-    /// `--iptables-forward-rules`.
-    pub forward: Option<Ipv4Net>,
+    /// `--ip-masq`: one entry per family.
+    pub masq: Vec<(IpNet, IpNet, bool)>,
+    /// `--iptables-forward-rules`: one network per family.
+    pub forward: Vec<IpNet>,
+}
+
+/// nft's family keyword, flanneld's table and the address keyword
+/// (`ip saddr`, `ip6 saddr`) of `net`'s family.
+fn family_of(net: IpNet) -> (&'static str, &'static str) {
+    match net {
+        IpNet::V4(_) => ("ip", TABLE),
+        IpNet::V6(_) => ("ip6", TABLE6),
+    }
 }
 
 impl Rules {
-    /// The chains this writes, with how many rules each holds.
-    fn chains(&self) -> Vec<(&'static str, usize)> {
+    /// The chains this writes (family, table, chain), with how many rules
+    /// each holds.
+    fn chains(&self) -> Vec<((&'static str, &'static str, &'static str), usize)> {
         let mut v = Vec::new();
-        if self.masq.is_some() {
-            v.push(("postrtg", 6));
+        for (net, ..) in &self.masq {
+            let (f, t) = family_of(*net);
+            v.push(((f, t, "postrtg"), 6));
         }
-        if self.forward.is_some() {
-            v.push(("forward", 2));
+        for net in &self.forward {
+            let (f, t) = family_of(*net);
+            v.push(((f, t, "forward"), 2));
         }
         v
     }
@@ -46,29 +59,35 @@ impl Rules {
                 "add table {family} {table} {{ comment \"rules for {table}\" ; }}\n"
             ));
         }
-        if let Some((net, pod, random_fully)) = self.masq {
+        for &(net, pod, random_fully) in &self.masq {
+            let (f, t) = family_of(net);
+            let multicast = match net {
+                IpNet::V4(_) => "224.0.0.0/4",
+                IpNet::V6(_) => "ff00::/8",
+            };
             let masquerade = if random_fully {
                 "masquerade fully-random"
             } else {
                 "masquerade"
             };
             s.push_str(&format!(
-                "add chain ip {TABLE} postrtg {{ type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }}\n\
-                 flush chain ip {TABLE} postrtg\n\
-                 add rule ip {TABLE} postrtg meta mark 0x4000 return\n\
-                 add rule ip {TABLE} postrtg ip saddr {pod} ip daddr {net} return\n\
-                 add rule ip {TABLE} postrtg ip saddr {net} ip daddr {pod} return\n\
-                 add rule ip {TABLE} postrtg ip saddr != {pod} ip daddr {net} return\n\
-                 add rule ip {TABLE} postrtg ip saddr {net} ip daddr != 224.0.0.0/4 {masquerade}\n\
-                 add rule ip {TABLE} postrtg ip saddr != {net} ip daddr {net} {masquerade}\n"
+                "add chain {f} {t} postrtg {{ type nat hook postrouting priority srcnat ; comment \"chain to manage traffic masquerading by flannel\" ; }}\n\
+                 flush chain {f} {t} postrtg\n\
+                 add rule {f} {t} postrtg meta mark 0x4000 return\n\
+                 add rule {f} {t} postrtg {f} saddr {pod} {f} daddr {net} return\n\
+                 add rule {f} {t} postrtg {f} saddr {net} {f} daddr {pod} return\n\
+                 add rule {f} {t} postrtg {f} saddr != {pod} {f} daddr {net} return\n\
+                 add rule {f} {t} postrtg {f} saddr {net} {f} daddr != {multicast} {masquerade}\n\
+                 add rule {f} {t} postrtg {f} saddr != {net} {f} daddr {net} {masquerade}\n"
             ));
         }
-        if let Some(net) = self.forward {
+        for &net in &self.forward {
+            let (f, t) = family_of(net);
             s.push_str(&format!(
-                "add chain ip {TABLE} forward {{ type filter hook forward priority filter ; comment \"chain to accept flannel traffic\" ; }}\n\
-                 flush chain ip {TABLE} forward\n\
-                 add rule ip {TABLE} forward ip saddr {net} accept\n\
-                 add rule ip {TABLE} forward ip daddr {net} accept\n"
+                "add chain {f} {t} forward {{ type filter hook forward priority filter ; comment \"chain to accept flannel traffic\" ; }}\n\
+                 flush chain {f} {t} forward\n\
+                 add rule {f} {t} forward {f} saddr {net} accept\n\
+                 add rule {f} {t} forward {f} daddr {net} accept\n"
             ));
         }
         s
@@ -78,13 +97,13 @@ impl Rules {
     /// rules than it should. Returns true if it wrote.
     pub fn ensure(&self) -> Result<bool, MasqError> {
         let mut intact = true;
-        for (chain, want) in self.chains() {
-            let out = nft(&["list", "chain", "ip", TABLE, chain], None)?;
+        for ((family, table, chain), want) in self.chains() {
+            let out = nft(&["list", "chain", family, table, chain], None)?;
             let text = String::from_utf8_lossy(&out.stdout);
             let rules = text
                 .lines()
                 .map(str::trim)
-                .filter(|l| l.starts_with("ip ") || l.starts_with("meta "))
+                .filter(|l| l.starts_with("ip ") || l.starts_with("ip6 ") || l.starts_with("meta "))
                 .count();
             intact &= out.status.success() && rules == want;
         }

@@ -4,6 +4,7 @@
 
 use super::{forward_rules, masq_rules, nft, Iptables, MasqError, Rule};
 use anyhow::Context;
+use ipnet::IpNet;
 use std::time::Duration;
 
 /// flanneld's `--ip-masq`, `--iptables-forward-rules` and friends.
@@ -43,37 +44,59 @@ pub(crate) struct Traffic {
 
 /// Where the rules live.
 enum RuleSets {
-    /// iptables: (what, rules) per set.
-    Iptables(Vec<(&'static str, Vec<Rule>)>),
+    /// iptables or ip6tables: (what, which programs, rules) per set.
+    Iptables(Vec<(&'static str, Iptables, Vec<Rule>)>),
     /// nftables (`EnableNFTables`): flanneld's tables, written whole.
     Nftables(nft::Rules),
 }
 
+/// One family's half of the overlay, as the rules see it: the network,
+/// our subnet in it, and what the last run's subnet.env said of them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FamilyNets {
+    /// `Network` or `IPv6Network`.
+    pub network: IpNet,
+    /// Our subnet in it.
+    pub subnet: IpNet,
+    /// The last run's network and subnet, when subnet.env named them.
+    pub previous: Option<(IpNet, IpNet)>,
+}
+
 impl Traffic {
-    /// Installs the rules `t` asks for, first removing masquerading rules
-    /// a previous run left for another network or subnet. Masquerading
-    /// that cannot be installed is fatal (pods would lose the outside
+    /// Installs the rules `t` asks for in each family of `nets` (IPv4
+    /// first, IPv6 with `EnableIPv6`), first removing masquerading rules a
+    /// previous run left for another network or subnet. Masquerading that
+    /// cannot be installed is fatal (pods would lose the outside
     /// silently); forwarding rules are warned about, as flanneld does.
     pub fn start(
         t: TrafficOptions,
-        conf: &weft_routes::NetConf,
-        subnet: ipnet::Ipv4Net,
-        previous: (Option<ipnet::Ipv4Net>, Option<ipnet::Ipv4Net>),
+        enable_nftables: bool,
+        nets: &[FamilyNets],
     ) -> anyhow::Result<Option<Traffic>> {
-        let ipt = Iptables;
-        if conf.enable_nftables {
+        if enable_nftables {
             if !t.ip_masq && !t.forward_rules {
                 return Ok(None);
             }
             let rules = nft::Rules {
-                masq: t.ip_masq.then_some((conf.network, subnet, t.random_fully)),
-                forward: t.forward_rules.then_some(conf.network),
+                masq: match t.ip_masq {
+                    true => nets
+                        .iter()
+                        .map(|n| (n.network, n.subnet, t.random_fully))
+                        .collect(),
+                    false => Vec::new(),
+                },
+                forward: match t.forward_rules {
+                    true => nets.iter().map(|n| n.network).collect(),
+                    false => Vec::new(),
+                },
             };
             // The tables are rewritten whole (chains flushed), so rules of a
             // previous network or subnet cannot survive.
             match rules.ensure() {
                 Ok(_) => {
-                    tracing::info!(network = %conf.network, %subnet, ip_masq = t.ip_masq, forward = t.forward_rules, "nftables rules in place (table ip flannel-ipv4)")
+                    for n in nets {
+                        tracing::info!(network = %n.network, subnet = %n.subnet, ip_masq = t.ip_masq, forward = t.forward_rules, "nftables rules in place (tables ip flannel-ipv4, ip6 flannel-ipv6)")
+                    }
                 }
                 Err(e) if t.ip_masq => {
                     return Err(e).context("cannot install the masquerading rules in nftables")
@@ -91,30 +114,36 @@ impl Traffic {
         }
         let mut sets = Vec::new();
         if t.ip_masq {
-            let rf = t.random_fully && ipt.has_random_fully().context("--ip-masq")?;
-            if let (Some(net), Some(sub)) = previous {
-                if (net, sub) != (conf.network, subnet) {
-                    tracing::info!(previous_network = %net, previous_subnet = %sub, "network or subnet changed since the last run: removing its masquerading rules");
-                    if let Err(e) = ipt.remove(&masq_rules(net, sub, rf)) {
-                        tracing::warn!(error = %e, "cannot remove the previous masquerading rules");
+            for n in nets {
+                let ipt = Iptables::for_net(n.network);
+                let rf = t.random_fully && ipt.has_random_fully().context("--ip-masq")?;
+                if let Some((net, sub)) = n.previous {
+                    if (net, sub) != (n.network, n.subnet) {
+                        tracing::info!(previous_network = %net, previous_subnet = %sub, "network or subnet changed since the last run: removing its masquerading rules");
+                        if let Err(e) = ipt.remove(&masq_rules(net, sub, rf)) {
+                            tracing::warn!(error = %e, "cannot remove the previous masquerading rules");
+                        }
                     }
                 }
+                let rules = masq_rules(n.network, n.subnet, rf);
+                ipt.ensure(&rules)
+                    .context("cannot install the masquerading rules")?;
+                tracing::info!(network = %n.network, subnet = %n.subnet, random_fully = rf, "masquerading rules in place (nat FLANNEL-POSTRTG)");
+                sets.push(("masquerading", ipt, rules));
             }
-            let rules = masq_rules(conf.network, subnet, rf);
-            ipt.ensure(&rules)
-                .context("cannot install the masquerading rules")?;
-            tracing::info!(network = %conf.network, %subnet, random_fully = rf, "masquerading rules in place (nat FLANNEL-POSTRTG)");
-            sets.push(("masquerading", rules));
         }
         if t.forward_rules {
-            let rules = forward_rules(conf.network);
-            match ipt.ensure(&rules) {
-                Ok(_) => {
-                    tracing::info!(network = %conf.network, "forwarding rules in place (filter FLANNEL-FWD)");
-                    sets.push(("forwarding", rules));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot install the forwarding rules; FORWARD is left as it is")
+            for n in nets {
+                let rules = forward_rules(n.network);
+                let ipt = Iptables::for_net(n.network);
+                match ipt.ensure(&rules) {
+                    Ok(_) => {
+                        tracing::info!(network = %n.network, "forwarding rules in place (filter FLANNEL-FWD)");
+                        sets.push(("forwarding", ipt, rules));
+                    }
+                    Err(e) => {
+                        tracing::warn!(network = %n.network, error = %e, "cannot install the forwarding rules; FORWARD is left as it is")
+                    }
                 }
             }
         }
@@ -139,8 +168,8 @@ impl Traffic {
         match &self.rules {
             RuleSets::Nftables(n) => report("nftables", n.ensure()),
             RuleSets::Iptables(sets) => {
-                for (what, rules) in sets {
-                    report(what, Iptables.ensure(rules));
+                for (what, ipt, rules) in sets {
+                    report(what, ipt.ensure(rules));
                 }
             }
         }
@@ -156,8 +185,8 @@ impl Traffic {
         match &self.rules {
             RuleSets::Nftables(n) => report("nftables", n.remove()),
             RuleSets::Iptables(sets) => {
-                for (what, rules) in sets {
-                    report(what, Iptables.remove(rules));
+                for (what, ipt, rules) in sets {
+                    report(what, ipt.remove(rules));
                 }
             }
         }

@@ -149,10 +149,10 @@ impl BatchStats {
 
 /// One peer as `/metrics` shows it.
 pub struct PeerView {
-    /// Its subnet.
-    pub subnet: ipnet::Ipv4Net,
-    /// Its PublicIP.
-    pub public_ip: std::net::Ipv4Addr,
+    /// Its subnet (one row per family a peer carries).
+    pub subnet: ipnet::IpNet,
+    /// Its PublicIP (or PublicIPv6, for its IPv6 subnet).
+    pub public_ip: std::net::IpAddr,
     /// Its VtepMAC (vxlan).
     pub vtep_mac: Option<MacAddr>,
     /// How it is reached: "tunnel", "direct" or "unreachable".
@@ -167,8 +167,10 @@ pub struct RejectedView {
     pub key: SubnetKey,
     /// Its holder's name (the Node, in Kubernetes), else empty.
     pub node: String,
-    /// The PublicIP it claims.
-    pub public_ip: std::net::Ipv4Addr,
+    /// "ipv4" for the lease, "ipv6" for its IPv6 half alone.
+    pub family: &'static str,
+    /// The PublicIP (or PublicIPv6) it claims.
+    pub public_ip: std::net::IpAddr,
     /// Why it is refused.
     pub reason: Rejection,
 }
@@ -205,6 +207,9 @@ pub struct Metrics {
     pub device_recreations: AtomicU64,
     /// Peer leases refused, by `Rejection` (once per change of a lease).
     pub leases_rejected: [AtomicU64; Rejection::ALL.len()],
+    /// IPv6 halves refused while their leases' IPv4 halves stand, by
+    /// `Rejection` (once per change of a lease).
+    pub ipv6_halves_rejected: [AtomicU64; Rejection::ALL.len()],
     /// Peer routes not programmed because the kernel routes the prefix
     /// under another protocol (once per peer and cause).
     pub routes_refused: AtomicU64,

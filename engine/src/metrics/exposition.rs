@@ -48,6 +48,8 @@ pub mod name {
     pub const READY: &str = "weft_ready";
     /// `weft_leases_rejected_total`.
     pub const LEASES_REJECTED: &str = "weft_leases_rejected_total";
+    /// `weft_lease_ipv6_halves_rejected_total`.
+    pub const IPV6_HALVES_REJECTED: &str = "weft_lease_ipv6_halves_rejected_total";
     /// `weft_lease_rejected`.
     pub const LEASE_REJECTED: &str = "weft_lease_rejected";
     /// `weft_peer_info`.
@@ -228,9 +230,24 @@ impl Metrics {
         }
         family(
             s,
+            name::IPV6_HALVES_REJECTED,
+            "counter",
+            "IPv6 halves of peer leases refused while the IPv4 half stands, by reason, counted once per change of a lease.",
+        );
+        for r in Rejection::ALL {
+            let _ = writeln!(
+                s,
+                "{}{{reason=\"{}\"}} {}",
+                name::IPV6_HALVES_REJECTED,
+                r.label(),
+                self.ipv6_halves_rejected[r.index()].load(Relaxed)
+            );
+        }
+        family(
+            s,
             name::LEASE_REJECTED,
             "gauge",
-            "A lease refused now: its key, its holder's name (the Node, in Kubernetes), the PublicIP it claims and why.",
+            "A lease (family ipv4) or its IPv6 half alone (family ipv6) refused now: its key, its holder's name (the Node, in Kubernetes), the address it claims and why.",
         );
         let views = self
             .rejected_views
@@ -239,12 +256,13 @@ impl Metrics {
         for v in views.iter() {
             let _ = writeln!(
                 s,
-                "{}{{key=\"{}\",node=\"{}\",public_ip=\"{}\",reason=\"{}\"}} 1",
+                "{}{{key=\"{}\",node=\"{}\",public_ip=\"{}\",reason=\"{}\",family=\"{}\"}} 1",
                 name::LEASE_REJECTED,
                 v.key,
                 escape(&v.node),
                 v.public_ip,
-                v.reason
+                v.reason,
+                v.family
             );
         }
     }
@@ -295,7 +313,9 @@ impl Metrics {
         ];
         for (name, help, field) in series {
             family(s, name, "counter", help);
-            for v in views.iter() {
+            // A lease's counters once, on its IPv4 row: its IPv6 half
+            // shares them.
+            for v in views.iter().filter(|v| v.subnet.addr().is_ipv4()) {
                 let _ = writeln!(
                     s,
                     "{name}{{subnet=\"{}\",public_ip=\"{}\"}} {}",
@@ -430,6 +450,7 @@ mod tests {
         *m.rejected_views.lock().unwrap() = vec![RejectedView {
             key: "10.244.9.0-24".parse().unwrap(),
             node: "node-\"9\"\\".into(),
+            family: "ipv4",
             public_ip: [192, 0, 2, 9].into(),
             reason: Rejection::ALL[0],
         }];
@@ -468,6 +489,7 @@ mod tests {
             name::LEASE_EXPIRY,
             name::READY,
             name::LEASES_REJECTED,
+            name::IPV6_HALVES_REJECTED,
             name::LEASE_REJECTED,
             name::PEER_INFO,
             name::PEER_RX_PACKETS,

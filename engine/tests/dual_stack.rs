@@ -1,0 +1,344 @@
+//! Dual-stack (`EnableIPv6`) on host-gw: each lease carries an IPv6 half
+//! (its IPv6 subnet and PublicIPv6) beside the IPv4 one, and each half is
+//! routed, checked and refused on its own, as flanneld's host-gw programs
+//! `<IPv6 subnet> via <PublicIPv6>`. The hosts share 2001:db8:100::/64
+//! beside 192.168.100.0/24.
+
+mod common;
+use common::*;
+use std::time::Duration;
+use weft_testbed::{ping6, tcp_transfer_ip, Cluster};
+
+const DUAL_HOST_GW: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
+
+/// A dual-stack cluster of `n` hosts, weft started on each with `extra`
+/// flags and its pod bridge up in both families.
+fn dual_cluster(tag: &str, n: usize, extra: &[&str]) -> Cluster {
+    let mut c = Cluster::new(tag, n, DUAL_HOST_GW).expect("testbed");
+    c.add_ipv6().expect("IPv6 underlay");
+    let mut args = vec!["--metrics-addr", "127.0.0.1:9153"];
+    args.extend_from_slice(extra);
+    start_all(&mut c, &args);
+    c
+}
+
+/// A hash-checked TCP transfer of `mb` MB from node `a`'s IPv6 pod address
+/// to node `b`'s.
+fn transfer_pods6(c: &Cluster, a: usize, b: usize, mb: usize, port: u16) {
+    let from = c.nodes[a].pod_ip6().expect("node a has an IPv6 subnet");
+    let to = c.nodes[b].pod_ip6().expect("node b has an IPv6 subnet");
+    let r = tcp_transfer_ip(
+        &c.nodes[a].ns,
+        Some(from.into()),
+        &c.nodes[b].ns,
+        to.into(),
+        port,
+        mb << 20,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "IPv6 transfer {a}->{b} ({from} -> {to}) failed: {e}\n--- a:\n{}\n--- b:\n{}",
+            c.nodes[a].log_text(),
+            c.nodes[b].log_text()
+        )
+    });
+    assert_eq!(r.sent, r.received, "bytes or hash differ {a}->{b}");
+}
+
+/// Waits (up to 3 s) until `ns`'s route to `dst` contains `want`.
+fn wait_route(c: &Cluster, i: usize, dst: impl std::fmt::Display, want: &str) {
+    let dst = dst.to_string();
+    let ok = Cluster::wait_for(Duration::from_secs(3), || {
+        route_of(&c.nodes[i].ns, &dst).contains(want)
+    });
+    assert!(
+        ok,
+        "node {i}: route to {dst} is {:?}, want {want:?}\n{}",
+        route_of(&c.nodes[i].ns, &dst),
+        c.nodes[i].log_text()
+    );
+}
+
+fn ip6tables_save(c: &Cluster, i: usize, table: &str) -> String {
+    let out = c.nodes[i]
+        .ns
+        .exec("ip6tables-save", &["-t", table])
+        .expect("ip6tables-save");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn dual_stack_host_gw_carries_both_families_pod_to_pod() {
+    let mut c = dual_cluster("ds", 2, &["--ip-masq"]);
+    let (s0, s1) = (c.nodes[0].subnet6().unwrap(), c.nodes[1].subnet6().unwrap());
+    assert_ne!(s0, s1);
+    assert_eq!(
+        s0.prefix_len(),
+        64,
+        "IPv6SubnetLen defaults to /64 under a /56"
+    );
+
+    // subnet.env has flanneld's IPv6 lines.
+    let env = std::fs::read_to_string(&c.nodes[0].subnet_file).unwrap();
+    assert!(
+        env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\n"),
+        "{env}"
+    );
+    assert!(
+        env.contains(&format!(
+            "FLANNEL_IPV6_SUBNET={}/64\n",
+            c.nodes[0].pod_ip6().unwrap()
+        )),
+        "{env}"
+    );
+    // The lease names both halves: flanneld's key and PublicIPv6.
+    let leases: Vec<String> = std::fs::read_dir(c.registry.join("subnets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let key0 = format!(
+        "{}&{}-64",
+        c.nodes[0].subnet().unwrap().to_string().replace('/', "-"),
+        s0.network()
+    );
+    assert!(leases.contains(&key0), "{key0} not in {leases:?}");
+    let lease0 = std::fs::read_to_string(c.registry.join("subnets").join(&key0)).unwrap();
+    assert!(
+        lease0.contains(r#""PublicIPv6":"2001:db8:100::1""#),
+        "{lease0}"
+    );
+
+    // Each half is routed via its own PublicIP, in weft's protocol.
+    wait_route(&c, 0, s1, "via 2001:db8:100::2 dev eth0 proto 87");
+    wait_route(&c, 1, s0, "via 2001:db8:100::1 dev eth0 proto 87");
+    wait_route(
+        &c,
+        0,
+        c.nodes[1].subnet().unwrap(),
+        "via 192.168.100.2 dev eth0 proto 87",
+    );
+    let m = metrics(&c.nodes[0].ns, 9153);
+    assert_eq!(metric(&m, "weft_peers"), Some(1), "{m}");
+    assert_eq!(metric(&m, "weft_peers_direct"), Some(2), "both halves: {m}");
+    assert!(
+        m.contains(&format!("weft_peer_info{{subnet=\"{s1}\",public_ip=\"2001:db8:100::2\",vtep_mac=\"\",via=\"direct\"}} 1")),
+        "{m}"
+    );
+
+    // Pod to pod in both families, both ways.
+    for (a, b) in [(0, 1), (1, 0)] {
+        let (from, to) = (c.nodes[a].pod_ip6().unwrap(), c.nodes[b].pod_ip6().unwrap());
+        let answered = ping6(&c.nodes[a].ns, Some(from), to, 3).unwrap();
+        let dbg = |i: usize| {
+            let ns = &c.nodes[i].ns;
+            [&["-6", "addr"][..], &["-6", "route"], &["-6", "neigh"]]
+                .iter()
+                .map(|a| String::from_utf8_lossy(&ns.ip(a).unwrap().stdout).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            answered,
+            3,
+            "ping6 {from} -> {to}\n{}\n----\n{}",
+            dbg(a),
+            dbg(b)
+        );
+        transfer_pods6(&c, a, b, 20, 5301 + a as u16);
+        transfer_pods(&c, a, b, 8, 5311 + a as u16);
+    }
+
+    // flanneld's IPv6 masquerading and forwarding rules, in ip6tables.
+    let nat = ip6tables_save(&c, 0, "nat");
+    for rule in [
+        "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG".to_string(),
+        format!("-A FLANNEL-POSTRTG -s {s0} -d fd00:10:244::/56 -m comment --comment \"flanneld masq\" -j RETURN"),
+        "-A FLANNEL-POSTRTG -s fd00:10:244::/56 ! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully".to_string(),
+    ] {
+        assert!(nat.contains(&rule), "{rule} not in\n{nat}");
+    }
+    let filter = ip6tables_save(&c, 0, "filter");
+    assert!(
+        filter.contains("-A FLANNEL-FWD -s fd00:10:244::/56 -m comment --comment \"flanneld forward\" -j ACCEPT"),
+        "{filter}"
+    );
+
+    // A clean stop takes both families' routes and rules away.
+    c.nodes[0].stop().unwrap();
+    assert_eq!(route_of(&c.nodes[0].ns, s1), "");
+    assert_eq!(route_of(&c.nodes[0].ns, c.nodes[1].subnet().unwrap()), "");
+    assert!(!ip6tables_save(&c, 0, "nat").contains("FLANNEL-POSTRTG"));
+}
+
+/// A host-gw lease's JSON with an IPv6 half.
+fn dual_lease(public_ip: &str, public_ipv6: &str) -> String {
+    format!(r#"{{"PublicIP":"{public_ip}","PublicIPv6":"{public_ipv6}","BackendType":"host-gw"}}"#)
+}
+
+/// From the attacker's side: leases whose IPv6 half is bad, or collides
+/// with a live peer's, lose that half only. The IPv4 half is routed on its
+/// own merits, and the live peer keeps its IPv6 route.
+#[test]
+fn hostile_ipv6_halves_lose_only_their_ipv6_half() {
+    let c = dual_cluster("dh", 2, &[]);
+    let victim = c.nodes[1].subnet6().unwrap();
+    wait_route(&c, 0, victim, "via 2001:db8:100::2 dev eth0");
+    let dir = c.registry.join("subnets");
+    let lease = |key: &str, ip: &str, ip6: &str, why: &'static str| {
+        (key.to_string(), dual_lease(ip, ip6), why)
+    };
+    let hostile = [
+        // A link-local PublicIPv6 names no single host.
+        lease(
+            "10.244.200.0-24&fd00:10:244:c8::-64",
+            "192.168.100.60",
+            "fe80::60",
+            "public_ip",
+        ),
+        // Outside IPv6Network.
+        lease(
+            "10.244.201.0-24&fd00:99:0:c9::-64",
+            "192.168.100.61",
+            "2001:db8:100::61",
+            "outside_network",
+        ),
+        // The live peer's IPv6 subnet, claimed after it.
+        lease(
+            &format!("10.244.202.0-24&{}-64", victim.network()),
+            "192.168.100.62",
+            "2001:db8:100::62",
+            "overlaps_peer",
+        ),
+        // Our own PublicIPv6.
+        lease(
+            "10.244.203.0-24&fd00:10:244:cb::-64",
+            "192.168.100.63",
+            "2001:db8:100::1",
+            "public_ip",
+        ),
+        // The live peer's PublicIPv6.
+        lease(
+            "10.244.204.0-24&fd00:10:244:cc::-64",
+            "192.168.100.64",
+            "2001:db8:100::2",
+            "duplicate_public_ip",
+        ),
+    ];
+    for (key, json, _) in &hostile {
+        std::fs::write(dir.join(key), json).unwrap();
+    }
+    let want = |reason: &str| hostile.iter().filter(|h| h.2 == reason).count() as u64;
+    let counted = Cluster::wait_for(Duration::from_secs(5), || {
+        let m = metrics(&c.nodes[0].ns, 9153);
+        [
+            "public_ip",
+            "outside_network",
+            "overlaps_peer",
+            "duplicate_public_ip",
+        ]
+        .iter()
+        .all(|r| {
+            metric(
+                &m,
+                &format!("weft_lease_ipv6_halves_rejected_total{{reason=\"{r}\"}}"),
+            ) == Some(want(r))
+        })
+    });
+    let m = metrics(&c.nodes[0].ns, 9153);
+    assert!(counted, "{m}\n{}", c.nodes[0].log_text());
+    // Whole leases are not refused: their IPv4 halves are peers.
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("weft_leases_rejected_total"))
+            .all(|l| l.ends_with(" 0")),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "weft_peers"),
+        Some(1 + hostile.len() as u64),
+        "{m}"
+    );
+    for (n, (key, _, _)) in hostile.iter().enumerate() {
+        let v4 = format!("10.244.{}.0/24", 200 + n);
+        wait_route(&c, 0, &v4, &format!("via 192.168.100.{} dev eth0", 60 + n));
+        let v6 = key.split('&').nth(1).unwrap().replace("-64", "/64");
+        if v6.parse::<ipnet::Ipv6Net>().unwrap() != victim {
+            assert_eq!(
+                route_of(&c.nodes[0].ns, &v6),
+                "",
+                "{key}'s IPv6 half was routed"
+            );
+        }
+        assert!(
+            m.contains(&format!("weft_lease_rejected{{key=\"{key}\""))
+                && m.contains("family=\"ipv6\"} 1"),
+            "{key}: {m}"
+        );
+    }
+    // The live peer keeps its IPv6 route, and it carries traffic.
+    assert!(route_of(&c.nodes[0].ns, victim).contains("via 2001:db8:100::2 dev eth0"));
+    let (from, to) = (c.nodes[0].pod_ip6().unwrap(), c.nodes[1].pod_ip6().unwrap());
+    assert_eq!(ping6(&c.nodes[0].ns, Some(from), to, 3).unwrap(), 3);
+
+    // weft status says which half was refused.
+    let out = c.nodes[0]
+        .ns
+        .command(weft())
+        .args(["status", "--metrics-addr", "127.0.0.1:9153"])
+        .output()
+        .unwrap();
+    let text = strip_ansi(&String::from_utf8_lossy(&out.stdout));
+    assert!(text.contains("its IPv6 half only"), "{text}");
+}
+
+/// flannel's udp backend is IPv4-only, and weft's VXLAN carries IPv4
+/// only so far: EnableIPv6 with either is refused at start, saying so,
+/// rather than leaving IPv6 pods cut off in silence.
+#[test]
+fn enable_ipv6_is_refused_where_it_is_not_carried() {
+    for (backend, says) in [
+        ("udp", "carries IPv4 only, and so does weft's"),
+        ("vxlan", "carries IPv4 only so far"),
+    ] {
+        let conf = format!(
+            r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{{"Type":"{backend}"}}}}"#
+        );
+        let mut c = Cluster::new(&format!("dr{}", &backend[..2]), 1, &conf).unwrap();
+        c.add_ipv6().unwrap();
+        c.spawn(0, weft(), &[]).unwrap();
+        let exited = Cluster::wait_for(Duration::from_secs(10), || {
+            c.nodes[0]
+                .daemon
+                .as_mut()
+                .is_some_and(|d| d.try_wait().ok().flatten().is_some())
+        });
+        let log = c.nodes[0].log_text();
+        assert!(exited, "{backend}: weft kept running\n{log}");
+        assert!(log.contains(says), "{backend}: {log}");
+        assert!(
+            !c.nodes[0].subnet_file.exists(),
+            "{backend}: subnet.env written"
+        );
+    }
+}
+
+/// A host with no global IPv6 address cannot announce a PublicIPv6: weft
+/// says so and how to fix it, instead of announcing a link-local one its
+/// peers would refuse.
+#[test]
+fn no_global_ipv6_address_is_a_clear_error() {
+    let mut c = Cluster::new("dn", 1, DUAL_HOST_GW).unwrap();
+    c.spawn(0, weft(), &[]).unwrap();
+    let exited = Cluster::wait_for(Duration::from_secs(10), || {
+        c.nodes[0]
+            .daemon
+            .as_mut()
+            .is_some_and(|d| d.try_wait().ok().flatten().is_some())
+    });
+    let log = c.nodes[0].log_text();
+    assert!(exited, "{log}");
+    assert!(
+        log.contains("no usable global IPv6 address") && log.contains("--public-ipv6"),
+        "{log}"
+    );
+}

@@ -8,7 +8,7 @@
 mod common;
 use common::*;
 use std::time::Duration;
-use weft_testbed::{Cluster, ETCD_PREFIX};
+use weft_testbed::{ping6, tcp_transfer_ip, Cluster, ETCD_PREFIX};
 
 fn etcd_cluster(tag: &str, nodes: usize) -> Cluster {
     let mut c = Cluster::new(tag, nodes, &net_conf("vxlan")).expect("testbed");
@@ -579,6 +579,122 @@ fn nftables_rules_equal_flanneld_s() {
         |l| Some(l.to_string()),
     );
     assert!(rules.contains("masquerade"), "{rules}");
+}
+
+/// Dual-stack host-gw beside a real flanneld on etcd (both with
+/// `--ip-masq`): each programs the other's IPv6 subnet via its PublicIPv6,
+/// pods reach each other in both families both ways (ping6, 20 MB
+/// hash-checked TCP), and the leases, subnet.env keys and ip6tables rules
+/// are flanneld's.
+#[test]
+fn real_flanneld_dual_stack_host_gw() {
+    let conf = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
+    let mut c = Cluster::new("f6", 2, conf).expect("testbed");
+    c.add_ipv6().expect("IPv6 underlay");
+    c.start_etcd().expect("etcd starts");
+    c.spawn_flanneld(1, &flanneld(), &["--ip-masq"]).unwrap();
+    c.wait_ready(1).unwrap();
+    c.start(0, weft(), &["--ip-masq"]).unwrap();
+    for i in 0..2 {
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let (w6, f6) = (c.nodes[0].subnet6().unwrap(), c.nodes[1].subnet6().unwrap());
+    let routed = |i: usize, dst: ipnet::Ipv6Net, via: &str| {
+        Cluster::wait_for(Duration::from_secs(10), || {
+            route_of(&c.nodes[i].ns, dst).contains(&format!("via {via} dev eth0"))
+        })
+    };
+    assert!(
+        routed(1, w6, "2001:db8:100::1"),
+        "flanneld did not route weft's IPv6 subnet: {:?}\n{}",
+        route_of(&c.nodes[1].ns, w6),
+        c.nodes[1].log_text()
+    );
+    assert!(
+        routed(0, f6, "2001:db8:100::2"),
+        "weft did not route flanneld's IPv6 subnet: {:?}\n{}",
+        route_of(&c.nodes[0].ns, f6),
+        c.nodes[0].log_text()
+    );
+    for (a, b) in [(0, 1), (1, 0)] {
+        let (from, to) = (c.nodes[a].pod_ip6().unwrap(), c.nodes[b].pod_ip6().unwrap());
+        assert_eq!(
+            ping6(&c.nodes[a].ns, Some(from), to, 3).unwrap(),
+            3,
+            "ping6 {a}->{b}"
+        );
+        let r = tcp_transfer_ip(
+            &c.nodes[a].ns,
+            Some(from.into()),
+            &c.nodes[b].ns,
+            to.into(),
+            5061 + a as u16,
+            20 << 20,
+        )
+        .unwrap_or_else(|e| panic!("IPv6 transfer {a}->{b}: {e}"));
+        assert_eq!(r.sent, r.received, "IPv6 bytes or hash differ {a}->{b}");
+        transfer_pods(&c, a, b, 20, 5071 + a as u16);
+    }
+    let keys = c
+        .etcdctl(&["get", "--prefix", ETCD_PREFIX, "--keys-only"])
+        .unwrap();
+    let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
+    for i in 0..2 {
+        let key = c.etcd_key(i).unwrap();
+        assert!(
+            keys.lines().any(|k| k == key),
+            "node {i}: {key} not in\n{keys}"
+        );
+    }
+    same_lease_shape(&c);
+    let lease = c
+        .etcdctl(&["get", &c.etcd_key(0).unwrap(), "--print-value-only"])
+        .unwrap();
+    let lease = String::from_utf8_lossy(&lease.stdout);
+    assert!(
+        lease.contains(r#""PublicIPv6":"2001:db8:100::1""#),
+        "{lease}"
+    );
+    // subnet.env: the same keys in the same order.
+    let env_keys = |i: usize| {
+        std::fs::read_to_string(&c.nodes[i].subnet_file)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        env_keys(0),
+        env_keys(1),
+        "subnet.env keys: weft (left), flanneld (right)"
+    );
+    // ip6tables: the same rules, once each node's IPv6 subnet is
+    // `<subnet>` (chain counters and comments left out).
+    let rules = |i: usize| {
+        let s6 = c.nodes[i].subnet6().unwrap().to_string();
+        let mut text = String::new();
+        Cluster::wait_for(Duration::from_secs(10), || {
+            let out = c.nodes[i].ns.exec("ip6tables-save", &[]).unwrap();
+            text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+            count("\"flanneld masq\"") == 7 && count("\"flanneld forward\"") == 3
+        });
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.split_once(" [") {
+                Some((head, _)) if l.starts_with(':') => head.to_string(),
+                _ => l.to_string(),
+            })
+            .map(|l| l.replace(&s6, "<subnet>"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (weft_rules, flanneld_rules) = (rules(0), rules(1));
+    assert_eq!(
+        weft_rules, flanneld_rules,
+        "ip6tables: weft (left), flanneld (right)"
+    );
+    assert!(weft_rules.contains("! -d ff00::/8"), "{weft_rules}");
 }
 
 /// etcd's claims: a key each, put with etcdctl (the create revision is

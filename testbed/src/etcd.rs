@@ -164,8 +164,13 @@ impl Cluster {
     /// The etcd key of node `i`'s lease.
     pub fn etcd_key(&self, i: usize) -> Option<String> {
         let s = self.nodes[i].subnet()?;
+        // A dual-stack lease's key names its IPv6 subnet too, after `&`.
+        let v6 = self.nodes[i]
+            .subnet6()
+            .map(|s6| format!("&{}-{}", s6.network(), s6.prefix_len()))
+            .unwrap_or_default();
         Some(format!(
-            "{ETCD_PREFIX}/subnets/{}-{}",
+            "{ETCD_PREFIX}/subnets/{}-{}{v6}",
             s.network(),
             s.prefix_len()
         ))

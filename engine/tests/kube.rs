@@ -179,6 +179,101 @@ fn two_weft_nodes_and_a_real_flanneld_on_the_api_server() {
     }
 }
 
+/// Dual-stack host-gw on the API server: two weft nodes and a real
+/// flanneld, each Node with an IPv4 and an IPv6 podCIDR. Every pair
+/// reaches the other in both families both ways; weft writes flanneld's
+/// IPv6 annotations (public-ipv6), and flanneld routes weft's IPv6
+/// podCIDR via weft's PublicIPv6.
+#[test]
+fn dual_stack_host_gw_with_a_real_flanneld_on_the_api_server() {
+    let conf = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
+    let mut c = Cluster::new("k6", 3, conf).expect("testbed");
+    c.add_ipv6().expect("IPv6 underlay");
+    c.start_kube_apiserver(&peer_binary("kube-apiserver", "WEFT_KUBE_APISERVER"))
+        .expect("kube-apiserver starts");
+    admin(&c, move |client| {
+        Box::pin(async move {
+            grant_flannel_role(&client).await.unwrap();
+            let nodes: Api<Node> = Api::all(client);
+            for i in 0..3 {
+                let (v4, v6) = (
+                    format!("10.244.{}.0/24", i + 1),
+                    format!("fd00:10:244:{}::/64", i + 1),
+                );
+                let node = weft_testbed::node_object_with(&format!("node{i}"), &[&v4, &v6]);
+                nodes.create(&PostParams::default(), &node).await.unwrap();
+            }
+        })
+    });
+    c.spawn_flanneld(2, &peer_binary("flanneld", "WEFT_FLANNELD"), &[])
+        .unwrap();
+    c.wait_ready(2).unwrap();
+    c.start(0, weft(), &[]).unwrap();
+    c.start(1, weft(), &[]).unwrap();
+    for i in 0..3 {
+        assert_eq!(
+            c.nodes[i].subnet6().map(|s| s.to_string()),
+            Some(format!("fd00:10:244:{}::/64", i + 1)),
+            "node {i} took its IPv6 podCIDR"
+        );
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let weft_v6 = c.nodes[0].subnet6().unwrap().to_string();
+    let routed = Cluster::wait_for(Duration::from_secs(10), || {
+        route_of(&c.nodes[2].ns, &weft_v6).contains("via 2001:db8:100::1 dev eth0")
+    });
+    assert!(
+        routed,
+        "flanneld's route to weft's IPv6 podCIDR: {:?}\n{}",
+        route_of(&c.nodes[2].ns, &weft_v6),
+        c.nodes[2].log_text()
+    );
+    let mut port = 5140;
+    for (a, b) in [(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)] {
+        let (from, to) = (c.nodes[a].pod_ip6().unwrap(), c.nodes[b].pod_ip6().unwrap());
+        // Each node learns of the others within a watch event.
+        Cluster::wait_for(Duration::from_secs(5), || {
+            weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 1).unwrap() == 1
+        });
+        let answered = weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 3).unwrap();
+        assert_eq!(answered, 3, "ping6 {a} -> {b}\n{}", c.nodes[a].log_text());
+        let r = weft_testbed::tcp_transfer_ip(
+            &c.nodes[a].ns,
+            Some(from.into()),
+            &c.nodes[b].ns,
+            to.into(),
+            port,
+            20 << 20,
+        )
+        .unwrap_or_else(|e| panic!("IPv6 transfer {a} -> {b}: {e}"));
+        assert_eq!(r.sent, r.received, "IPv6 bytes or hash differ {a} -> {b}");
+        assert!(
+            ping(&c.nodes[a].ns, c.nodes[b].pod_ip().unwrap(), 2),
+            "{a} -> {b} (IPv4)"
+        );
+        port += 1;
+    }
+    let keys = |i: usize| {
+        flannel_annotations(&node_of(&c, i))
+            .into_keys()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(0),
+        keys(2),
+        "weft's annotation keys (left) differ from flanneld's"
+    );
+    let a = flannel_annotations(&node_of(&c, 0));
+    assert_eq!(a[&format!("{PREFIX}public-ipv6")], "2001:db8:100::1");
+    for i in 0..3 {
+        assert!(
+            c.nodes[i].stop().unwrap().success(),
+            "{}",
+            c.nodes[i].log_text()
+        );
+    }
+}
+
 /// Nodes come and go: a new node's route within 1 s of its annotations, a
 /// deleted node's route gone within 1 s; a restarted weft keeps its
 /// VtepMAC (read back from its node), so peers reprogram nothing.

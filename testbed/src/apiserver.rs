@@ -210,9 +210,15 @@ pub async fn grant_flannel_role(client: &kube::Client) -> Result<(), Box<dyn std
 /// A Node object as a kubelet registers one: `name`, `pod_cidr`, and an
 /// annotation (flanneld v0.28 panics on a node without any).
 pub fn node_object(name: &str, pod_cidr: &str) -> k8s_openapi::api::core::v1::Node {
+    node_object_with(name, &[pod_cidr])
+}
+
+/// `node_object` with several podCIDRs (a dual-stack node: IPv4, then
+/// IPv6); `spec.podCIDR` is the first, as the node IPAM controller sets it.
+pub fn node_object_with(name: &str, pod_cidrs: &[&str]) -> k8s_openapi::api::core::v1::Node {
     let v = serde_json::json!({
         "metadata": {"name": name, "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
-        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]}
+        "spec": {"podCIDR": pod_cidrs.first(), "podCIDRs": pod_cidrs}
     });
     // A literal of the Node schema: it always deserializes.
     serde_json::from_value(v).unwrap_or_default()

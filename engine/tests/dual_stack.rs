@@ -342,3 +342,45 @@ fn no_global_ipv6_address_is_a_clear_error() {
         "{log}"
     );
 }
+
+/// host-gw needs one layer-2 segment in IPv6 too: a peer behind a router
+/// gets `unreachable <IPv6 subnet>` and one warning, in each family, and
+/// the adjacent peer is routed as before; whether the host routes the
+/// gateway via another (node 2, whose default route is the router) or not
+/// at all (node 0, without an IPv6 default route).
+#[test]
+fn an_ipv6_peer_behind_a_router_is_marked_unreachable() {
+    let mut c = Cluster::new("du", 2, DUAL_HOST_GW).expect("testbed");
+    c.add_router().unwrap();
+    c.add_node_on("du", 1).unwrap();
+    c.add_ipv6().unwrap();
+    c.nodes[0]
+        .ns
+        .ip(&["-6", "route", "del", "default"])
+        .unwrap();
+    start_all(&mut c, &["--metrics-addr", "127.0.0.1:9153"]);
+    wait_route(&c, 2, c.nodes[0].subnet6().unwrap(), "unreachable");
+    let log = c.nodes[2].log_text();
+    assert!(
+        log.contains("the kernel refuses 2001:db8:100::1 as a gateway"),
+        "{log}"
+    );
+    let far = c.nodes[2].subnet6().unwrap();
+    wait_route(&c, 0, far, "unreachable");
+    wait_route(&c, 0, c.nodes[2].subnet().unwrap(), "unreachable");
+    wait_route(
+        &c,
+        0,
+        c.nodes[1].subnet6().unwrap(),
+        "via 2001:db8:100::2 dev eth0",
+    );
+    let log = c.nodes[0].log_text();
+    assert!(
+        log.contains("the kernel refuses 2001:db8:101::3 as a gateway"),
+        "{log}"
+    );
+    let m = metrics(&c.nodes[0].ns, 9153);
+    assert_eq!(metric(&m, "weft_peers_unreachable"), Some(2), "{m}");
+    let (from, to) = (c.nodes[0].pod_ip6().unwrap(), c.nodes[1].pod_ip6().unwrap());
+    assert_eq!(ping6(&c.nodes[0].ns, Some(from), to, 2).unwrap(), 2);
+}

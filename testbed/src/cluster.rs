@@ -149,42 +149,50 @@ impl Cluster {
         Ok(i)
     }
 
-    /// Makes the first segment dual-stack: every host on it gets
-    /// `2001:db8:100::<N>/64` on `eth0` (N as for IPv4, duplicate address
-    /// detection off so it is usable at once) and an IPv6 default route via
-    /// `2001:db8:100::fe`, which nothing answers for, as with IPv4. Hosts
-    /// added later get none.
+    /// Makes the hosts dual-stack: each host on the first segment gets
+    /// `2001:db8:100::<N>/64` on `eth0` (N as for IPv4), each on the second
+    /// (after `add_router`) `2001:db8:101::<N>/64`, with duplicate address
+    /// detection off so they are usable at once, and an IPv6 default route
+    /// via `::fe` of its segment. That is the router's address on each
+    /// bridge when there is a router (it then forwards IPv6 too), and
+    /// nothing otherwise, as with IPv4. Hosts added later get none.
     pub fn add_ipv6(&mut self) -> io::Result<()> {
-        for (i, n) in self.nodes.iter_mut().enumerate() {
-            if n.underlay.octets()[2] != 100 {
-                continue;
+        let routed = self
+            .hub
+            .command("ip")
+            .args(["link", "show", "br1"])
+            .output()?
+            .status
+            .success();
+        if routed {
+            for (bridge, addr) in [
+                ("br0", "2001:db8:100::fe/64"),
+                ("br1", "2001:db8:101::fe/64"),
+            ] {
+                self.hub
+                    .ip(&["-6", "addr", "add", addr, "dev", bridge, "nodad"])?;
             }
-            let ip = Ipv6Addr::from(0x2001_0db8_0100_u128 << 80 | (i as u128 + 1));
-            check(
-                n.ns.ip(&[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{ip}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ])?,
-                "IPv6 underlay address",
-            )?;
-            check(
-                n.ns.ip(&[
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    "2001:db8:100::fe",
-                    "dev",
-                    "eth0",
-                ])?,
-                "IPv6 default route",
-            )?;
+            self.hub
+                .exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        }
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            // 192.168.100.0/24 pairs with 2001:db8:100::/64, 101 with 101.
+            let segment = u128::from(n.underlay.octets()[2] - 100);
+            let net = 0x2001_0db8_0100_u128 + segment;
+            let ip = Ipv6Addr::from(net << 80 | (i as u128 + 1));
+            let gateway = Ipv6Addr::from(net << 80 | 0xfe).to_string();
+            n.ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            n.ns.ip(&[
+                "-6", "route", "add", "default", "via", &gateway, "dev", "eth0",
+            ])?;
             n.underlay6 = Some(ip);
         }
         // Neighbour discovery answers only once the link-local addresses

@@ -100,6 +100,27 @@ pub fn transfer_pods(c: &Cluster, a: usize, b: usize, mb: usize, port: u16) {
     assert_eq!(r.sent, r.received, "bytes or hash differ {a}->{b}");
 }
 
+/// What `weft status` prints in `ns` against the metrics server on
+/// 127.0.0.1:9153, colours stripped.
+pub fn weft_status(ns: &Netns) -> String {
+    let out = ns
+        .command(weft())
+        .args(["status", "--metrics-addr", "127.0.0.1:9153"])
+        .output()
+        .unwrap();
+    strip_ansi(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Waits (up to 10 s) for node `i`'s daemon to exit; true if it did.
+pub fn wait_exit(c: &mut Cluster, i: usize) -> bool {
+    Cluster::wait_for(Duration::from_secs(10), || {
+        c.nodes[i]
+            .daemon
+            .as_mut()
+            .is_some_and(|d| d.try_wait().ok().flatten().is_some())
+    })
+}
+
 /// `ip route show <dst>` in `ns`, as text (`ip -6` for an IPv6 prefix:
 /// plain `ip route` lists IPv4 routes only).
 pub fn route_of(ns: &Netns, dst: impl std::fmt::Display) -> String {
@@ -562,12 +583,7 @@ pub fn colliders_never_displace_a_live_peer(c: &mut Cluster, claims: &dyn Claims
     for mac in ["0e:00:00:00:00:fa", "0e:00:00:00:00:fb"] {
         assert!(!fdb.contains(mac), "{mac} in\n{fdb}");
     }
-    let status = ns0
-        .command(weft())
-        .args(["status", "--metrics-addr", "127.0.0.1:9153"])
-        .output()
-        .unwrap();
-    let status = strip_ansi(&String::from_utf8_lossy(&status.stdout));
+    let status = weft_status(ns0);
     assert!(status.contains("rejected leases (3)"), "{status}");
     for (.., r) in &colliders {
         assert!(status.contains(r), "{r} not in\n{status}");

@@ -281,13 +281,7 @@ fn hostile_ipv6_halves_lose_only_their_ipv6_half() {
     assert_eq!(ping6(&c.nodes[0].ns, Some(from), to, 3).unwrap(), 3);
 
     // weft status says which half was refused.
-    let out = c.nodes[0]
-        .ns
-        .command(weft())
-        .args(["status", "--metrics-addr", "127.0.0.1:9153"])
-        .output()
-        .unwrap();
-    let text = strip_ansi(&String::from_utf8_lossy(&out.stdout));
+    let text = weft_status(&c.nodes[0].ns);
     assert!(text.contains("its IPv6 half only"), "{text}");
 }
 
@@ -306,12 +300,7 @@ fn enable_ipv6_is_refused_where_it_is_not_carried() {
         let mut c = Cluster::new(&format!("dr{}", &backend[..2]), 1, &conf).unwrap();
         c.add_ipv6().unwrap();
         c.spawn(0, weft(), &[]).unwrap();
-        let exited = Cluster::wait_for(Duration::from_secs(10), || {
-            c.nodes[0]
-                .daemon
-                .as_mut()
-                .is_some_and(|d| d.try_wait().ok().flatten().is_some())
-        });
+        let exited = wait_exit(&mut c, 0);
         let log = c.nodes[0].log_text();
         assert!(exited, "{backend}: weft kept running\n{log}");
         assert!(log.contains(says), "{backend}: {log}");
@@ -329,12 +318,7 @@ fn enable_ipv6_is_refused_where_it_is_not_carried() {
 fn no_global_ipv6_address_is_a_clear_error() {
     let mut c = Cluster::new("dn", 1, DUAL_HOST_GW).unwrap();
     c.spawn(0, weft(), &[]).unwrap();
-    let exited = Cluster::wait_for(Duration::from_secs(10), || {
-        c.nodes[0]
-            .daemon
-            .as_mut()
-            .is_some_and(|d| d.try_wait().ok().flatten().is_some())
-    });
+    let exited = wait_exit(&mut c, 0);
     let log = c.nodes[0].log_text();
     assert!(exited, "{log}");
     assert!(

@@ -47,13 +47,7 @@ fn hostile_leases_in_the_file_registry_are_rejected() {
     assert!(counted, "{}", metrics(&c.nodes[0].ns, 9153));
 
     // weft status lists the refused leases.
-    let out = c.nodes[0]
-        .ns
-        .command(weft())
-        .args(["status", "--metrics-addr", "127.0.0.1:9153"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = weft_status(&c.nodes[0].ns);
     assert!(text.contains("rejected leases (19)"), "{text}");
     assert!(
         text.contains("10.244.9.0-25") && text.contains("subnet_length"),

@@ -213,36 +213,25 @@ impl Metrics {
     /// Refused leases: counted by reason, and each refused now as a gauge
     /// labelled by its key, PublicIP and reason.
     fn render_rejected(&self, s: &mut String) {
-        family(
+        let by_reason = |s: &mut String, name: &str, help: &str, counts: &[AtomicU64]| {
+            family(s, name, "counter", help);
+            for r in Rejection::ALL {
+                let n = counts[r.index()].load(Relaxed);
+                let _ = writeln!(s, "{name}{{reason=\"{}\"}} {n}", r.label());
+            }
+        };
+        by_reason(
             s,
             name::LEASES_REJECTED,
-            "counter",
             "Peer leases refused, by reason, counted once per change of a lease.",
+            &self.leases_rejected,
         );
-        for r in Rejection::ALL {
-            let _ = writeln!(
-                s,
-                "{}{{reason=\"{}\"}} {}",
-                name::LEASES_REJECTED,
-                r.label(),
-                self.leases_rejected[r.index()].load(Relaxed)
-            );
-        }
-        family(
+        by_reason(
             s,
             name::IPV6_HALVES_REJECTED,
-            "counter",
             "IPv6 halves of peer leases refused while the IPv4 half stands, by reason, counted once per change of a lease.",
+            &self.ipv6_halves_rejected,
         );
-        for r in Rejection::ALL {
-            let _ = writeln!(
-                s,
-                "{}{{reason=\"{}\"}} {}",
-                name::IPV6_HALVES_REJECTED,
-                r.label(),
-                self.ipv6_halves_rejected[r.index()].load(Relaxed)
-            );
-        }
         family(
             s,
             name::LEASE_REJECTED,

@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod config;
+pub mod family;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 #[doc(hidden)]
@@ -22,6 +23,7 @@ pub mod table;
 pub mod validate;
 
 pub use config::{Backend, NetConf};
+pub use family::Family;
 pub use lease::{Lease, LeaseAttrs, SubnetKey};
 pub use registry::{EtcdConfig, FileRegistry, Registry, RegistryError};
 pub use table::{Direction, ForwardingTable, Peer, PeerCounters, PeerId, PeerTally, Sender};

@@ -1,11 +1,12 @@
 //! The forwarding table the data path reads: peers by subnet (longest prefix
 //! match) and by VtepMAC. Built once per change by the control plane and
 //! published as an immutable snapshot; lookups take no lock and allocate
-//! nothing.
+//! nothing. One table per address family (`Family`; IPv4 by default): a
+//! dual-stack node's IPv6 data plane has a table of its own.
 
-use ipnet::Ipv4Net;
+use crate::family::Family;
 use rustc_hash::FxHashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use weft_encap::MacAddr;
@@ -31,11 +32,11 @@ pub struct PeerId(u32);
 
 /// A node whose encapsulated traffic we accept.
 #[derive(Debug, Clone)]
-pub struct Sender {
+pub struct Sender<F: Family = Ipv4Addr> {
     /// Its PublicIP: the outer source of its datagrams.
-    pub public_ip: Ipv4Addr,
+    pub public_ip: F,
     /// Its subnet: the inner sources it may use.
-    pub subnet: Ipv4Net,
+    pub subnet: F::Net,
     /// Its counters.
     pub counters: Arc<PeerCounters>,
 }
@@ -62,7 +63,13 @@ impl PeerTally {
     /// Counts one packet of `bytes` for `peer`, publishing the previous
     /// peer's run into `table` when the peer changes.
     #[inline]
-    pub fn add(&mut self, table: &ForwardingTable, dir: Direction, peer: PeerId, bytes: usize) {
+    pub fn add<F: Family>(
+        &mut self,
+        table: &ForwardingTable<F>,
+        dir: Direction,
+        peer: PeerId,
+        bytes: usize,
+    ) {
         if self.peer != Some(peer) {
             self.flush(table, dir);
             self.peer = Some(peer);
@@ -73,7 +80,7 @@ impl PeerTally {
 
     /// Publishes the run in progress. Call before `table` is let go.
     #[inline]
-    pub fn flush(&mut self, table: &ForwardingTable, dir: Direction) {
+    pub fn flush<F: Family>(&mut self, table: &ForwardingTable<F>, dir: Direction) {
         if let Some(p) = self.peer.take() {
             let c = table.counters(p);
             let (packets, bytes) = match dir {
@@ -90,44 +97,58 @@ impl PeerTally {
 
 /// A remote node as the data path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
+pub struct Peer<F: Family = Ipv4Addr> {
     /// The peer's pod subnet.
-    pub subnet: Ipv4Net,
+    pub subnet: F::Net,
     /// Where its encapsulated traffic goes: PublicIP and the backend port.
-    pub endpoint: SocketAddrV4,
+    pub endpoint: F::SocketAddr,
     /// The peer's VtepMAC (vxlan only).
     pub vtep_mac: Option<MacAddr>,
 }
 
 /// Peers indexed for the per-packet lookups.
-#[derive(Debug, Default)]
-pub struct ForwardingTable {
-    peers: Vec<Peer>,
+#[derive(Debug)]
+pub struct ForwardingTable<F: Family = Ipv4Addr> {
+    peers: Vec<Peer<F>>,
     /// Each peer's index into `counters`.
     peer_ids: Vec<PeerId>,
     /// Every sender's counters; a `PeerId` indexes this.
     counters: Vec<Arc<PeerCounters>>,
     /// One exact-match map per prefix length present, longest first. A
     /// cluster has one SubnetLen, so this is usually a single hash probe.
-    by_prefix: Vec<(u32, FxHashMap<u32, u32>)>,
+    by_prefix: Vec<(F::Bits, FxHashMap<F::Bits, u32>)>,
     by_mac: FxHashMap<MacAddr, u32>,
     /// Every node whose encapsulated traffic we accept: PublicIP to its
     /// subnet and counters. This is every lease, also peers we route to
     /// directly (they may still send to us over the tunnel).
-    senders: FxHashMap<u32, (Ipv4Net, PeerId)>,
+    senders: FxHashMap<F::Bits, (F::Net, PeerId)>,
     /// The senders' subnets, for `is_sender_subnet`: one map per prefix
     /// length, longest first.
-    sender_nets: Vec<(u32, FxHashMap<u32, ()>)>,
+    sender_nets: Vec<(F::Bits, FxHashMap<F::Bits, ()>)>,
 }
 
-impl ForwardingTable {
+impl<F: Family> Default for ForwardingTable<F> {
+    fn default() -> Self {
+        ForwardingTable {
+            peers: Vec::new(),
+            peer_ids: Vec::new(),
+            counters: Vec::new(),
+            by_prefix: Vec::new(),
+            by_mac: FxHashMap::default(),
+            senders: FxHashMap::default(),
+            sender_nets: Vec::new(),
+        }
+    }
+}
+
+impl<F: Family> ForwardingTable<F> {
     /// Indexes `peers`, who are also the only senders accepted. Later
     /// entries with the same subnet or MAC win.
-    pub fn new(peers: Vec<Peer>) -> ForwardingTable {
-        let senders: Vec<Sender> = peers
+    pub fn new(peers: Vec<Peer<F>>) -> ForwardingTable<F> {
+        let senders: Vec<Sender<F>> = peers
             .iter()
             .map(|p| Sender {
-                public_ip: *p.endpoint.ip(),
+                public_ip: F::ip_of(&p.endpoint),
                 subnet: p.subnet,
                 counters: Arc::default(),
             })
@@ -138,15 +159,15 @@ impl ForwardingTable {
     /// Indexes `peers` to forward to, and `senders` to accept encapsulated
     /// traffic from. A peer counts its traffic in the counters of the sender
     /// with its subnet (fresh ones if there is none).
-    pub fn with_senders(peers: Vec<Peer>, senders: Vec<Sender>) -> ForwardingTable {
+    pub fn with_senders(peers: Vec<Peer<F>>, senders: Vec<Sender<F>>) -> ForwardingTable<F> {
         let mut counters: Vec<Arc<PeerCounters>> = Vec::with_capacity(senders.len());
-        let mut by_subnet: FxHashMap<Ipv4Net, PeerId> = FxHashMap::default();
+        let mut by_subnet: FxHashMap<F::Net, PeerId> = FxHashMap::default();
         let mut sender_map = FxHashMap::default();
         for s in &senders {
             let id = PeerId(counters.len() as u32);
             counters.push(s.counters.clone());
             by_subnet.insert(s.subnet, id);
-            sender_map.insert(u32::from(s.public_ip), (s.subnet, id));
+            sender_map.insert(s.public_ip.bits(), (s.subnet, id));
         }
         let peer_ids = peers
             .iter()
@@ -157,31 +178,31 @@ impl ForwardingTable {
                 })
             })
             .collect();
-        let mut by_len: FxHashMap<u8, FxHashMap<u32, u32>> = FxHashMap::default();
+        let mut by_len: FxHashMap<u8, FxHashMap<F::Bits, u32>> = FxHashMap::default();
         let mut by_mac = FxHashMap::default();
         for (i, p) in peers.iter().enumerate() {
             let i = i as u32;
             by_len
-                .entry(p.subnet.prefix_len())
+                .entry(F::prefix_len(&p.subnet))
                 .or_default()
-                .insert(u32::from(p.subnet.network()), i);
+                .insert(F::network(&p.subnet).bits(), i);
             if let Some(m) = p.vtep_mac {
                 by_mac.insert(m, i);
             }
         }
-        let mut by_prefix: Vec<(u8, FxHashMap<u32, u32>)> = by_len.into_iter().collect();
+        let mut by_prefix: Vec<(u8, FxHashMap<F::Bits, u32>)> = by_len.into_iter().collect();
         by_prefix.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         let by_prefix = by_prefix
             .into_iter()
-            .map(|(len, m)| (prefix_mask(len), m))
+            .map(|(len, m)| (F::prefix_mask(len), m))
             .collect();
-        let mut nets: FxHashMap<u8, FxHashMap<u32, ()>> = FxHashMap::default();
+        let mut nets: FxHashMap<u8, FxHashMap<F::Bits, ()>> = FxHashMap::default();
         for n in senders.iter().map(|s| s.subnet) {
-            nets.entry(n.prefix_len())
+            nets.entry(F::prefix_len(&n))
                 .or_default()
-                .insert(u32::from(n.network()), ());
+                .insert(F::network(&n).bits(), ());
         }
-        let mut sender_nets: Vec<(u8, FxHashMap<u32, ()>)> = nets.into_iter().collect();
+        let mut sender_nets: Vec<(u8, FxHashMap<F::Bits, ()>)> = nets.into_iter().collect();
         sender_nets.sort_by_key(|(len, _)| std::cmp::Reverse(*len));
         ForwardingTable {
             peers,
@@ -192,21 +213,21 @@ impl ForwardingTable {
             senders: sender_map,
             sender_nets: sender_nets
                 .into_iter()
-                .map(|(len, m)| (prefix_mask(len), m))
+                .map(|(len, m)| (F::prefix_mask(len), m))
                 .collect(),
         }
     }
 
     /// The subnet of the node whose PublicIP is `ip`, if it holds a lease.
     #[inline]
-    pub fn sender(&self, ip: Ipv4Addr) -> Option<Ipv4Net> {
+    pub fn sender(&self, ip: F) -> Option<F::Net> {
         self.sender_entry(ip).map(|(net, _)| net)
     }
 
     /// The subnet and counters of the node whose PublicIP is `ip`.
     #[inline]
-    pub fn sender_entry(&self, ip: Ipv4Addr) -> Option<(Ipv4Net, PeerId)> {
-        self.senders.get(&u32::from(ip)).copied()
+    pub fn sender_entry(&self, ip: F) -> Option<(F::Net, PeerId)> {
+        self.senders.get(&ip.bits()).copied()
     }
 
     /// The counters behind `id`, an id from this snapshot.
@@ -217,63 +238,57 @@ impl ForwardingTable {
 
     /// True if `ip` lies in some lease holder's subnet.
     #[inline]
-    pub fn is_sender_subnet(&self, ip: Ipv4Addr) -> bool {
-        let a = u32::from(ip);
+    pub fn is_sender_subnet(&self, ip: F) -> bool {
+        let a = ip.bits();
         self.sender_nets
             .iter()
-            .any(|(mask, m)| m.contains_key(&(a & mask)))
+            .any(|(mask, m)| m.contains_key(&(a & *mask)))
     }
 
     /// The peer whose subnet is the longest match for `dst`.
     #[inline]
-    pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Peer> {
+    pub fn lookup(&self, dst: F) -> Option<&Peer<F>> {
         self.route(dst).map(|(p, _)| p)
     }
 
     /// `lookup`, with the peer's counters.
     #[inline]
-    pub fn route(&self, dst: Ipv4Addr) -> Option<(&Peer, PeerId)> {
-        let a = u32::from(dst);
+    pub fn route(&self, dst: F) -> Option<(&Peer<F>, PeerId)> {
+        let a = dst.bits();
         self.by_prefix
             .iter()
-            .find_map(|(mask, m)| m.get(&(a & mask)))
+            .find_map(|(mask, m)| m.get(&(a & *mask)))
             .map(|&i| self.entry(i))
     }
 
     /// The peer that owns VtepMAC `mac`.
     #[inline]
-    pub fn lookup_mac(&self, mac: MacAddr) -> Option<&Peer> {
+    pub fn lookup_mac(&self, mac: MacAddr) -> Option<&Peer<F>> {
         self.route_mac(mac).map(|(p, _)| p)
     }
 
     /// `lookup_mac`, with the peer's counters.
     #[inline]
-    pub fn route_mac(&self, mac: MacAddr) -> Option<(&Peer, PeerId)> {
+    pub fn route_mac(&self, mac: MacAddr) -> Option<(&Peer<F>, PeerId)> {
         self.by_mac.get(&mac).map(|&i| self.entry(i))
     }
 
     #[inline]
-    fn entry(&self, i: u32) -> (&Peer, PeerId) {
+    fn entry(&self, i: u32) -> (&Peer<F>, PeerId) {
         (&self.peers[i as usize], self.peer_ids[i as usize])
     }
 
     /// All peers.
-    pub fn peers(&self) -> &[Peer] {
+    pub fn peers(&self) -> &[Peer<F>] {
         &self.peers
-    }
-}
-
-fn prefix_mask(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnet::Ipv4Net;
+    use std::net::{Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
     fn peer(net: &str, ip: [u8; 4], mac: u8) -> Peer {
         Peer {
@@ -367,6 +382,36 @@ mod tests {
         assert_eq!(b.rx_packets.load(Relaxed), 1);
         assert_eq!(b.rx_bytes.load(Relaxed), 70);
         assert_eq!(a.rx_packets.load(Relaxed), 0);
+    }
+
+    /// The IPv6 table is the same code over 128-bit addresses.
+    #[test]
+    fn ipv6_longest_prefix_and_senders() {
+        let peer6 = |net: &str, ip: &str, mac: u8| Peer::<Ipv6Addr> {
+            subnet: net.parse().unwrap(),
+            endpoint: SocketAddrV6::new(ip.parse().unwrap(), 8472, 0, 0),
+            vtep_mac: Some(MacAddr([2, 0, 0, 0, 6, mac])),
+        };
+        let t = ForwardingTable::new(vec![
+            peer6("fd00:10:244::/56", "2001:db8::1", 1),
+            peer6("fd00:10:244:2::/64", "2001:db8::2", 2),
+            peer6("fd00:10:244:2:8000::/65", "2001:db8::3", 3),
+        ]);
+        let hit = |a: &str| {
+            t.lookup(a.parse::<Ipv6Addr>().unwrap())
+                .map(|p| p.endpoint.ip().segments()[7])
+        };
+        assert_eq!(hit("fd00:10:244:2:8000::9"), Some(3));
+        assert_eq!(hit("fd00:10:244:2::9"), Some(2));
+        assert_eq!(hit("fd00:10:244:7::9"), Some(1));
+        assert_eq!(hit("fd00:10:245::1"), None);
+        assert_eq!(
+            t.sender("2001:db8::2".parse().unwrap()).map(|n| n.to_string()),
+            Some("fd00:10:244:2::/64".into())
+        );
+        assert!(t.is_sender_subnet("fd00:10:244:2::77".parse().unwrap()));
+        assert!(!t.is_sender_subnet("fd00:10:245::1".parse().unwrap()));
+        assert!(t.lookup_mac(MacAddr([2, 0, 0, 0, 6, 2])).is_some());
     }
 
     #[test]

@@ -50,14 +50,18 @@ pub enum DropReason {
     /// Inner TCP or UDP checksum wrong, and not the partial sum a kernel
     /// peer leaves for the device to finish (`l4`).
     L4Checksum,
-    /// An inner IPv6 packet: weft has no IPv6 overlay to authenticate it
-    /// against yet.
+    /// An inner IPv6 packet through the IPv4 tunnel (`flannel.<VNI>`),
+    /// which carries IPv4 only: a dual-stack node's IPv6 pods are carried
+    /// by its IPv6 tunnel.
     Ipv6Unsupported,
+    /// An inner IPv4 packet through the IPv6 tunnel
+    /// (`flannel-v6.<VNI>`), which carries IPv6 only.
+    Ipv4Unsupported,
 }
 
 impl DropReason {
     /// Every reason, in label order, for metric exposition.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::ShortHeader,
         DropReason::FlagsInvalid,
         DropReason::ReservedBits,
@@ -80,6 +84,7 @@ impl DropReason {
         DropReason::NotForUs,
         DropReason::L4Checksum,
         DropReason::Ipv6Unsupported,
+        DropReason::Ipv4Unsupported,
     ];
 
     /// Number of reasons, for counter arrays.
@@ -115,6 +120,7 @@ impl DropReason {
             DropReason::NotForUs => "not_for_us",
             DropReason::L4Checksum => "l4_checksum",
             DropReason::Ipv6Unsupported => "ipv6_unsupported",
+            DropReason::Ipv4Unsupported => "ipv4_unsupported",
         }
     }
 }

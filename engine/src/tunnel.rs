@@ -11,21 +11,130 @@
 //!
 //! Encapsulation, both decapsulations, source authorization, the size
 //! limits and every ICMP decision (and its rate limit) live here, once, for
-//! every backend and device kind. The worker (`worker.rs`) does the I/O
-//! around it; `encap` holds the wire formats it uses.
+//! every backend and device kind, and for both families of inner packets:
+//! a `Tunnel<Ipv4Addr>` carries IPv4 pods over the IPv4 underlay, a
+//! `Tunnel<Ipv6Addr>` IPv6 pods over the IPv6 underlay, as flannel's
+//! `flannel.<VNI>` and `flannel-v6.<VNI>` do (`Inner` says what differs).
+//! The worker (`worker.rs`) does the I/O around it; `encap` holds the wire
+//! formats it uses.
 
 use std::cell::Cell;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::time::Instant;
 use weft_encap::ethernet::{self, Frame};
 use weft_encap::icmp::{self, ErrorKind};
 use weft_encap::ipv4::{self, Packet};
-use weft_encap::{flow, udp, vxlan, DropReason};
-use weft_routes::{ForwardingTable, Peer, PeerId};
+use weft_encap::{flow, icmpv6, ipv6, udp, vxlan, DropReason};
+use weft_routes::{Family, ForwardingTable, Peer, PeerId};
 
-/// Room for one ICMP error the core writes.
-pub type IcmpScratch = [u8; icmp::MAX_ERROR_LEN];
+/// Room for one ICMP error the core writes, of either family (an ICMPv6
+/// error may fill the IPv6 minimum MTU).
+pub type IcmpScratch = [u8; icmpv6::MAX_ERROR_LEN];
+
+/// What the tunnel core needs of the family of the inner packets it
+/// carries, beyond the forwarding table's `Family`: the family's header
+/// view, the destinations no peer may send to, and its ICMP errors.
+pub trait Inner: Family {
+    /// The family's minimum header length.
+    const MIN_HEADER_LEN: usize;
+    /// Why a packet of this family is dropped as malformed.
+    const MALFORMED: DropReason;
+    /// Why a packet of the other family is dropped by this tunnel.
+    const OTHER_FAMILY: DropReason;
+    /// The destination of `ip`, a packet of this family, its header checked.
+    fn checked_dst(ip: &[u8]) -> Result<Self, DropReason>;
+    /// Source and destination of `ip`, whose version and length were
+    /// checked.
+    fn src_dst(ip: &[u8]) -> (Self, Self);
+    /// True when no peer may send to `dst` in `subnet`: a multicast
+    /// group, and in IPv4 the subnet's broadcast address.
+    fn is_group(subnet: &Self::Net, dst: Self) -> bool;
+    /// Writes the ICMP error of `kind` about `offender` (a packet of this
+    /// family) from `src` into `out`: its length, or `None` when the
+    /// offender is malformed or must not be answered (an error about an
+    /// error, a multicast destination).
+    fn emit_error(
+        kind: ErrorKind,
+        offender: &[u8],
+        src: Self,
+        out: &mut IcmpScratch,
+    ) -> Option<usize>;
+}
+
+impl Inner for Ipv4Addr {
+    const MIN_HEADER_LEN: usize = ipv4::MIN_HEADER_LEN;
+    const MALFORMED: DropReason = DropReason::Ipv4Malformed;
+    const OTHER_FAMILY: DropReason = DropReason::Ipv6Unsupported;
+
+    #[inline]
+    fn checked_dst(ip: &[u8]) -> Result<Ipv4Addr, DropReason> {
+        Packet::new_checked(ip)
+            .map(|p| p.dst())
+            .map_err(|_| DropReason::Ipv4Malformed)
+    }
+
+    #[inline]
+    fn src_dst(ip: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
+        let p = Packet::new_unchecked(ip);
+        (p.src(), p.dst())
+    }
+
+    #[inline]
+    fn is_group(subnet: &ipnet::Ipv4Net, dst: Ipv4Addr) -> bool {
+        dst == subnet.broadcast() || dst.is_multicast()
+    }
+
+    fn emit_error(
+        kind: ErrorKind,
+        offender: &[u8],
+        src: Ipv4Addr,
+        out: &mut IcmpScratch,
+    ) -> Option<usize> {
+        icmp::emit_error(kind, &Packet::new_checked(offender).ok()?, src, out)
+    }
+}
+
+impl Inner for Ipv6Addr {
+    const MIN_HEADER_LEN: usize = ipv6::HEADER_LEN;
+    const MALFORMED: DropReason = DropReason::Ipv6Malformed;
+    const OTHER_FAMILY: DropReason = DropReason::Ipv4Unsupported;
+
+    #[inline]
+    fn checked_dst(ip: &[u8]) -> Result<Ipv6Addr, DropReason> {
+        ipv6::Packet::new_checked(ip)
+            .map(|p| p.dst())
+            .map_err(|_| DropReason::Ipv6Malformed)
+    }
+
+    #[inline]
+    fn src_dst(ip: &[u8]) -> (Ipv6Addr, Ipv6Addr) {
+        let p = ipv6::Packet::new_unchecked(ip);
+        (p.src(), p.dst())
+    }
+
+    #[inline]
+    fn is_group(_: &ipnet::Ipv6Net, dst: Ipv6Addr) -> bool {
+        dst.is_multicast()
+    }
+
+    /// ICMPv6's kinds for IPv4's: no route is destination unreachable,
+    /// code 0 (RFC 4443 §3.1); TTL exceeded is hop limit exceeded.
+    fn emit_error(
+        kind: ErrorKind,
+        offender: &[u8],
+        src: Ipv6Addr,
+        out: &mut IcmpScratch,
+    ) -> Option<usize> {
+        let kind = match kind {
+            ErrorKind::NetUnreachable => {
+                icmpv6::ErrorKind::DstUnreachable(icmpv6::unreachable::NO_ROUTE)
+            }
+            ErrorKind::TtlExceeded => icmpv6::ErrorKind::HopLimitExceeded,
+        };
+        icmpv6::emit_error(kind, &ipv6::Packet::new_checked(offender).ok()?, src, out)
+    }
+}
 
 /// What the tunnel carries, and how.
 #[derive(Debug, Clone, Copy)]
@@ -52,14 +161,14 @@ pub enum Reply {
 
 /// What to do with a packet read from the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound {
+pub enum Outbound<F: Family = Ipv4Addr> {
     /// Send `buf[range]` (the UDP payload, encapsulated in place) to `to`
     /// from send socket number `socket`; it is `peer`'s traffic.
     Send {
         /// The datagram within the buffer.
         range: Range<usize>,
         /// The peer's endpoint.
-        to: SocketAddrV4,
+        to: F::SocketAddr,
         /// Which send socket: one flow keeps one outer source port.
         socket: u8,
         /// The peer, for its counters.
@@ -100,20 +209,21 @@ pub enum Inbound {
     Drop(DropReason, Reply),
 }
 
-/// One end of the overlay, as the per-packet decisions need it.
+/// One end of the overlay, as the per-packet decisions need it, in the
+/// family `F` of the packets it carries.
 #[derive(Debug, Clone, Copy)]
-pub struct TunnelConfig {
+pub struct TunnelConfig<F: Inner = Ipv4Addr> {
     /// The backend and device kind.
     pub mode: Mode,
     /// Our tunnel address (`<subnet>.0`): the source of ICMP errors sent to
     /// peers.
-    pub local: Ipv4Addr,
+    pub local: F,
     /// The source of ICMP errors written into our own device: the Network's
     /// first address, which no node holds. An error from a local address
     /// (as flannel's proxy sends it) is dropped by the kernel as a martian.
-    pub gateway: Ipv4Addr,
+    pub gateway: F,
     /// Our subnet: inner destinations of received packets must lie in it.
-    pub subnet: ipnet::Ipv4Net,
+    pub subnet: F::Net,
     /// Accept encapsulated traffic from any outer source whose inner source
     /// lies in some lease's subnet (peers behind NAT).
     pub allow_nat_peers: bool,
@@ -126,15 +236,15 @@ pub struct TunnelConfig {
 /// The tunnel core: a `TunnelConfig` and the state its decisions keep (the
 /// ICMP budget).
 #[derive(Debug)]
-pub struct Tunnel {
+pub struct Tunnel<F: Inner = Ipv4Addr> {
     /// What it decides by.
-    pub config: TunnelConfig,
+    pub config: TunnelConfig<F>,
     icmp_budget: IcmpBudget,
 }
 
-impl Tunnel {
+impl<F: Inner> Tunnel<F> {
     /// A tunnel with a full ICMP budget.
-    pub fn new(config: TunnelConfig) -> Tunnel {
+    pub fn new(config: TunnelConfig<F>) -> Tunnel<F> {
         Tunnel {
             config,
             icmp_budget: IcmpBudget::new(),
@@ -170,11 +280,11 @@ impl Tunnel {
     #[inline]
     pub fn outbound(
         &self,
-        table: &ForwardingTable,
+        table: &ForwardingTable<F>,
         buf: &mut [u8],
         pkt: Range<usize>,
         scratch: &mut IcmpScratch,
-    ) -> Outbound {
+    ) -> Outbound<F> {
         let decided = match self.config.mode {
             Mode::Udp => self.outbound_udp(table, buf, pkt.clone()),
             Mode::VxlanTun(ep) => self.outbound_vxlan_tun(ep, table, buf, pkt.clone()),
@@ -192,21 +302,19 @@ impl Tunnel {
         }
     }
 
-    /// The peer that routes the IPv4 packet `ip` from the device. An IPv6
-    /// packet has no route (there is no IPv6 overlay yet); an unrouted
-    /// IPv4 destination earns an ICMP net unreachable.
+    /// The peer that routes the packet `ip` from the device, of our
+    /// family. A packet of the other family has no route here (the other
+    /// family's tunnel carries it); an unrouted destination earns an ICMP
+    /// net unreachable (ICMPv6 no route).
     fn route_ip<'t>(
         &self,
-        table: &'t ForwardingTable,
+        table: &'t ForwardingTable<F>,
         ip: &[u8],
-    ) -> Result<(&'t Peer, PeerId), Refusal> {
-        if weft_encap::ip_version(ip) != Some(4) {
+    ) -> Result<(&'t Peer<F>, PeerId), Refusal> {
+        if weft_encap::ip_version(ip) != Some(F::VERSION) {
             return Err((DropReason::NoRoute, None));
         }
-        let dst = match Packet::new_checked(ip) {
-            Ok(p) => p.dst(),
-            Err(_) => return Err((DropReason::Ipv4Malformed, None)),
-        };
+        let dst = F::checked_dst(ip).map_err(|r| (r, None))?;
         table
             .route(dst)
             .ok_or((DropReason::NoRoute, Some(ErrorKind::NetUnreachable)))
@@ -214,10 +322,10 @@ impl Tunnel {
 
     fn outbound_udp(
         &self,
-        table: &ForwardingTable,
+        table: &ForwardingTable<F>,
         buf: &mut [u8],
         pkt: Range<usize>,
-    ) -> Result<Outbound, Refusal> {
+    ) -> Result<Outbound<F>, Refusal> {
         let packet = &mut buf[pkt.clone()];
         let (peer, id) = self.route_ip(table, packet)?;
         match udp::prepare_send(packet) {
@@ -232,10 +340,10 @@ impl Tunnel {
     fn outbound_vxlan_tun(
         &self,
         ep: vxlan::Endpoint,
-        table: &ForwardingTable,
+        table: &ForwardingTable<F>,
         buf: &mut [u8],
         pkt: Range<usize>,
-    ) -> Result<Outbound, Refusal> {
+    ) -> Result<Outbound<F>, Refusal> {
         let ip = &buf[pkt.clone()];
         let (peer, id) = self.route_ip(table, ip)?;
         let Some(mac) = peer.vtep_mac else {
@@ -251,10 +359,10 @@ impl Tunnel {
     fn outbound_vxlan_tap(
         &self,
         ep: vxlan::Endpoint,
-        table: &ForwardingTable,
+        table: &ForwardingTable<F>,
         buf: &mut [u8],
         pkt: Range<usize>,
-    ) -> Result<Outbound, Refusal> {
+    ) -> Result<Outbound<F>, Refusal> {
         let dst = match Frame::new_checked(&buf[pkt.clone()]) {
             Ok(frame) => frame.dst(),
             Err(_) => return Err((DropReason::InnerTruncated, None)),
@@ -281,20 +389,17 @@ impl Tunnel {
         }
     }
 
-    /// An ICMP error about `offender` (an IPv4 packet from our device) to
-    /// write back into the device, from the Network's gateway address. Not
-    /// on a TAP: it would need a frame.
+    /// An ICMP error about `offender` (a packet of our family from our
+    /// device) to write back into the device, from the Network's gateway
+    /// address. Not on a TAP: it would need a frame.
     fn icmp_to_device(&self, kind: ErrorKind, offender: &[u8], scratch: &mut IcmpScratch) -> Reply {
-        let Ok(off) = Packet::new_checked(offender) else {
-            return Reply::None;
-        };
-        if matches!(self.config.mode, Mode::VxlanTap(_)) {
+        if F::checked_dst(offender).is_err() || matches!(self.config.mode, Mode::VxlanTap(_)) {
             return Reply::None;
         }
         if !self.icmp_budget.take() {
             return Reply::Suppressed;
         }
-        match icmp::emit_error(kind, &off, self.config.gateway, scratch) {
+        match F::emit_error(kind, offender, self.config.gateway, scratch) {
             Some(n) => Reply::Icmp(n),
             None => Reply::None,
         }
@@ -308,9 +413,9 @@ impl Tunnel {
     #[inline]
     pub fn inbound(
         &self,
-        table: &ForwardingTable,
+        table: &ForwardingTable<F>,
         datagram: &mut [u8],
-        src: SocketAddrV4,
+        src: F::SocketAddr,
         scratch: &mut IcmpScratch,
     ) -> Inbound {
         let whole = self.super_datagram(datagram);
@@ -341,7 +446,7 @@ impl Tunnel {
         if ip.len() > self.config.mtu && !whole {
             return Inbound::Drop(DropReason::Oversize, Reply::None);
         }
-        match self.authorize(table, *src.ip(), &datagram[ip.clone()]) {
+        match self.authorize(table, F::ip_of(&src), &datagram[ip.clone()]) {
             Ok(peer) => Inbound::Deliver(Delivery {
                 deliver,
                 ip,
@@ -357,18 +462,18 @@ impl Tunnel {
     /// so weft never reflects errors at forged sources.
     fn expired(
         &self,
-        table: &ForwardingTable,
+        table: &ForwardingTable<F>,
         packet: &[u8],
-        src: SocketAddrV4,
+        src: F::SocketAddr,
         scratch: &mut IcmpScratch,
     ) -> Inbound {
-        match self.authorize(table, *src.ip(), packet) {
+        match self.authorize(table, F::ip_of(&src), packet) {
             Ok(Some(_)) => {
-                let reply = match Packet::new_checked(packet) {
+                let reply = match F::checked_dst(packet) {
                     Err(_) => Reply::None,
                     Ok(_) if !self.icmp_budget.take() => Reply::Suppressed,
-                    Ok(off) => {
-                        icmp::emit_error(ErrorKind::TtlExceeded, &off, self.config.local, scratch)
+                    Ok(_) => {
+                        F::emit_error(ErrorKind::TtlExceeded, packet, self.config.local, scratch)
                             .map_or(Reply::None, Reply::Icmp)
                     }
                 };
@@ -383,16 +488,16 @@ impl Tunnel {
     /// source must hold a lease (unless `allow_nat_peers`), the inner source
     /// must lie in that node's subnet (with `allow_nat_peers`: in some
     /// node's), and the inner destination in ours, and not be our subnet's
-    /// broadcast address or multicast. IPv6 inner packets are dropped:
-    /// there is no IPv6 overlay to authenticate them against; so is
-    /// anything shorter than an IPv4 header or of another version, though
-    /// the decapsulators refuse those first. Returns the sender, when it
-    /// holds a lease.
+    /// broadcast address or multicast. Inner packets of the other family
+    /// are dropped: that family's tunnel authenticates them against its
+    /// own leases; so is anything shorter than our family's header or of
+    /// another version, though the decapsulators refuse those first.
+    /// Returns the sender, when it holds a lease.
     #[inline]
     pub fn authorize(
         &self,
-        table: &ForwardingTable,
-        from: Ipv4Addr,
+        table: &ForwardingTable<F>,
+        from: F,
         ip: &[u8],
     ) -> Result<Option<PeerId>, DropReason> {
         let entry = table.sender_entry(from);
@@ -404,16 +509,15 @@ impl Tunnel {
             None => (None, None),
         };
         match weft_encap::ip_version(ip) {
-            Some(4) if ip.len() >= ipv4::MIN_HEADER_LEN => {}
-            Some(6) => return Err(DropReason::Ipv6Unsupported),
+            Some(v) if v == F::VERSION && ip.len() >= F::MIN_HEADER_LEN => {}
+            Some(v @ (4 | 6)) if v != F::VERSION => return Err(F::OTHER_FAMILY),
             // The decapsulators check this first; the core fails closed on
             // its own all the same.
-            _ => return Err(DropReason::Ipv4Malformed),
+            _ => return Err(F::MALFORMED),
         }
-        let p = Packet::new_unchecked(ip);
-        let (src, dst) = (p.src(), p.dst());
+        let (src, dst) = F::src_dst(ip);
         let src_ok = match sender {
-            Some(net) => net.contains(&src),
+            Some(net) => F::contains(&net, src),
             None => table.is_sender_subnet(src),
         };
         if !src_ok {
@@ -422,10 +526,7 @@ impl Tunnel {
         // Our `.0` stays: it is the device's own address, the source the
         // kernel picks for this host's traffic to remote pods, so replies
         // come back to it (as they do with flannel).
-        if !self.config.subnet.contains(&dst)
-            || dst == self.config.subnet.broadcast()
-            || dst.is_multicast()
-        {
+        if !F::contains(&self.config.subnet, dst) || F::is_group(&self.config.subnet, dst) {
             return Err(DropReason::NotForUs);
         }
         Ok(id)
@@ -436,7 +537,7 @@ impl Tunnel {
 type Refusal = (DropReason, Option<ErrorKind>);
 
 /// The datagram at `range` for `peer`.
-fn send(range: Range<usize>, peer: &Peer, socket: u8, id: PeerId) -> Outbound {
+fn send<F: Family>(range: Range<usize>, peer: &Peer<F>, socket: u8, id: PeerId) -> Outbound<F> {
     Outbound::Send {
         range,
         to: peer.endpoint,
@@ -446,7 +547,7 @@ fn send(range: Range<usize>, peer: &Peer, socket: u8, id: PeerId) -> Outbound {
 }
 
 /// A wire drop stays a drop; missing headroom is the caller's bug.
-fn encap_error(e: vxlan::EncapError) -> Result<Outbound, Refusal> {
+fn encap_error<F: Family>(e: vxlan::EncapError) -> Result<Outbound<F>, Refusal> {
     match e {
         vxlan::EncapError::Drop(r) => Err((r, None)),
         vxlan::EncapError::NoHeadroom => Ok(Outbound::Bug(NO_HEADROOM)),

@@ -54,7 +54,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft_encap::{icmp, l4, DropReason, HEADROOM};
+use weft_encap::{icmpv6, l4, DropReason, HEADROOM};
 use weft_routes::{Direction, ForwardingTable, PeerId, PeerTally};
 
 /// Packets per batch in each direction.
@@ -238,7 +238,7 @@ impl Worker {
             grouped: Vec::with_capacity(tx_slots),
             receiver: Receiver::new(if tuning.mmsg { BATCH } else { 1 }),
             sender: Sender::new(tx_slots, gso, tuning.mmsg),
-            scratch: [0; icmp::MAX_ERROR_LEN],
+            scratch: [0; icmpv6::MAX_ERROR_LEN],
             batch: BatchStats::default(),
             rx_peer: PeerTally::default(),
             tx_peer: PeerTally::default(),

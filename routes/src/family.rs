@@ -52,7 +52,9 @@ impl Family for Ipv4Addr {
 
     #[inline]
     fn prefix_mask(len: u8) -> u32 {
-        u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0)
+        u32::MAX
+            .checked_shl(32 - u32::from(len.min(32)))
+            .unwrap_or(0)
     }
 
     #[inline]

@@ -8,9 +8,9 @@
 
 pub mod alloc;
 pub mod config;
-pub mod family;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod family;
 #[doc(hidden)]
 pub mod harness;
 mod json;

@@ -406,7 +406,8 @@ mod tests {
         assert_eq!(hit("fd00:10:244:7::9"), Some(1));
         assert_eq!(hit("fd00:10:245::1"), None);
         assert_eq!(
-            t.sender("2001:db8::2".parse().unwrap()).map(|n| n.to_string()),
+            t.sender("2001:db8::2".parse().unwrap())
+                .map(|n| n.to_string()),
             Some("fd00:10:244:2::/64".into())
         );
         assert!(t.is_sender_subnet("fd00:10:244:2::77".parse().unwrap()));

@@ -11,6 +11,7 @@
 
 use super::*;
 use ipnet::Ipv4Net;
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use weft_encap::vectors::MAC_B;
 use weft_encap::{ethernet, MacAddr, Vni, HEADROOM};
@@ -104,7 +105,7 @@ pub fn inbound(data: &[u8]) -> bool {
     };
     let src = SocketAddrV4::new(Ipv4Addr::new(src[0], src[1], src[2], src[3]), 8472);
     let mut d = datagram.to_vec();
-    let mut scratch = [0; icmp::MAX_ERROR_LEN];
+    let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
     match s.tunnel.inbound(&s.table, &mut d, src, &mut scratch) {
         Inbound::Deliver(del) => {
             assert!(del.deliver.end <= d.len() && del.ip.end <= d.len());
@@ -147,7 +148,7 @@ pub fn outbound(data: &[u8]) -> bool {
     let pkt = s.rest;
     let mut buf = vec![0; HEADROOM + pkt.len()];
     buf[HEADROOM..].copy_from_slice(pkt);
-    let mut scratch = [0; icmp::MAX_ERROR_LEN];
+    let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
     let range = HEADROOM..buf.len();
     match s.tunnel.outbound(&s.table, &mut buf, range, &mut scratch) {
         Outbound::Send { range, to, .. } => {

@@ -7,6 +7,8 @@
 
 use super::*;
 use std::collections::HashSet;
+use std::net::{SocketAddrV4, SocketAddrV6};
+use weft_encap::vectors::KERNEL_V6_ECHO_REQUEST;
 use weft_encap::vectors::{KERNEL_REPLY, KERNEL_REQUEST, MAC_A, MAC_B};
 use weft_encap::{MacAddr, Vni, HEADROOM};
 use weft_routes::Peer;
@@ -79,7 +81,7 @@ fn datagram(mode: Mode, edit: impl FnOnce(&mut [u8])) -> Vec<u8> {
 }
 
 fn inbound_from(t: &Tunnel, from: Ipv4Addr, mut d: Vec<u8>) -> (Inbound, Vec<u8>, IcmpScratch) {
-    let mut scratch = [0; icmp::MAX_ERROR_LEN];
+    let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
     let tbl = table(t.config.mode);
     let r = t.inbound(&tbl, &mut d, SocketAddrV4::new(from, 8472), &mut scratch);
     (r, d, scratch)
@@ -109,7 +111,7 @@ fn outbound_with(
     pkt: &[u8],
 ) -> (Outbound, Vec<u8>, IcmpScratch) {
     let (mut buf, range) = device_buf(pkt);
-    let mut scratch = [0; icmp::MAX_ERROR_LEN];
+    let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
     let r = t.outbound(tbl, &mut buf, range, &mut scratch);
     (r, buf, scratch)
 }
@@ -172,7 +174,7 @@ fn no_headroom_is_a_bug_not_a_drop() {
         let t = tunnel(mode);
         let pkt = reply_from_device(mode);
         let mut buf = pkt.to_vec();
-        let mut scratch = [0; icmp::MAX_ERROR_LEN];
+        let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
         let r = t.outbound(&table(mode), &mut buf, 0..pkt.len(), &mut scratch);
         assert!(matches!(r, Outbound::Bug(_)), "{mode:?}: {r:?}");
     }
@@ -499,6 +501,10 @@ fn every_drop_reason_of_the_core() {
         }
         seen.insert(want);
     }
+    // The IPv6 tunnel's own: an IPv4 packet through it.
+    let (r, ..) = inbound6_from(A6_PUBLIC, vx6(&KERNEL_REQUEST[IP_AT..]));
+    assert_eq!(dropped(&r), Some(DropReason::Ipv4Unsupported));
+    seen.insert(DropReason::Ipv4Unsupported);
     // Decided by I/O, not by the core: the socket, the device, and the L4
     // checksum the worker checks right before the write (`l4`'s tests).
     let io_only = [
@@ -548,4 +554,159 @@ fn authorize_refuses_what_is_not_an_ipv4_packet() {
             "{mode:?}"
         );
     }
+}
+
+// The IPv6 tunnel (`Tunnel<Ipv6Addr>`, flannel-v6.<VNI>'s): the same core
+// over IPv6 pods and an IPv6 underlay. We are fd00:10:244:2::/64 with
+// VtepMAC `MAC_B`; node A holds fd00:10:244:1::/64 at PublicIPv6
+// 2001:db8::1 with VtepMAC `MAC_A`.
+
+const A6_PUBLIC: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99);
+
+fn tunnel6(mode: Mode) -> Tunnel<Ipv6Addr> {
+    Tunnel::new(TunnelConfig {
+        mode,
+        local: "fd00:10:244:2::".parse().unwrap(),
+        gateway: "fd00:10:244::".parse().unwrap(),
+        subnet: "fd00:10:244:2::/64".parse().unwrap(),
+        allow_nat_peers: false,
+        mtu: MTU,
+        send_sockets: 4,
+    })
+}
+
+fn table6() -> ForwardingTable<Ipv6Addr> {
+    ForwardingTable::new(vec![Peer {
+        subnet: "fd00:10:244:1::/64".parse().unwrap(),
+        endpoint: SocketAddrV6::new(A6_PUBLIC, 8472, 0, 0),
+        vtep_mac: Some(MacAddr(MAC_A)),
+    }])
+}
+
+/// The kernel's ICMPv6 echo request, from `src` to `dst`.
+fn echo6(src: &str, dst: &str) -> Vec<u8> {
+    let mut ip = KERNEL_V6_ECHO_REQUEST.to_vec();
+    ip[8..24].copy_from_slice(&src.parse::<Ipv6Addr>().unwrap().octets());
+    ip[24..40].copy_from_slice(&dst.parse::<Ipv6Addr>().unwrap().octets());
+    ip
+}
+
+/// `ip` in a VXLAN datagram to us (`KERNEL_REQUEST`'s VXLAN and Ethernet
+/// headers), with the EtherType of its version.
+fn vx6(ip: &[u8]) -> Vec<u8> {
+    let mut d = [&KERNEL_REQUEST[..IP_AT], ip].concat();
+    if weft_encap::ip_version(ip) == Some(6) {
+        d[IP_AT - 2..IP_AT].copy_from_slice(&[0x86, 0xdd]);
+    }
+    d
+}
+
+fn inbound6_from(from: Ipv6Addr, mut d: Vec<u8>) -> (Inbound, Vec<u8>) {
+    let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
+    let t = tunnel6(Mode::VxlanTun(endpoint()));
+    let r = t.inbound(
+        &table6(),
+        &mut d,
+        SocketAddrV6::new(from, 8472, 0, 0),
+        &mut scratch,
+    );
+    (r, d)
+}
+
+#[test]
+fn ipv6_inbound_delivers_a_peer_s_pod_packet_and_nothing_else() {
+    let good = echo6("fd00:10:244:1::5", "fd00:10:244:2::1");
+    let (r, d) = inbound6_from(A6_PUBLIC, vx6(&good));
+    match r {
+        Inbound::Deliver(del) => {
+            assert_eq!(&d[del.ip.clone()], &good[..]);
+            assert_eq!(del.deliver, del.ip, "a TUN gets the bare packet");
+            assert!(del.peer.is_some());
+        }
+        r => panic!("{r:?}"),
+    }
+    let cases = [
+        (STRANGER6, good.clone(), DropReason::UnknownSender),
+        (
+            A6_PUBLIC,
+            echo6("fd00:10:244:9::5", "fd00:10:244:2::1"),
+            DropReason::SpoofedSource,
+        ),
+        (
+            A6_PUBLIC,
+            echo6("fd00:10:244:1::5", "fd00:10:244:3::1"),
+            DropReason::NotForUs,
+        ),
+        (
+            A6_PUBLIC,
+            echo6("fd00:10:244:1::5", "ff02::1"),
+            DropReason::NotForUs,
+        ),
+        (A6_PUBLIC, good[..39].to_vec(), DropReason::Ipv6Malformed),
+        (
+            A6_PUBLIC,
+            KERNEL_REQUEST[IP_AT..].to_vec(),
+            DropReason::Ipv4Unsupported,
+        ),
+    ];
+    for (from, ip, want) in cases {
+        let (r, _) = inbound6_from(from, vx6(&ip));
+        assert_eq!(dropped(&r), Some(want), "{from}");
+    }
+}
+
+#[test]
+fn ipv6_outbound_encapsulates_for_the_peer_s_public_ipv6() {
+    let t = tunnel6(Mode::VxlanTun(endpoint()));
+    let pkt = echo6("fd00:10:244:2::1", "fd00:10:244:1::5");
+    let (mut buf, range) = device_buf(&pkt);
+    let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
+    match t.outbound(&table6(), &mut buf, range, &mut scratch) {
+        Outbound::Send { range, to, .. } => {
+            assert_eq!(to, SocketAddrV6::new(A6_PUBLIC, 8472, 0, 0));
+            let d = &buf[range];
+            // VXLAN, then an Ethernet header to A's VtepMAC from ours,
+            // EtherType IPv6, then the packet unchanged.
+            assert_eq!(&d[..8], &KERNEL_REQUEST[..8], "flags and VNI 1");
+            assert_eq!(&d[8..14], &MAC_A);
+            assert_eq!(&d[14..20], &MAC_B);
+            assert_eq!(&d[20..22], &[0x86, 0xdd]);
+            assert_eq!(&d[IP_AT..], &pkt[..]);
+        }
+        r => panic!("{r:?}"),
+    }
+}
+
+/// An unrouted IPv6 destination earns ICMPv6 destination unreachable, no
+/// route (type 1, code 0), from the network's first address back to the
+/// sender; an IPv4 packet has no route in the IPv6 tunnel and earns
+/// nothing.
+#[test]
+fn ipv6_outbound_without_a_route_answers_with_icmpv6() {
+    let t = tunnel6(Mode::VxlanTun(endpoint()));
+    let pkt = echo6("fd00:10:244:2::1", "fd00:10:244:9::5");
+    let (mut buf, range) = device_buf(&pkt);
+    let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
+    match t.outbound(&table6(), &mut buf, range, &mut scratch) {
+        Outbound::Drop(DropReason::NoRoute, Reply::Icmp(n)) => {
+            let e = ipv6::Packet::new_checked(&scratch[..n]).unwrap();
+            assert_eq!(e.src(), "fd00:10:244::".parse::<Ipv6Addr>().unwrap());
+            assert_eq!(e.dst(), "fd00:10:244:2::1".parse::<Ipv6Addr>().unwrap());
+            assert_eq!(e.next_header(), ipv6::next_header::ICMPV6);
+            assert_eq!(
+                &e.payload()[..2],
+                &[1, 0],
+                "destination unreachable, no route"
+            );
+            assert_eq!(&e.payload()[8..], &pkt[..], "the offender quoted whole");
+        }
+        r => panic!("{r:?}"),
+    }
+    let v4 = &KERNEL_REPLY[IP_AT..];
+    let (mut buf, range) = device_buf(v4);
+    assert_eq!(
+        t.outbound(&table6(), &mut buf, range, &mut scratch),
+        Outbound::Drop(DropReason::NoRoute, Reply::None)
+    );
 }

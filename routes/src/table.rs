@@ -106,6 +106,10 @@ pub struct Peer<F: Family = Ipv4Addr> {
     pub vtep_mac: Option<MacAddr>,
 }
 
+/// One exact-match map per prefix length, by mask, longest first: keys
+/// are the prefixes' first addresses as integers.
+type ByPrefix<B, V> = Vec<(B, FxHashMap<B, V>)>;
+
 /// Peers indexed for the per-packet lookups.
 #[derive(Debug)]
 pub struct ForwardingTable<F: Family = Ipv4Addr> {
@@ -116,7 +120,7 @@ pub struct ForwardingTable<F: Family = Ipv4Addr> {
     counters: Vec<Arc<PeerCounters>>,
     /// One exact-match map per prefix length present, longest first. A
     /// cluster has one SubnetLen, so this is usually a single hash probe.
-    by_prefix: Vec<(F::Bits, FxHashMap<F::Bits, u32>)>,
+    by_prefix: ByPrefix<F::Bits, u32>,
     by_mac: FxHashMap<MacAddr, u32>,
     /// Every node whose encapsulated traffic we accept: PublicIP to its
     /// subnet and counters. This is every lease, also peers we route to
@@ -124,7 +128,7 @@ pub struct ForwardingTable<F: Family = Ipv4Addr> {
     senders: FxHashMap<F::Bits, (F::Net, PeerId)>,
     /// The senders' subnets, for `is_sender_subnet`: one map per prefix
     /// length, longest first.
-    sender_nets: Vec<(F::Bits, FxHashMap<F::Bits, ()>)>,
+    sender_nets: ByPrefix<F::Bits, ()>,
 }
 
 impl<F: Family> Default for ForwardingTable<F> {

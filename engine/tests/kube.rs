@@ -228,8 +228,8 @@ fn dual_stack_host_gw_with_a_real_flanneld_on_the_api_server() {
         route_of(&c.nodes[2].ns, &weft_v6),
         c.nodes[2].log_text()
     );
-    let mut port = 5140;
-    for (a, b) in [(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)] {
+    let pairs = [(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)];
+    for (port, (a, b)) in (5140..).zip(pairs) {
         let (from, to) = (c.nodes[a].pod_ip6().unwrap(), c.nodes[b].pod_ip6().unwrap());
         // Each node learns of the others within a watch event.
         Cluster::wait_for(Duration::from_secs(5), || {
@@ -251,7 +251,6 @@ fn dual_stack_host_gw_with_a_real_flanneld_on_the_api_server() {
             ping(&c.nodes[a].ns, c.nodes[b].pod_ip().unwrap(), 2),
             "{a} -> {b} (IPv4)"
         );
-        port += 1;
     }
     let keys = |i: usize| {
         flannel_annotations(&node_of(&c, i))

@@ -100,6 +100,29 @@ pub fn transfer_pods(c: &Cluster, a: usize, b: usize, mb: usize, port: u16) {
     assert_eq!(r.sent, r.received, "bytes or hash differ {a}->{b}");
 }
 
+/// Waits (up to 3 s) until node `i` has logged `what`: weft logs a change
+/// right after the kernel has it, and under emulation (the arm64 weft in
+/// qemu-user) that can be well after a route is visible.
+pub fn wait_log(c: &Cluster, i: usize, what: &str) {
+    let logged = Cluster::wait_for(Duration::from_secs(3), || {
+        c.nodes[i].log_text().contains(what)
+    });
+    assert!(
+        logged,
+        "node {i} never logged {what:?}:\n{}",
+        c.nodes[i].log_text()
+    );
+}
+
+/// Waits (up to 3 s) until node `i`'s metric `name` (metrics server on
+/// 127.0.0.1:9153) is `want`: the control plane publishes its gauges and
+/// counters after the routes they count.
+pub fn wait_metric(c: &Cluster, i: usize, name: &str, want: u64) {
+    let get = || metric(&metrics(&c.nodes[i].ns, 9153), name);
+    let reached = Cluster::wait_for(Duration::from_secs(3), || get() == Some(want));
+    assert!(reached, "node {i}: {name} is {:?}, want {want}", get());
+}
+
 /// What `weft status` prints in `ns` against the metrics server on
 /// 127.0.0.1:9153, colours stripped.
 pub fn weft_status(ns: &Netns) -> String {

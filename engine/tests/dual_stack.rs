@@ -117,9 +117,10 @@ fn dual_stack_host_gw_carries_both_families_pod_to_pod() {
         c.nodes[1].subnet().unwrap(),
         "via 192.168.100.2 dev eth0 proto 87",
     );
+    wait_metric(&c, 0, "weft_peers", 1);
+    // Both halves.
+    wait_metric(&c, 0, "weft_peers_direct", 2);
     let m = metrics(&c.nodes[0].ns, 9153);
-    assert_eq!(metric(&m, "weft_peers"), Some(1), "{m}");
-    assert_eq!(metric(&m, "weft_peers_direct"), Some(2), "both halves: {m}");
     assert!(
         m.contains(&format!("weft_peer_info{{subnet=\"{s1}\",public_ip=\"2001:db8:100::2\",vtep_mac=\"\",via=\"direct\"}} 1")),
         "{m}"
@@ -244,18 +245,20 @@ fn hostile_ipv6_halves_lose_only_their_ipv6_half() {
             ) == Some(want(r))
         })
     });
+    assert!(
+        counted,
+        "{}\n{}",
+        metrics(&c.nodes[0].ns, 9153),
+        c.nodes[0].log_text()
+    );
+    // Refusals are counted before the other halves are routed.
+    wait_metric(&c, 0, "weft_peers", 1 + hostile.len() as u64);
     let m = metrics(&c.nodes[0].ns, 9153);
-    assert!(counted, "{m}\n{}", c.nodes[0].log_text());
     // Whole leases are not refused: their IPv4 halves are peers.
     assert!(
         m.lines()
             .filter(|l| l.starts_with("weft_leases_rejected_total"))
             .all(|l| l.ends_with(" 0")),
-        "{m}"
-    );
-    assert_eq!(
-        metric(&m, "weft_peers"),
-        Some(1 + hostile.len() as u64),
         "{m}"
     );
     for (n, (key, _, _)) in hostile.iter().enumerate() {
@@ -344,11 +347,7 @@ fn an_ipv6_peer_behind_a_router_is_marked_unreachable() {
         .unwrap();
     start_all(&mut c, &["--metrics-addr", "127.0.0.1:9153"]);
     wait_route(&c, 2, c.nodes[0].subnet6().unwrap(), "unreachable");
-    let log = c.nodes[2].log_text();
-    assert!(
-        log.contains("the kernel refuses 2001:db8:100::1 as a gateway"),
-        "{log}"
-    );
+    wait_log(&c, 2, "the kernel refuses 2001:db8:100::1 as a gateway");
     let far = c.nodes[2].subnet6().unwrap();
     wait_route(&c, 0, far, "unreachable");
     wait_route(&c, 0, c.nodes[2].subnet().unwrap(), "unreachable");
@@ -358,13 +357,8 @@ fn an_ipv6_peer_behind_a_router_is_marked_unreachable() {
         c.nodes[1].subnet6().unwrap(),
         "via 2001:db8:100::2 dev eth0",
     );
-    let log = c.nodes[0].log_text();
-    assert!(
-        log.contains("the kernel refuses 2001:db8:101::3 as a gateway"),
-        "{log}"
-    );
-    let m = metrics(&c.nodes[0].ns, 9153);
-    assert_eq!(metric(&m, "weft_peers_unreachable"), Some(2), "{m}");
+    wait_log(&c, 0, "the kernel refuses 2001:db8:101::3 as a gateway");
+    wait_metric(&c, 0, "weft_peers_unreachable", 2);
     let (from, to) = (c.nodes[0].pod_ip6().unwrap(), c.nodes[1].pod_ip6().unwrap());
     assert_eq!(ping6(&c.nodes[0].ns, Some(from), to, 2).unwrap(), 2);
 }
@@ -419,6 +413,5 @@ fn ipv6_routes_are_swept_and_put_back() {
         route_of(&ns, &peer).contains("via 2001:db8:100::2 dev eth0")
     });
     assert!(back, "{}", c.nodes[0].log_text());
-    let m = metrics(&ns, 9153);
-    assert_eq!(metric(&m, "weft_routes_recovered_total"), Some(1), "{m}");
+    wait_metric(&c, 0, "weft_routes_recovered_total", 1);
 }

@@ -620,9 +620,9 @@ impl Peers {
     }
 
     fn publish(&mut self) {
-        self.counters.retain(|k, _| {
-            self.holders.contains_key(k) && self.wanted.contains_key(&(*k, Family::V4))
-        });
+        // Every lease has its IPv4 half: the counters live as long as it.
+        self.counters
+            .retain(|k, _| self.wanted.contains_key(&(*k, Family::V4)));
         for (k, _) in self.wanted.keys() {
             self.counters.entry(*k).or_default();
         }

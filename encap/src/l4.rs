@@ -13,6 +13,7 @@
 
 use crate::checksum;
 use crate::ipv4::Packet;
+use crate::ipv6;
 use crate::DropReason;
 
 /// IP protocol numbers this module checks.
@@ -57,34 +58,24 @@ pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], protocol: u8, len: u16) -> 
         + u64::from(len)
 }
 
-/// Checks the TCP or UDP checksum of the IPv4 packet `ip` (its header
+/// Checks the TCP or UDP checksum of the IP packet `ip` (its header
 /// already validated by the decapsulator) and completes it when it holds
 /// exactly the pseudo-header sum. `L4Checksum` for any other wrong sum.
 pub fn verify_or_complete(ip: &mut [u8]) -> Result<Verdict, DropReason> {
-    let Ok(p) = Packet::new_checked(&*ip) else {
+    let Some(Segment {
+        start,
+        end,
+        at,
+        pseudo,
+    }) = (match crate::ip_version(ip) {
+        Some(4) => segment_v4(ip),
+        Some(6) => segment_v6(ip),
+        _ => None,
+    })
+    else {
         return Ok(Verdict::Unchecked);
     };
-    // Only a whole datagram carries a checkable sum: MF clear, offset zero.
-    if p.more_fragments() || p.frag_offset() != 0 {
-        return Ok(Verdict::Unchecked);
-    }
-    let (at, min) = match p.protocol() {
-        PROTO_TCP => (field::TCP_CHECKSUM, field::TCP_MIN),
-        PROTO_UDP => (field::UDP_CHECKSUM, field::UDP_LEN),
-        _ => return Ok(Verdict::Unchecked),
-    };
-    let (hl, total) = (p.header_len(), usize::from(p.total_len()));
-    let seg_len = total - hl;
-    if seg_len < min {
-        return Ok(Verdict::Unchecked);
-    }
-    let pseudo = pseudo_header_sum(
-        p.src().octets(),
-        p.dst().octets(),
-        p.protocol(),
-        seg_len as u16,
-    );
-    let seg = &mut ip[hl..total];
+    let seg = &mut ip[start..end];
     let stored = u16::from_be_bytes([seg[at], seg[at + 1]]);
     if p_is_udp_without_checksum(at, stored) {
         return Ok(Verdict::Unchecked);
@@ -109,8 +100,62 @@ pub fn verify_or_complete(ip: &mut [u8]) -> Result<Verdict, DropReason> {
 }
 
 /// RFC 768: a UDP checksum of zero over IPv4 means "none was computed".
+/// Over IPv6 a zero is not allowed at all (RFC 8200 §8.1): the receiving
+/// stack drops it, so it is left to the stack here too.
 fn p_is_udp_without_checksum(at: usize, stored: u16) -> bool {
     at == field::UDP_CHECKSUM && stored == 0
+}
+
+/// Where a packet's TCP or UDP segment lies, where its checksum field is
+/// within it, and the pseudo-header sum it starts from.
+struct Segment {
+    start: usize,
+    end: usize,
+    at: usize,
+    pseudo: u64,
+}
+
+/// The checksum field's offset in a segment of `protocol`, when it is
+/// TCP or UDP and `len` bytes hold its header.
+fn checksum_at(protocol: u8, len: usize) -> Option<usize> {
+    let (at, min) = match protocol {
+        PROTO_TCP => (field::TCP_CHECKSUM, field::TCP_MIN),
+        PROTO_UDP => (field::UDP_CHECKSUM, field::UDP_LEN),
+        _ => return None,
+    };
+    (len >= min).then_some(at)
+}
+
+/// The segment of an IPv4 packet: only a whole datagram carries a
+/// checkable sum (MF clear, offset zero).
+fn segment_v4(ip: &[u8]) -> Option<Segment> {
+    let p = Packet::new_checked(ip).ok()?;
+    if p.more_fragments() || p.frag_offset() != 0 {
+        return None;
+    }
+    let (hl, total) = (p.header_len(), usize::from(p.total_len()));
+    let len = total - hl;
+    Some(Segment {
+        start: hl,
+        end: total,
+        at: checksum_at(p.protocol(), len)?,
+        pseudo: pseudo_header_sum(p.src().octets(), p.dst().octets(), p.protocol(), len as u16),
+    })
+}
+
+/// The segment of an IPv6 packet whose fixed header is followed directly
+/// by TCP or UDP; behind an extension header (a fragment header above
+/// all) the receiving stack decides.
+fn segment_v6(ip: &[u8]) -> Option<Segment> {
+    let p = ipv6::Packet::new_checked(ip).ok()?;
+    let (hl, total) = (ipv6::HEADER_LEN, p.total_len());
+    let len = total - hl;
+    Some(Segment {
+        start: hl,
+        end: total,
+        at: checksum_at(p.next_header(), len)?,
+        pseudo: p.pseudo_header_sum(p.next_header(), len as u32),
+    })
 }
 
 #[cfg(test)]
@@ -185,6 +230,34 @@ mod tests {
             assert_eq!(verify_or_complete(&mut p), Ok(Verdict::Completed));
             assert_eq!(p, good, "udp, {size} bytes");
         }
+    }
+
+    /// IPv6: the kernel's own UDP datagram, its checksum left partial as
+    /// `lo` (and a kernel VXLAN peer) leaves it, is completed, and then
+    /// checks out as it is; a flipped byte is dropped; behind an extension
+    /// header it is the stack's to check.
+    #[test]
+    fn ipv6_segments_are_checked_and_completed() {
+        use crate::vectors::KERNEL_V6_UDP;
+        const AT: usize = ipv6::HEADER_LEN + field::UDP_CHECKSUM;
+        let mut p = KERNEL_V6_UDP.to_vec();
+        assert_eq!(verify_or_complete(&mut p), Ok(Verdict::Completed));
+        assert_ne!(p[AT..AT + 2], KERNEL_V6_UDP[AT..AT + 2]);
+        let complete = p.clone();
+        assert_eq!(verify_or_complete(&mut p), Ok(Verdict::Valid));
+        assert_eq!(p, complete);
+        let v6 = ipv6::Packet::new_checked(&complete[..]).unwrap();
+        let sum = checksum::fold(checksum::sum(
+            &complete[ipv6::HEADER_LEN..],
+            v6.pseudo_header_sum(PROTO_UDP, 13),
+        ));
+        assert_eq!(sum, 0xffff, "the completed sum is the full one");
+        p[ipv6::HEADER_LEN + 9] ^= 0x10;
+        assert_eq!(verify_or_complete(&mut p), Err(DropReason::L4Checksum));
+        let mut p = KERNEL_V6_UDP.to_vec();
+        p[6] = ipv6::next_header::FRAGMENT;
+        assert_eq!(verify_or_complete(&mut p), Ok(Verdict::Unchecked));
+        assert_eq!(p[AT..AT + 2], KERNEL_V6_UDP[AT..AT + 2], "left as it was");
     }
 
     #[test]

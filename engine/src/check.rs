@@ -394,7 +394,7 @@ fn udp_io_rows() -> Vec<Row> {
             .collect();
         let mut sender = Sender::new(N, gso, true);
         let sent = sender.send(&tx, &bufs, &msgs);
-        let mut receiver = Receiver::new(N);
+        let mut receiver = Receiver::<SocketAddrV4>::new(N);
         let mut got = 0;
         let mut coalesced = false;
         let deadline = Instant::now() + Duration::from_secs(2);

@@ -34,8 +34,10 @@ pub type IcmpScratch = [u8; icmpv6::MAX_ERROR_LEN];
 
 /// What the tunnel core needs of the family of the inner packets it
 /// carries, beyond the forwarding table's `Family`: the family's header
-/// view, the destinations no peer may send to, and its ICMP errors.
-pub trait Inner: Family {
+/// view, the destinations no peer may send to, and its ICMP errors. Its
+/// socket addresses are those of the underlay its tunnel runs on: IPv4
+/// pods over IPv4, IPv6 pods over IPv6, as flannel carries them.
+pub trait Inner: Family<SocketAddr: crate::udp_io::SockAddr> {
     /// The family's minimum header length.
     const MIN_HEADER_LEN: usize;
     /// Why a packet of this family is dropped as malformed.

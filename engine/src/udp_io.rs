@@ -11,7 +11,7 @@ use crate::failures::Failures;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -29,9 +29,18 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(10);
 /// port only with sockets of the same user (`udp_lib_lport_inuse` in the
 /// kernel), so no other user can bind it at all.
 ///
+/// An IPv6 socket is IPv6-only (`IPV6_V6ONLY`): the IPv4 underlay has its
+/// own socket on the same port, as the kernel's `flannel.1` and
+/// `flannel-v6.1` share theirs. Its UDP checksums are always computed, as
+/// IPv6 requires (RFC 8200 §8.1).
+///
 /// `big_buffers` asks for multi-megabyte socket buffers (`Tuning`).
-pub fn bind(addr: SocketAddrV4, reuse_port: bool, big_buffers: bool) -> io::Result<UdpSocket> {
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+pub fn bind<A: SockAddr>(addr: A, reuse_port: bool, big_buffers: bool) -> io::Result<UdpSocket> {
+    let addr: SocketAddr = addr.into();
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
     if reuse_port {
         s.set_reuse_port(true)?;
     }
@@ -39,8 +48,76 @@ pub fn bind(addr: SocketAddrV4, reuse_port: bool, big_buffers: bool) -> io::Resu
         set_buffers(&s);
     }
     s.set_write_timeout(Some(SEND_TIMEOUT))?;
-    s.bind(&SocketAddr::V4(addr).into())?;
+    s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// A socket address of one family, as the batch calls carry it: written
+/// into and read from a `sockaddr_in6`-sized slot, which holds either
+/// family's (`sockaddr_in` is the smaller).
+pub trait SockAddr: Copy + Eq + Into<SocketAddr> + Send + 'static {
+    /// Writes the address into `slot`: the length the kernel is to read.
+    fn write(self, slot: &mut libc::sockaddr_in6) -> libc::socklen_t;
+    /// The address the kernel wrote into `slot`.
+    fn read(slot: &libc::sockaddr_in6) -> Self;
+}
+
+impl SockAddr for SocketAddrV4 {
+    #[inline]
+    fn write(self, slot: &mut libc::sockaddr_in6) -> libc::socklen_t {
+        let v4 = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: self.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*self.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a sockaddr_in (16 bytes, 4-aligned) fits at the start of
+        // a sockaddr_in6 (28 bytes, 4-aligned), as in a sockaddr_storage.
+        unsafe {
+            (slot as *mut libc::sockaddr_in6)
+                .cast::<libc::sockaddr_in>()
+                .write(v4)
+        };
+        size_of::<libc::sockaddr_in>() as libc::socklen_t
+    }
+
+    #[inline]
+    fn read(slot: &libc::sockaddr_in6) -> SocketAddrV4 {
+        // SAFETY: as in `write`; any bytes are a valid sockaddr_in.
+        let v4 = unsafe { &*(slot as *const libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
+        SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+            u16::from_be(v4.sin_port),
+        )
+    }
+}
+
+impl SockAddr for SocketAddrV6 {
+    #[inline]
+    fn write(self, slot: &mut libc::sockaddr_in6) -> libc::socklen_t {
+        *slot = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: self.port().to_be(),
+            sin6_flowinfo: self.flowinfo().to_be(),
+            sin6_addr: libc::in6_addr {
+                s6_addr: self.ip().octets(),
+            },
+            sin6_scope_id: self.scope_id(),
+        };
+        size_of::<libc::sockaddr_in6>() as libc::socklen_t
+    }
+
+    #[inline]
+    fn read(slot: &libc::sockaddr_in6) -> SocketAddrV6 {
+        SocketAddrV6::new(
+            Ipv6Addr::from(slot.sin6_addr.s6_addr),
+            u16::from_be(slot.sin6_port),
+            u32::from_be(slot.sin6_flowinfo),
+            slot.sin6_scope_id,
+        )
+    }
 }
 
 fn set_buffers(s: &Socket) {
@@ -78,11 +155,11 @@ fn set_buffers(s: &Socket) {
 
 /// What `recvmmsg` said about one datagram.
 #[derive(Debug, Clone, Copy)]
-pub struct RecvMeta {
+pub struct RecvMeta<A = SocketAddrV4> {
     /// Bytes received (the datagram's full length when `truncated`).
     pub len: usize,
     /// Who sent it.
-    pub src: SocketAddrV4,
+    pub src: A,
     /// The datagram did not fit the slot (MSG_TRUNC).
     pub truncated: bool,
     /// With UDP GRO on the socket: the size of each of the datagrams
@@ -123,11 +200,12 @@ fn set_udp_option(sock: &UdpSocket, option: libc::c_int, value: libc::c_int) -> 
 }
 
 /// The arrays `recvmmsg`/`sendmmsg` take: one header, one iovec and one
-/// address per datagram, allocated once and reused every batch.
+/// address slot (of either family, `SockAddr`) per datagram, allocated
+/// once and reused every batch.
 struct Mmsg {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_in>,
+    addrs: Vec<libc::sockaddr_in6>,
 }
 
 // SAFETY: the raw pointers inside the mmsghdr/iovec arrays are rebuilt before
@@ -137,7 +215,7 @@ unsafe impl Send for Mmsg {}
 
 impl Mmsg {
     fn new(n: usize) -> Mmsg {
-        // SAFETY: mmsghdr, iovec and sockaddr_in are plain C structs for
+        // SAFETY: mmsghdr, iovec and sockaddr_in6 are plain C structs for
         // which all-zero bytes are a valid value.
         unsafe {
             Mmsg {
@@ -160,8 +238,8 @@ impl Mmsg {
             iov_len: len,
         };
         let h = &mut self.hdrs[i].msg_hdr;
-        h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in).cast();
-        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_in6).cast();
+        h.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
         h.msg_iov = &mut self.iovs[i];
         h.msg_iovlen = 1;
         h.msg_control = std::ptr::null_mut();
@@ -170,18 +248,19 @@ impl Mmsg {
     }
 }
 
-/// Reusable `recvmmsg` state for one socket and one buffer set.
-pub struct Receiver {
+/// Reusable `recvmmsg` state for one socket (of the family of `A`) and one
+/// buffer set.
+pub struct Receiver<A = SocketAddrV4> {
     msgs: Mmsg,
     /// A control buffer per message, for the `UDP_GRO` segment size.
     cmsgs: Vec<[u64; 4]>,
     /// Per-datagram results of the last `recv`.
-    pub meta: Vec<RecvMeta>,
+    pub meta: Vec<RecvMeta<A>>,
 }
 
-impl Receiver {
+impl<A: SockAddr> Receiver<A> {
     /// State for batches of up to `n` datagrams.
-    pub fn new(n: usize) -> Receiver {
+    pub fn new(n: usize) -> Receiver<A> {
         Receiver {
             msgs: Mmsg::new(n),
             cmsgs: vec![[0; 4]; n],
@@ -231,10 +310,7 @@ impl Receiver {
         for (h, a) in self.msgs.hdrs[..r].iter().zip(&self.msgs.addrs) {
             self.meta.push(RecvMeta {
                 len: h.msg_len as usize,
-                src: SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                    u16::from_be(a.sin_port),
-                ),
+                src: A::read(a),
                 truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
                 segment: gro_segment(&h.msg_hdr),
             });
@@ -245,7 +321,7 @@ impl Receiver {
 
 /// One datagram to send: a byte range of a buffer slot and its destination.
 #[derive(Debug, Clone, Copy)]
-pub struct OutMsg {
+pub struct OutMsg<A = SocketAddrV4> {
     /// Slot index.
     pub slot: u32,
     /// Start of the payload within the slot.
@@ -253,7 +329,7 @@ pub struct OutMsg {
     /// Payload length.
     pub len: u32,
     /// Destination.
-    pub dst: SocketAddrV4,
+    pub dst: A,
 }
 
 /// What a `send` achieved.
@@ -323,7 +399,12 @@ impl Sender {
     /// control message: the kernel segments them, one traversal of the
     /// stack for up to 64. `EIO` (an egress device without checksum
     /// offload) turns GSO off and resends without it.
-    pub fn send(&mut self, sock: &UdpSocket, bufs: &PacketBufs, msgs: &[OutMsg]) -> SendOutcome {
+    pub fn send<A: SockAddr>(
+        &mut self,
+        sock: &UdpSocket,
+        bufs: &PacketBufs,
+        msgs: &[OutMsg<A>],
+    ) -> SendOutcome {
         if !self.gso {
             return self.send_each(sock, bufs, msgs);
         }
@@ -358,10 +439,10 @@ impl Sender {
                     iov_len: payload.len(),
                 };
             }
-            self.msgs.addrs[k] = sockaddr(msgs[start].dst);
+            let namelen = msgs[start].dst.write(&mut self.msgs.addrs[k]);
             let h = &mut self.msgs.hdrs[k].msg_hdr;
-            h.msg_name = (&mut self.msgs.addrs[k] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_name = (&mut self.msgs.addrs[k] as *mut libc::sockaddr_in6).cast();
+            h.msg_namelen = namelen;
             h.msg_iov = &mut self.msgs.iovs[start];
             h.msg_iovlen = count as _;
             h.msg_flags = 0;
@@ -438,7 +519,12 @@ impl Sender {
     }
 
     /// `send` without GSO: one datagram per message.
-    fn send_each(&mut self, sock: &UdpSocket, bufs: &PacketBufs, msgs: &[OutMsg]) -> SendOutcome {
+    fn send_each<A: SockAddr>(
+        &mut self,
+        sock: &UdpSocket,
+        bufs: &PacketBufs,
+        msgs: &[OutMsg<A>],
+    ) -> SendOutcome {
         let n = msgs.len().min(self.msgs.len());
         for (i, m) in msgs[..n].iter().enumerate() {
             let slot = bufs.slot(m.slot as usize);
@@ -446,7 +532,7 @@ impl Sender {
             // sendmmsg only reads through this pointer.
             self.msgs
                 .set(i, payload.as_ptr() as *mut libc::c_void, payload.len());
-            self.msgs.addrs[i] = sockaddr(m.dst);
+            self.msgs.hdrs[i].msg_hdr.msg_namelen = m.dst.write(&mut self.msgs.addrs[i]);
         }
         let mut out = SendOutcome::default();
         let mut i = 0;
@@ -486,17 +572,6 @@ impl Sender {
             }
         }
         out
-    }
-}
-
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
     }
 }
 

@@ -43,13 +43,13 @@
 use crate::bufs::PacketBufs;
 use crate::device::{Queue, ReadError, WriteBatch, WriteOutcome, VIRTIO_NET_HDR_LEN};
 use crate::metrics::{BatchStats, WorkerStats};
-use crate::tunnel::{Delivery, IcmpScratch, Inbound, Outbound, Reply, Tunnel};
+use crate::tunnel::{Delivery, IcmpScratch, Inbound, Inner, Outbound, Reply, Tunnel};
 use crate::udp_io::{OutMsg, Receiver, SendOutcome, Sender};
 use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -75,12 +75,13 @@ const INNER_SLOTS: usize = 1024;
 const DEVICE: Token = Token(0);
 const SOCKET: Token = Token(1);
 
-/// Everything a worker owns.
-pub struct Worker {
+/// Everything a worker owns; it carries the pods of family `F` over an
+/// underlay of the same family.
+pub struct Worker<F: Inner = Ipv4Addr> {
     /// Worker number, for logs.
     pub id: usize,
     /// The per-packet decisions.
-    pub tunnel: Tunnel,
+    pub tunnel: Tunnel<F>,
     /// Our device queue.
     pub queue: Queue,
     /// The socket bound to the backend port: receives, and sends for udp.
@@ -92,7 +93,7 @@ pub struct Worker {
     /// Which batching and offload techniques are on.
     pub tuning: crate::tuning::Tuning,
     /// The forwarding table snapshot.
-    pub table: Arc<ArcSwap<ForwardingTable>>,
+    pub table: Arc<ArcSwap<ForwardingTable<F>>>,
     /// Our counters.
     pub stats: Arc<WorkerStats>,
     /// Set to stop the loop.
@@ -128,7 +129,7 @@ impl RateLimited {
     }
 }
 
-struct State {
+struct State<F: Inner> {
     /// Packets read from the device, with `HEADROOM` in front of each.
     txbufs: PacketBufs,
     /// The length of each packet read into `txbufs`.
@@ -144,11 +145,11 @@ struct State {
     /// The sender of each packet in `writes`, in push order.
     senders: Vec<Option<PeerId>>,
     /// The datagrams of the batch in progress, and each one's send socket.
-    out: Vec<OutMsg>,
+    out: Vec<OutMsg<F::SocketAddr>>,
     out_sock: Vec<u8>,
     /// `out`'s datagrams for one send socket.
-    grouped: Vec<OutMsg>,
-    receiver: Receiver,
+    grouped: Vec<OutMsg<F::SocketAddr>>,
+    receiver: Receiver<F::SocketAddr>,
     sender: Sender,
     /// Where the tunnel writes an ICMP error.
     scratch: IcmpScratch,
@@ -162,7 +163,7 @@ struct State {
     device_log: RateLimited,
 }
 
-impl Worker {
+impl<F: Inner> Worker<F> {
     /// Runs until `stop` is set. Errors only if the poller cannot be set up.
     pub fn run(self) -> io::Result<()> {
         let mut poll = Poll::new()?;
@@ -203,7 +204,7 @@ impl Worker {
     }
 
     /// The buffers, sized for the queue's offload setting.
-    fn state(&self) -> State {
+    fn state(&self) -> State<F> {
         // Room for the largest datagram the underlay carries, plus a frame
         // header; larger datagrams are detected with MSG_TRUNC and dropped.
         let payload = self.tunnel.max_datagram();
@@ -250,7 +251,7 @@ impl Worker {
 
     /// Reads a batch from the device, encapsulates and sends it. Returns
     /// true when the batch filled up (more may be waiting).
-    fn device_to_peers(&self, st: &mut State) -> bool {
+    fn device_to_peers(&self, st: &mut State<F>) -> bool {
         let table = self.table.load();
         st.out.clear();
         st.out_sock.clear();
@@ -296,8 +297,8 @@ impl Worker {
     #[inline]
     fn stage(
         &self,
-        st: &mut State,
-        table: &ForwardingTable,
+        st: &mut State<F>,
+        table: &ForwardingTable<F>,
         slot: usize,
         pkt: std::ops::Range<usize>,
     ) {
@@ -340,7 +341,7 @@ impl Worker {
     }
 
     /// Sends `st.out`, grouped by send socket.
-    fn send_batch(&self, st: &mut State) {
+    fn send_batch(&self, st: &mut State<F>) {
         if st.out.is_empty() {
             return;
         }
@@ -366,7 +367,7 @@ impl Worker {
         }
     }
 
-    fn account_send(&self, st: &mut State, o: SendOutcome) {
+    fn account_send(&self, st: &mut State<F>, o: SendOutcome) {
         st.batch.tx(o.sent, o.bytes);
         if o.failed.packets == 0 {
             return;
@@ -380,7 +381,7 @@ impl Worker {
 
     /// Receives a batch from the socket, decapsulates it and writes it to
     /// the device. Returns true when the batch was full.
-    fn peers_to_device(&self, st: &mut State) -> bool {
+    fn peers_to_device(&self, st: &mut State<F>) -> bool {
         let n = match st.receiver.recv_into(&self.socket, &mut st.rx_vecs, 0) {
             Ok(n) => n,
             Err(e) => return self.receive_error(st, &e),
@@ -432,7 +433,7 @@ impl Worker {
     /// super-packet has its checksum checked now: with offloads the device
     /// hands the checksum to the kernel. `segment` is the GRO segment size
     /// the kernel reported with it: the super-packet's MSS.
-    fn hold(&self, st: &mut State, buf: usize, base: usize, d: Delivery, segment: usize) {
+    fn hold(&self, st: &mut State<F>, buf: usize, base: usize, d: Delivery, segment: usize) {
         if d.whole {
             let ip = &mut st.rx_vecs[buf][base + d.ip.start..base + d.ip.end];
             if !check_l4(&mut st.batch, ip) {
@@ -451,12 +452,12 @@ impl Worker {
     }
 
     /// Sends the ICMP error the tunnel wrote, if any, back to the sender.
-    fn reply_to_sender(&self, st: &mut State, reply: Reply, to: SocketAddrV4) {
+    fn reply_to_sender(&self, st: &mut State<F>, reply: Reply, to: F::SocketAddr) {
         match reply {
             Reply::None => {}
             Reply::Suppressed => st.batch.icmp_suppressed(),
             Reply::Icmp(n) => {
-                if self.socket.send_to(&st.scratch[..n], to).is_err() {
+                if self.socket.send_to(&st.scratch[..n], to.into()).is_err() {
                     st.batch.drop(DropReason::SendError);
                 }
             }
@@ -466,7 +467,7 @@ impl Worker {
     /// Writes the held packets to the device. Each one's TCP/UDP checksum
     /// is checked (a partial one completed) right before the write that
     /// takes it, and it is counted as received then.
-    fn write_held(&self, st: &mut State, table: &ForwardingTable) {
+    fn write_held(&self, st: &mut State<F>, table: &ForwardingTable<F>) {
         if st.writes.is_empty() {
             return;
         }
@@ -496,7 +497,7 @@ impl Worker {
     }
 
     /// Counts what a batch write could not do.
-    fn account_writes(&self, st: &mut State, out: WriteOutcome) {
+    fn account_writes(&self, st: &mut State<F>, out: WriteOutcome) {
         st.batch.drops(DropReason::Oversize, out.unsplittable);
         if out.failed.packets == 0 {
             return;
@@ -514,7 +515,7 @@ impl Worker {
     /// per-datagram reports queued on the socket (an earlier send's ICMP
     /// error), and reading them clears them: counted as OS errors, not as
     /// drops (no packet was lost here), and the loop goes on.
-    fn receive_error(&self, st: &mut State, e: &io::Error) -> bool {
+    fn receive_error(&self, st: &mut State<F>, e: &io::Error) -> bool {
         match e.kind() {
             io::ErrorKind::WouldBlock => false,
             io::ErrorKind::Interrupted => true,
@@ -528,7 +529,7 @@ impl Worker {
         }
     }
 
-    fn device_error(&self, st: &mut State, what: &str, e: &io::Error) {
+    fn device_error(&self, st: &mut State<F>, what: &str, e: &io::Error) {
         st.batch.drop(DropReason::DeviceError);
         st.batch.os_error(e.raw_os_error(), 1);
         if let Some(suppressed) = st.device_log.allow() {

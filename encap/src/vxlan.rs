@@ -29,6 +29,9 @@ pub const ENCAP_LEN: usize = HEADER_LEN + ethernet::HEADER_LEN;
 /// The whole VXLAN overhead on an IPv4 underlay: outer IPv4 (20) + UDP (8) +
 /// VXLAN (8) + inner Ethernet (14). Device MTU = underlay MTU − this.
 pub const IPV4_OVERHEAD: usize = 20 + 8 + ENCAP_LEN;
+/// The same over an IPv6 underlay, whose header is 40 bytes: 70, why the
+/// kernel caps a `flannel-v6` device's MTU at the underlay's − 70.
+pub const IPV6_OVERHEAD: usize = 40 + 8 + ENCAP_LEN;
 
 /// The Linux default VXLAN port, which flannel uses (IANA's is 4789).
 pub const DEFAULT_PORT: u16 = 8472;

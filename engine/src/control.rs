@@ -8,7 +8,7 @@ use crate::netlink::{Netlink, NetlinkError, RouteEntry, Underlay};
 use arc_swap::ArcSwap;
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::{BTreeMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use weft_encap::{MacAddr, Vni};
@@ -120,6 +120,8 @@ pub struct PeersConfig {
     pub nl: Netlink,
     /// weft's device; `None` for host-gw.
     pub device: Option<u32>,
+    /// weft's device for IPv6 pods, with vxlan and `EnableIPv6`.
+    pub device6: Option<u32>,
     /// The interface peers are reached through.
     pub underlay: Underlay,
     /// What is programmed per peer.
@@ -128,8 +130,10 @@ pub struct PeersConfig {
     pub port: u16,
     /// What a peer lease must agree with (backend, Network, our lease).
     pub policy: LeasePolicy,
-    /// The snapshot the workers read.
+    /// The snapshot the IPv4 workers read.
     pub table: Arc<ArcSwap<ForwardingTable>>,
+    /// The snapshot the IPv6 workers read.
+    pub table6: Arc<ArcSwap<ForwardingTable<Ipv6Addr>>>,
     /// Where counts and views go.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -138,14 +142,16 @@ pub struct PeersConfig {
 /// family it carries.
 pub struct Peers {
     nl: Netlink,
-    /// weft's device (it carries IPv4); `None` for host-gw.
+    /// weft's devices, for IPv4 and IPv6 pods; `None` for host-gw.
     device: Option<u32>,
+    device6: Option<u32>,
     underlay: Underlay,
     programming: Programming,
     direct_routing: bool,
     port: u16,
     policy: LeasePolicy,
     table: Arc<ArcSwap<ForwardingTable>>,
+    table6: Arc<ArcSwap<ForwardingTable<Ipv6Addr>>>,
     metrics: Arc<crate::metrics::Metrics>,
     /// The halves the registry gives us, as last synced.
     wanted: BTreeMap<HalfKey, Half>,
@@ -182,12 +188,14 @@ impl Peers {
         Peers {
             nl: c.nl,
             device: c.device,
+            device6: c.device6,
             underlay: c.underlay,
             programming: c.programming,
             direct_routing,
             port: c.port,
             policy: c.policy,
             table: c.table,
+            table6: c.table6,
             metrics: c.metrics,
             wanted: BTreeMap::new(),
             holders: BTreeMap::new(),
@@ -199,11 +207,11 @@ impl Peers {
         }
     }
 
-    /// weft's device for `family`'s tunnel halves: it carries IPv4 only.
+    /// weft's device for `family`'s tunnel halves.
     fn device(&self, family: Family) -> Option<u32> {
         match family {
             Family::V4 => self.device,
-            Family::V6 => None,
+            Family::V6 => self.device6,
         }
     }
 
@@ -238,12 +246,17 @@ impl Peers {
         }
     }
 
-    /// Points tunnel peers at a new device (after it was recreated): their
-    /// kernel state went with the old one, so every one is programmed
-    /// again. Peers reached directly are left alone.
-    pub async fn set_device(&mut self, device: u32) {
-        self.device = Some(device);
-        self.routed.retain(|_, via| *via != Via::Tunnel);
+    /// Points `family`'s tunnel peers at a new device (after it was
+    /// recreated): their kernel state went with the old one, so every one
+    /// is programmed again. Peers reached directly are left alone, and so
+    /// is the other family.
+    pub async fn set_device(&mut self, family: Family, device: u32) {
+        match family {
+            Family::V4 => self.device = Some(device),
+            Family::V6 => self.device6 = Some(device),
+        }
+        self.routed
+            .retain(|(_, f), via| *f != family || *via != Via::Tunnel);
         let foreign = self.foreign_prefixes().await;
         let keys: Vec<HalfKey> = self
             .wanted
@@ -626,33 +639,8 @@ impl Peers {
         for (k, _) in self.wanted.keys() {
             self.counters.entry(*k).or_default();
         }
-        let v4 = |(&(k, f), h): (&HalfKey, &Half)| match (f, h.subnet, h.public_ip) {
-            (Family::V4, IpNet::V4(subnet), IpAddr::V4(ip)) => Some((k, subnet, ip, h.vtep_mac)),
-            _ => None,
-        };
-        // The data path carries IPv4: it forwards to IPv4 halves only.
-        let peers: Vec<Peer> = self
-            .wanted
-            .iter()
-            .filter(|(k, _)| self.routed.get(k) == Some(&Via::Tunnel))
-            .filter_map(v4)
-            .map(|(_, subnet, ip, vtep_mac)| Peer {
-                subnet,
-                endpoint: SocketAddrV4::new(ip, self.port),
-                vtep_mac,
-            })
-            .collect();
-        // Every lease may send to us, also peers we route to directly.
-        let senders: Vec<Sender> = self
-            .wanted
-            .iter()
-            .filter_map(v4)
-            .map(|(k, subnet, public_ip, _)| Sender {
-                public_ip,
-                subnet,
-                counters: self.counters[&k].clone(),
-            })
-            .collect();
+        self.table.store(Arc::new(self.table_of()));
+        self.table6.store(Arc::new(self.table_of()));
         let direct = self
             .routed
             .values()
@@ -679,8 +667,34 @@ impl Peers {
         m.peers_direct.store(direct as u64, Relaxed);
         m.peers_unreachable
             .store(self.failing.len() as u64, Relaxed);
-        self.table
-            .store(Arc::new(ForwardingTable::with_senders(peers, senders)));
+    }
+
+    /// The forwarding table of family `F`: its halves reached over the
+    /// tunnel as peers, and every admitted half as a sender (peers we
+    /// route to directly may send to us too), with its lease's counters.
+    fn table_of<F: weft_routes::Family>(&self) -> ForwardingTable<F> {
+        let halves = || {
+            self.wanted.iter().filter_map(|(k, h)| {
+                let subnet = F::net_of(h.subnet)?;
+                Some((k, subnet, F::ip_of_any(h.public_ip)?, h.vtep_mac))
+            })
+        };
+        let peers = halves()
+            .filter(|(k, ..)| self.routed.get(k) == Some(&Via::Tunnel))
+            .map(|(_, subnet, ip, vtep_mac)| Peer {
+                subnet,
+                endpoint: F::socket_addr(ip, self.port),
+                vtep_mac,
+            })
+            .collect();
+        let senders = halves()
+            .map(|(k, subnet, public_ip, _)| Sender {
+                public_ip,
+                subnet,
+                counters: self.counters[&k.0].clone(),
+            })
+            .collect();
+        ForwardingTable::with_senders(peers, senders)
     }
 
     /// The route `program` installs for `p`, if it installs one per peer.
@@ -770,16 +784,18 @@ fn describe(via: Via) -> &'static str {
     }
 }
 
-/// The VtepMAC to use: the one in our previous lease (so peers need not
-/// reprogram anything across a restart), else a fresh random one.
+/// The VtepMAC to use for one family's device (`side` reads its
+/// BackendData or BackendV6Data): the one in our previous lease (so peers
+/// need not reprogram anything across a restart), else a fresh random one.
 pub fn vtep_mac_for(
     leases: &[Lease],
     public_ip: Ipv4Addr,
     previous: Option<Ipv4Net>,
     vni: Vni,
+    side: impl Fn(&weft_routes::LeaseAttrs) -> Option<weft_routes::lease::VxlanData>,
 ) -> MacAddr {
     weft_routes::alloc::lease_of(leases, public_ip, previous)
-        .and_then(|l| l.attrs.vxlan_data())
+        .and_then(|l| side(&l.attrs))
         .filter(|d| d.vni == vni && weft_routes::validate::is_vtep_mac(d.vtep_mac))
         .map(|d| d.vtep_mac)
         .unwrap_or_else(|| MacAddr::vtep_from_random(rand::random()))

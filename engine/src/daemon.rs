@@ -114,6 +114,8 @@ struct Node {
     /// Our IPv6 subnet, with `EnableIPv6`.
     subnet6: Option<Ipv6Net>,
     data_plane: Option<DataPlane>,
+    /// The IPv6 pods' device and workers, with vxlan and `EnableIPv6`.
+    data_plane6: Option<DataPlane<Ipv6Addr>>,
     metrics: Arc<Metrics>,
     peers: Peers,
     traffic: Option<Traffic>,
@@ -171,18 +173,32 @@ impl Node {
 
         let threads = opts.threads.max(1);
         let table = Arc::new(ArcSwap::from_pointee(ForwardingTable::default()));
+        let table6 = Arc::new(ArcSwap::from_pointee(ForwardingTable::default()));
         // One set of counters per worker slot, kept across device recreations.
-        let stats: Vec<Arc<WorkerStats>> = match plan.device {
-            Some(_) => (0..threads).map(|_| Arc::default()).collect(),
-            None => Vec::new(),
+        let new_stats = |device: bool| -> Vec<Arc<WorkerStats>> {
+            match device {
+                true => (0..threads).map(|_| Arc::default()).collect(),
+                false => Vec::new(),
+            }
         };
-        let data_plane = match plan.data_plane_spec(&conf, &opts, subnet, public_ip, &table, &stats)
-        {
+        let stats = new_stats(plan.device.is_some());
+        let stats6 = new_stats(plan.device6.is_some() && subnet6.is_some());
+        let nets = (conf.network, subnet);
+        let data_plane = match plan.data_plane_spec(&opts, nets, public_ip, &table, &stats) {
+            Some(spec) => Some(DataPlane::start(&nl, spec).await?),
+            None => None,
+        };
+        let nets6 = conf.ipv6.as_ref().map(|c| c.network).zip(subnet6);
+        let spec6 = match (nets6, public_ipv6) {
+            (Some(nets6), Some(ip)) => plan.data_plane_spec6(&opts, nets6, ip, &table6, &stats6),
+            _ => None,
+        };
+        let data_plane6 = match spec6 {
             Some(spec) => Some(DataPlane::start(&nl, spec).await?),
             None => None,
         };
         let metrics = Arc::new(Metrics {
-            workers: stats,
+            workers: stats.into_iter().chain(stats6).collect(),
             ..Default::default()
         });
         let _ = metrics.node.set(crate::metrics::NodeView {
@@ -201,11 +217,13 @@ impl Node {
         let mut peers = Peers::new(control::PeersConfig {
             nl: nl.clone(),
             device: data_plane.as_ref().map(|d| d.index),
+            device6: data_plane6.as_ref().map(|d| d.index),
             underlay: underlay.clone(),
             programming: plan.programming,
             port: plan.port,
             policy,
             table,
+            table6,
             metrics: metrics.clone(),
         });
         peers.sync(&leases_from.registry().leases().await?).await;
@@ -264,6 +282,7 @@ impl Node {
             subnet,
             subnet6,
             data_plane,
+            data_plane6,
             metrics,
             peers,
             traffic,
@@ -285,6 +304,7 @@ impl Node {
             subnet,
             subnet6,
             data_plane,
+            data_plane6,
             metrics,
             peers,
             traffic,
@@ -310,14 +330,23 @@ impl Node {
                     continue;
                 }
             }
+            let mut up = true;
             if let Some(dp) = data_plane.as_mut() {
                 if let Tended::Recreated = dp.tend(nl).await? {
                     metrics.device_recreations.fetch_add(1, Ordering::Relaxed);
-                    peers.set_device(dp.index).await;
+                    peers.set_device(control::Family::V4, dp.index).await;
                 }
-                // Not ready while the device is gone: /readyz says so.
-                metrics.ready.store(dp.is_up(), Ordering::Relaxed);
+                up &= dp.is_up();
             }
+            if let Some(dp) = data_plane6.as_mut() {
+                if let Tended::Recreated = dp.tend(nl).await? {
+                    metrics.device_recreations.fetch_add(1, Ordering::Relaxed);
+                    peers.set_device(control::Family::V6, dp.index).await;
+                }
+                up &= dp.is_up();
+            }
+            // Not ready while a device is gone: /readyz says so.
+            metrics.ready.store(up, Ordering::Relaxed);
             let leases = match reg.leases().await {
                 Ok(l) => l,
                 Err(e) => {
@@ -365,6 +394,7 @@ impl Node {
             subnet,
             subnet6,
             mut data_plane,
+            mut data_plane6,
             metrics,
             mut peers,
             mut traffic,
@@ -373,6 +403,9 @@ impl Node {
         tracing::info!("shutting down");
         metrics.ready.store(false, Ordering::Relaxed);
         if let Some(dp) = data_plane.as_mut() {
+            dp.stop_workers();
+        }
+        if let Some(dp) = data_plane6.as_mut() {
             dp.stop_workers();
         }
         peers.clear().await;
@@ -386,6 +419,9 @@ impl Node {
             }
         }
         if let Some(dp) = data_plane {
+            dp.remove(&nl).await;
+        }
+        if let Some(dp) = data_plane6 {
             dp.remove(&nl).await;
         }
     }
@@ -411,12 +447,16 @@ async fn announce_ready(
         }
     }
     let subnet_file = opts.subnet_file.display();
-    match &plan.device {
-        Some(device) => {
+    match (&plan.device, &plan.device6) {
+        (Some(device), Some((device6, mtu6))) => {
+            let threads = opts.threads.max(1);
+            tracing::info!(device = %device.name, mtu = plan.mtu, device6 = %device6.name, mtu6, threads, %subnet_file, "ready")
+        }
+        (Some(device), None) => {
             let threads = opts.threads.max(1);
             tracing::info!(device = %device.name, mtu = plan.mtu, threads, %subnet_file, "ready")
         }
-        None => {
+        (None, _) => {
             tracing::info!(mtu = plan.mtu, iface = %underlay.name, %subnet_file, "ready (host-gw: routes only, no device)")
         }
     }
@@ -453,9 +493,11 @@ fn lease_policy(
             },
             own: lease.key.v6,
             own_public_ip: lease.attrs.public_ipv6,
-            // No IPv6 VXLAN device yet (`Leases::config` refuses vxlan
-            // with EnableIPv6).
-            own_mac: None,
+            own_mac: plan
+                .device6
+                .as_ref()
+                .and_then(|(d, _)| d.vtep())
+                .map(|e| e.mac),
             underlay: underlay.networks6.clone(),
         }),
     }

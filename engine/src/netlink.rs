@@ -442,15 +442,10 @@ impl Netlink {
     }
 
     /// Adds `addr/len` to a link (an existing identical address is fine).
-    pub async fn add_address(
-        &self,
-        index: u32,
-        addr: Ipv4Addr,
-        len: u8,
-    ) -> Result<(), NetlinkError> {
+    pub async fn add_address(&self, index: u32, addr: IpAddr, len: u8) -> Result<(), NetlinkError> {
         self.handle
             .address()
-            .add(index, IpAddr::V4(addr), len)
+            .add(index, addr, len)
             .replace()
             .execute()
             .await

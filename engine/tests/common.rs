@@ -82,7 +82,26 @@ pub fn metric(text: &str, name: &str) -> Option<u64> {
 pub fn transfer_pods(c: &Cluster, a: usize, b: usize, mb: usize, port: u16) {
     let from = c.nodes[a].pod_ip().expect("node a has a subnet");
     let to = c.nodes[b].pod_ip().expect("node b has a subnet");
-    let r = weft_testbed::tcp_transfer_from(
+    transfer_between(c, (a, from.into()), (b, to.into()), mb, port);
+}
+
+/// The same between the nodes' IPv6 pod addresses.
+pub fn transfer_pods6(c: &Cluster, a: usize, b: usize, mb: usize, port: u16) {
+    let from = c.nodes[a].pod_ip6().expect("node a has an IPv6 subnet");
+    let to = c.nodes[b].pod_ip6().expect("node b has an IPv6 subnet");
+    transfer_between(c, (a, from.into()), (b, to.into()), mb, port);
+}
+
+/// A hash-checked TCP transfer of `mb` MB from `from` in node `a` to `to`
+/// in node `b`.
+pub fn transfer_between(
+    c: &Cluster,
+    (a, from): (usize, std::net::IpAddr),
+    (b, to): (usize, std::net::IpAddr),
+    mb: usize,
+    port: u16,
+) {
+    let r = weft_testbed::tcp_transfer_ip(
         &c.nodes[a].ns,
         Some(from),
         &c.nodes[b].ns,

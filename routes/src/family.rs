@@ -4,16 +4,18 @@
 //! addresses as integers for masking) is here once, so each of them is
 //! one piece of code for both families, monomorphized for each.
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::fmt::{Debug, Display};
 use std::hash::Hash;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::BitAnd;
 
 /// An address family: IPv4 (`Ipv4Addr`) or IPv6 (`Ipv6Addr`).
-pub trait Family: Copy + Eq + Ord + Hash + Debug + Display + Send + Sync + 'static {
+pub trait Family:
+    Copy + Eq + Ord + Hash + Debug + Display + Into<IpAddr> + Send + Sync + 'static
+{
     /// Its prefixes.
-    type Net: Copy + Eq + Hash + Debug + Display + Send + Sync + 'static;
+    type Net: Copy + Eq + Hash + Debug + Display + Into<IpNet> + Send + Sync + 'static;
     /// Its socket addresses.
     type SocketAddr: Copy + Eq + Hash + Debug + Display + Into<SocketAddr> + Send + Sync + 'static;
     /// An address as an integer, for prefix masks.
@@ -21,6 +23,10 @@ pub trait Family: Copy + Eq + Ord + Hash + Debug + Display + Send + Sync + 'stat
 
     /// The IP version number (4 or 6).
     const VERSION: u8;
+    /// The unspecified address (`0.0.0.0`, `::`): a wildcard bind.
+    const UNSPECIFIED: Self;
+    /// The length of a prefix of one address (32, 128).
+    const BITS: u8;
 
     /// The address as an integer.
     fn bits(self) -> Self::Bits;
@@ -36,6 +42,10 @@ pub trait Family: Copy + Eq + Ord + Hash + Debug + Display + Send + Sync + 'stat
     fn ip_of(addr: &Self::SocketAddr) -> Self;
     /// The socket address `ip:port`.
     fn socket_addr(ip: Self, port: u16) -> Self::SocketAddr;
+    /// `net`, when it is of this family.
+    fn net_of(net: IpNet) -> Option<Self::Net>;
+    /// `ip`, when it is of this family.
+    fn ip_of_any(ip: IpAddr) -> Option<Self>;
 }
 
 impl Family for Ipv4Addr {
@@ -44,6 +54,8 @@ impl Family for Ipv4Addr {
     type Bits = u32;
 
     const VERSION: u8 = 4;
+    const UNSPECIFIED: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+    const BITS: u8 = 32;
 
     #[inline]
     fn bits(self) -> u32 {
@@ -81,6 +93,22 @@ impl Family for Ipv4Addr {
     fn socket_addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(ip, port)
     }
+
+    #[inline]
+    fn net_of(net: IpNet) -> Option<Ipv4Net> {
+        match net {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        }
+    }
+
+    #[inline]
+    fn ip_of_any(ip: IpAddr) -> Option<Ipv4Addr> {
+        match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
 }
 
 impl Family for Ipv6Addr {
@@ -89,6 +117,8 @@ impl Family for Ipv6Addr {
     type Bits = u128;
 
     const VERSION: u8 = 6;
+    const UNSPECIFIED: Ipv6Addr = Ipv6Addr::UNSPECIFIED;
+    const BITS: u8 = 128;
 
     #[inline]
     fn bits(self) -> u128 {
@@ -125,6 +155,22 @@ impl Family for Ipv6Addr {
     #[inline]
     fn socket_addr(ip: Ipv6Addr, port: u16) -> SocketAddrV6 {
         SocketAddrV6::new(ip, port, 0, 0)
+    }
+
+    #[inline]
+    fn net_of(net: IpNet) -> Option<Ipv6Net> {
+        match net {
+            IpNet::V6(n) => Some(n),
+            IpNet::V4(_) => None,
+        }
+    }
+
+    #[inline]
+    fn ip_of_any(ip: IpAddr) -> Option<Ipv6Addr> {
+        match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
     }
 }
 

@@ -117,6 +117,16 @@ pub struct VxlanData {
     pub vtep_mac: MacAddr,
 }
 
+impl VxlanData {
+    /// The JSON flannel writes for it: `{"VNI":1,"VtepMAC":"…"}`.
+    pub fn to_value(self) -> Value {
+        let mut bd = serde_json::Map::new();
+        bd.insert("VNI".into(), Value::from(self.vni.get()));
+        bd.insert("VtepMAC".into(), Value::from(self.vtep_mac.to_string()));
+        Value::Object(bd)
+    }
+}
+
 impl LeaseAttrs {
     /// Attributes of a udp-backend lease: PublicIP only, as flannel writes.
     pub fn udp(public_ip: Ipv4Addr) -> LeaseAttrs {
@@ -139,14 +149,11 @@ impl LeaseAttrs {
 
     /// Attributes of a vxlan lease.
     pub fn vxlan(public_ip: Ipv4Addr, data: VxlanData) -> LeaseAttrs {
-        let mut bd = serde_json::Map::new();
-        bd.insert("VNI".into(), Value::from(data.vni.get()));
-        bd.insert("VtepMAC".into(), Value::from(data.vtep_mac.to_string()));
         LeaseAttrs {
             public_ip,
             public_ipv6: None,
             backend_type: Some("vxlan".into()),
-            backend_data: Some(Value::Object(bd)),
+            backend_data: Some(data.to_value()),
             backend_v6_data: None,
         }
     }

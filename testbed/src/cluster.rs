@@ -321,14 +321,15 @@ impl Cluster {
         )))
     }
 
-    /// The lease file of node `i`'s subnet.
+    /// The lease file of node `i`'s subnet (and IPv6 subnet: flanneld's
+    /// `<v4>-<len>&<v6>-<len>`).
     pub fn lease_path(&self, i: usize) -> Option<PathBuf> {
         let s = self.nodes[i].subnet()?;
-        Some(
-            self.registry
-                .join("subnets")
-                .join(format!("{}-{}", s.network(), s.prefix_len())),
-        )
+        let mut name = format!("{}-{}", s.network(), s.prefix_len());
+        if let Some(s6) = self.nodes[i].subnet6() {
+            name += &format!("&{}-{}", s6.network(), s6.prefix_len());
+        }
+        Some(self.registry.join("subnets").join(name))
     }
 
     /// Waits up to `timeout` for `cond`; true if it held.

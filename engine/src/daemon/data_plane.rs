@@ -7,12 +7,12 @@ use crate::control::Programming;
 use crate::device::{self, DeviceKind};
 use crate::metrics::WorkerStats;
 use crate::netlink::Netlink;
-use crate::tunnel::{Tunnel, TunnelConfig};
+use crate::tunnel::{Inner, Tunnel, TunnelConfig};
 use crate::udp_io;
 use crate::worker::Worker;
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,16 +24,17 @@ const VXLAN_TX_SOCKETS: usize = 4;
 const RECREATE_FIRST: Duration = Duration::from_secs(1);
 const RECREATE_MAX: Duration = Duration::from_secs(30);
 
-/// What a data plane is built from, at start and on every recreation.
-pub(super) struct DataPlaneSpec {
+/// What a data plane is built from, at start and on every recreation. It
+/// carries one family `F`: the pods' and the underlay's.
+pub(super) struct DataPlaneSpec<F: Inner = Ipv4Addr> {
     pub device: DevicePlan,
     pub mtu: u32,
     pub port: u16,
     pub programming: Programming,
-    pub subnet: ipnet::Ipv4Net,
-    pub public_ip: Ipv4Addr,
-    pub network: ipnet::Ipv4Net,
-    pub table: Arc<ArcSwap<ForwardingTable>>,
+    pub subnet: F::Net,
+    pub public_ip: F,
+    pub network: F::Net,
+    pub table: Arc<ArcSwap<ForwardingTable<F>>>,
     pub offload: bool,
     pub tuning: crate::tuning::Tuning,
     pub allow_nat_peers: bool,
@@ -43,8 +44,8 @@ pub(super) struct DataPlaneSpec {
 }
 
 /// A device and its workers, running.
-pub(super) struct DataPlane {
-    spec: DataPlaneSpec,
+pub(super) struct DataPlane<F: Inner = Ipv4Addr> {
+    spec: DataPlaneSpec<F>,
     pub index: u32,
     workers: Workers,
     /// Set once the device was found deleted: when, and the next try to
@@ -62,10 +63,10 @@ pub(super) enum Tended {
     Recreated,
 }
 
-impl DataPlane {
+impl<F: Inner> DataPlane<F> {
     /// Creates the device (one queue per worker), configures it and starts
     /// the workers.
-    pub async fn start(nl: &Netlink, spec: DataPlaneSpec) -> anyhow::Result<DataPlane> {
+    pub async fn start(nl: &Netlink, spec: DataPlaneSpec<F>) -> anyhow::Result<DataPlane<F>> {
         let (index, workers) = build(nl, &spec).await?;
         Ok(DataPlane {
             spec,
@@ -211,7 +212,7 @@ impl Drop for Workers {
 
 /// Creates and configures the device, and starts its workers: the device's
 /// index and the running workers.
-async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Workers)> {
+async fn build<F: Inner>(nl: &Netlink, spec: &DataPlaneSpec<F>) -> anyhow::Result<(u32, Workers)> {
     let DevicePlan { name, kind, mode } = &spec.device;
     let queues = device::create(
         name,
@@ -224,14 +225,17 @@ async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Worke
         .link(name)
         .await?
         .with_context(|| format!("device {name} vanished after creation"))?;
-    disable_ipv6(name);
+    if F::VERSION == 4 {
+        disable_ipv6(name);
+    }
     let tap_mac = match kind {
         DeviceKind::Tap => spec.device.vtep().map(|v| v.mac),
         DeviceKind::Tun => None,
     };
     nl.configure_link(index, spec.mtu, tap_mac).await?;
-    let local = spec.subnet.network();
-    nl.add_address(index, local, 32).await?;
+    // `<subnet>.0/32`, `<subnet>::/128`, as flanneld addresses its devices.
+    let local = F::network(&spec.subnet);
+    nl.add_address(index, local.into(), F::BITS).await?;
     if spec.programming == Programming::NetworkRoute {
         // weft replaces only its own routes: a Network that the kernel
         // routes already (the LAN's own prefix, the default route's
@@ -239,7 +243,7 @@ async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Worke
         let routes = nl.main_routes().await?;
         if let Some(r) = routes
             .iter()
-            .find(|r| r.dst == ipnet::IpNet::from(spec.network) && !r.ours)
+            .find(|r| r.dst == spec.network.into() && !r.ours)
         {
             bail!(
                 "refusing to route the Network {} into {name}: the kernel routes it already with a route weft did not install ({}); \
@@ -256,7 +260,7 @@ async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Worke
     let mut workers = Workers::new();
     let tuning = spec.tuning;
     for (id, (queue, s)) in queues.into_iter().zip(&spec.stats).enumerate() {
-        let any = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, spec.port);
+        let any = F::socket_addr(F::UNSPECIFIED, spec.port);
         let socket = udp_io::bind(any, true, tuning.socket_buffers)
             .with_context(|| format!("cannot bind UDP port {}", spec.port))?;
         let tx_sockets = if spec.device.vtep().is_some() {
@@ -275,7 +279,7 @@ async fn build(nl: &Netlink, spec: &DataPlaneSpec) -> anyhow::Result<(u32, Worke
         let tunnel = Tunnel::new(TunnelConfig {
             mode: *mode,
             local,
-            gateway: spec.network.network(),
+            gateway: F::network(&spec.network),
             subnet: spec.subnet,
             allow_nat_peers: spec.allow_nat_peers,
             mtu: spec.mtu as usize,
@@ -314,9 +318,10 @@ fn describe_route(r: &crate::netlink::RouteEntry) -> String {
     s
 }
 
-/// Turns IPv6 off on our device: weft carries no IPv6 overlay yet, and
-/// without this the kernel sends router solicitations and MLD reports into
-/// it. Best effort: a kernel without IPv6 has nothing to turn off.
+/// Turns IPv6 off on our IPv4 device: IPv6 pods have a device of their
+/// own, and without this the kernel sends router solicitations and MLD
+/// reports into it. Best effort: a kernel without IPv6 has nothing to turn
+/// off.
 fn disable_ipv6(device: &str) {
     let path = format!("/proc/sys/net/ipv6/conf/{device}/disable_ipv6");
     if let Err(e) = std::fs::write(&path, "1") {
@@ -324,16 +329,11 @@ fn disable_ipv6(device: &str) {
     }
 }
 
-/// A send socket on an ephemeral port, sourced from our PublicIP when it is
-/// a local address (it is not behind NAT).
-fn bind_tx(public_ip: Ipv4Addr, big_buffers: bool) -> std::io::Result<UdpSocket> {
-    udp_io::bind(SocketAddrV4::new(public_ip, 0), false, big_buffers).or_else(|_| {
-        udp_io::bind(
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
-            false,
-            big_buffers,
-        )
-    })
+/// A send socket on an ephemeral port, sourced from our PublicIP (or
+/// PublicIPv6) when it is a local address (it is not behind NAT).
+fn bind_tx<F: Inner>(public_ip: F, big_buffers: bool) -> std::io::Result<UdpSocket> {
+    udp_io::bind(F::socket_addr(public_ip, 0), false, big_buffers)
+        .or_else(|_| udp_io::bind(F::socket_addr(F::UNSPECIFIED, 0), false, big_buffers))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::control::{self, Programming};
 use crate::device::DeviceKind;
 use crate::metrics::WorkerStats;
 use crate::netlink::Underlay;
-use crate::tunnel::Mode;
+use crate::tunnel::{Inner, Mode};
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -34,6 +34,9 @@ pub(super) struct Plan {
     pub device: Option<DevicePlan>,
     /// The device's MTU (the underlay's for host-gw).
     pub mtu: u32,
+    /// weft's device for IPv6 pods (`flannel-v6.<VNI>`), with vxlan and
+    /// `EnableIPv6`, and its MTU.
+    pub device6: Option<(DevicePlan, u32)>,
     /// The data port; 0 for host-gw.
     pub port: u16,
     /// What our lease announces.
@@ -72,8 +75,17 @@ impl Plan {
         leases_from: &Leases,
         previous: Option<ipnet::Ipv4Net>,
     ) -> anyhow::Result<Plan> {
-        let mut plan =
-            Plan::for_ipv4(backend, opts, underlay, public_ip, leases_from, previous).await?;
+        // What we announced last time, to keep our VtepMACs: in Kubernetes
+        // only our own Node says that (another Node that names our
+        // PublicIP says nothing about us).
+        let leases = match (backend, leases_from) {
+            (Backend::Vxlan { .. }, Leases::Kube(k)) => k.own_lease().into_iter().collect(),
+            (Backend::Vxlan { .. }, Leases::Store(r)) => {
+                r.leases().await.context("cannot list leases")?
+            }
+            _ => Vec::new(),
+        };
+        let mut plan = Plan::for_ipv4(backend, opts, underlay, public_ip, &leases, previous)?;
         if let Some(ip) = public_ipv6 {
             if plan.programming == Programming::Gateway
                 && !underlay.networks6.iter().any(|n| n.contains(&ip))
@@ -87,17 +99,44 @@ impl Plan {
                 );
             }
             plan.attrs.public_ipv6 = Some(ip);
+            if let Backend::Vxlan { vni, mtu, .. } = *backend {
+                // The second device has the same VNI and port and a VtepMAC
+                // of its own. flanneld asks for Backend.MTU − 50 and the
+                // kernel clamps it to the underlay's − 70 (an IPv6 outer
+                // header is 20 bytes longer); weft sets that at once.
+                let mac =
+                    control::vtep_mac_for(&leases, public_ip, previous, vni, |a| a.vxlan_v6_data());
+                let vtep = vxlan::Endpoint { vni, mac };
+                let mtu6 = mtu
+                    .unwrap_or(underlay.mtu)
+                    .saturating_sub(vxlan::IPV4_OVERHEAD as u32)
+                    .min(underlay.mtu.saturating_sub(vxlan::IPV6_OVERHEAD as u32));
+                plan.device6 = Some((
+                    DevicePlan {
+                        name: format!("flannel-v6.{vni}"),
+                        kind: opts.device,
+                        mode: match opts.device {
+                            DeviceKind::Tun => Mode::VxlanTun(vtep),
+                            DeviceKind::Tap => Mode::VxlanTap(vtep),
+                        },
+                    },
+                    mtu6,
+                ));
+                let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
+                plan.attrs.backend_v6_data = Some(data.to_value());
+            }
         }
         Ok(plan)
     }
 
-    /// The plan of the IPv4 side, which every node has.
-    async fn for_ipv4(
+    /// The plan of the IPv4 side, which every node has. `leases` holds
+    /// our earlier lease, if any.
+    fn for_ipv4(
         backend: &Backend,
         opts: &RunOptions,
         underlay: &Underlay,
         public_ip: Ipv4Addr,
-        leases_from: &Leases,
+        leases: &[weft_routes::Lease],
         previous: Option<ipnet::Ipv4Net>,
     ) -> anyhow::Result<Plan> {
         let underlay_mtu = underlay.mtu;
@@ -119,6 +158,7 @@ impl Plan {
                     attrs: LeaseAttrs::udp(public_ip),
                     programming: Programming::for_backend(backend, DeviceKind::Tun),
                     watch_underlay: false,
+                    device6: None,
                 })
             }
             Backend::Vxlan {
@@ -130,14 +170,8 @@ impl Plan {
                 if direct_routing {
                     tracing::info!("DirectRouting: peers on a directly connected network are routed without encapsulation");
                 }
-                // What we announced last time, to keep our VtepMAC: in
-                // Kubernetes only our own Node says that (another Node that
-                // names our PublicIP says nothing about us).
-                let leases = match leases_from {
-                    Leases::Kube(k) => k.own_lease().into_iter().collect(),
-                    Leases::Store(r) => r.leases().await.context("cannot list leases")?,
-                };
-                let mac = control::vtep_mac_for(&leases, public_ip, previous, vni);
+                let mac =
+                    control::vtep_mac_for(leases, public_ip, previous, vni, |a| a.vxlan_data());
                 let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
                 let vtep = vxlan::Endpoint { vni, mac };
                 let kind = opts.device;
@@ -159,6 +193,7 @@ impl Plan {
                     attrs: LeaseAttrs::vxlan(public_ip, data),
                     programming: Programming::for_backend(backend, kind),
                     watch_underlay: direct_routing,
+                    device6: None,
                 })
             }
             Backend::HostGw => {
@@ -178,6 +213,7 @@ impl Plan {
                     attrs: LeaseAttrs::host_gw(public_ip),
                     programming: Programming::Gateway,
                     watch_underlay: true,
+                    device6: None,
                 })
             }
         }
@@ -186,26 +222,69 @@ impl Plan {
     /// is deleted); none for host-gw, which has no device.
     pub fn data_plane_spec(
         &self,
-        conf: &weft_routes::NetConf,
         opts: &RunOptions,
-        subnet: ipnet::Ipv4Net,
+        (network, subnet): (ipnet::Ipv4Net, ipnet::Ipv4Net),
         public_ip: Ipv4Addr,
         table: &Arc<ArcSwap<ForwardingTable>>,
         stats: &[Arc<WorkerStats>],
     ) -> Option<DataPlaneSpec> {
-        Some(DataPlaneSpec {
-            device: self.device.clone()?,
-            mtu: self.mtu,
+        let device = self.device.as_ref()?;
+        Some(self.spec(
+            device,
+            self.mtu,
+            opts,
+            (network, subnet),
+            public_ip,
+            table,
+            stats,
+        ))
+    }
+
+    /// The same for IPv6 pods: none unless vxlan carries them.
+    pub fn data_plane_spec6(
+        &self,
+        opts: &RunOptions,
+        (network, subnet): (ipnet::Ipv6Net, ipnet::Ipv6Net),
+        public_ip: Ipv6Addr,
+        table: &Arc<ArcSwap<ForwardingTable<Ipv6Addr>>>,
+        stats: &[Arc<WorkerStats>],
+    ) -> Option<DataPlaneSpec<Ipv6Addr>> {
+        let (device, mtu) = self.device6.as_ref()?;
+        Some(self.spec(
+            device,
+            *mtu,
+            opts,
+            (network, subnet),
+            public_ip,
+            table,
+            stats,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spec<F: Inner>(
+        &self,
+        device: &DevicePlan,
+        mtu: u32,
+        opts: &RunOptions,
+        (network, subnet): (F::Net, F::Net),
+        public_ip: F,
+        table: &Arc<ArcSwap<ForwardingTable<F>>>,
+        stats: &[Arc<WorkerStats>],
+    ) -> DataPlaneSpec<F> {
+        DataPlaneSpec {
+            device: device.clone(),
+            mtu,
             port: self.port,
             programming: self.programming,
             subnet,
             public_ip,
-            network: conf.network,
+            network,
             table: table.clone(),
             offload: opts.offload,
             tuning: opts.tuning,
             allow_nat_peers: opts.allow_nat_peers,
             stats: stats.to_vec(),
-        })
+        }
     }
 }

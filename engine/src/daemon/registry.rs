@@ -36,25 +36,16 @@ impl Leases {
         if conf.backend_defaulted {
             tracing::warn!("net-conf.json has no Backend: running udp, as flanneld's code does (its docs say vxlan)");
         }
-        if let Some(v6) = &conf.ipv6 {
+        if let (Some(v6), Backend::Udp { .. }) = (&conf.ipv6, &conf.backend) {
             // Refused rather than ignored: a dual-stack cluster would
             // believe its IPv6 pod traffic is carried, and weft would drop
             // it.
-            match conf.backend {
-                Backend::HostGw => {}
-                Backend::Udp { .. } => bail!(
-                    "EnableIPv6=true (IPv6Network {}) with the udp backend: flannel's udp backend carries \
-                     IPv4 only, and so does weft's; use host-gw (or vxlan under flanneld) for IPv6, or \
-                     remove EnableIPv6 from net-conf.json",
-                    v6.network
-                ),
-                Backend::Vxlan { .. } => bail!(
-                    "EnableIPv6=true (IPv6Network {}) with the vxlan backend: weft's VXLAN data plane \
-                     carries IPv4 only so far (host-gw carries both); remove EnableIPv6 (and \
-                     IPv6Network) from net-conf.json, or keep flanneld on dual-stack vxlan nodes",
-                    v6.network
-                ),
-            }
+            bail!(
+                "EnableIPv6=true (IPv6Network {}) with the udp backend: flannel's udp backend carries \
+                 IPv4 only, and so does weft's; use vxlan or host-gw for IPv6, or \
+                 remove EnableIPv6 from net-conf.json",
+                v6.network
+            );
         }
         Ok(conf)
     }

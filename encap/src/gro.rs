@@ -17,7 +17,7 @@
 
 use crate::ipv4::{self, protocol, Packet};
 use crate::virtio::{self, gso};
-use crate::{checksum, l4, tcp};
+use crate::{checksum, ipv6, l4, tcp};
 
 /// Bytes of a `virtio_net_hdr` (without `num_buffers`).
 pub const VNET_HDR_LEN: usize = virtio::HEADER_LEN;
@@ -44,15 +44,19 @@ struct TcpGso {
     csum_start: usize,
     /// Marks SKB_GSO_TCP_ECN: the first segment carries CWR.
     ecn: bool,
+    /// TCP over IPv6 (`SKB_GSO_TCPV6`), not IPv4.
+    v6: bool,
 }
 
 impl TcpGso {
     fn encode(&self) -> [u8; VNET_HDR_LEN] {
         virtio::Repr {
             flags: virtio::flags::NEEDS_CSUM,
-            gso_type: match self.ecn {
-                true => gso::TCPV4 | gso::ECN,
-                false => gso::TCPV4,
+            gso_type: match (self.v6, self.ecn) {
+                (false, false) => gso::TCPV4,
+                (false, true) => gso::TCPV4 | gso::ECN,
+                (true, false) => gso::TCPV6,
+                (true, true) => gso::TCPV6 | gso::ECN,
             },
             hdr_len: self.hdr_len as u16,
             gso_size: self.gso_size as u16,
@@ -150,30 +154,40 @@ fn tcp_checksum_ok(pkt: &[u8]) -> bool {
     checksum::fold(checksum::sum(tcp, pseudo)) == 0xffff
 }
 
-/// The `virtio_net_hdr` that hands the TCP/IPv4 super-packet `ip` (behind
-/// `l2_len` bytes of link-layer header) to the device as one GSO packet,
-/// the way a kernel peer sent it: segments of `mss` payload bytes, or,
-/// when `mss` is 0 or would exceed `mtu`, as many as fit an `mtu`-byte
-/// packet. The TCP checksum field is rewritten to the partial sum that
-/// NEEDS_CSUM asks for (the caller verified the full one). `None` for
-/// anything but a TCP/IPv4 packet with room for at least one segment.
+/// The `virtio_net_hdr` that hands the TCP super-packet `ip` (IPv4, or
+/// IPv6 with TCP right behind its fixed header; behind `l2_len` bytes of
+/// link-layer header) to the device as one GSO packet, the way a kernel
+/// peer sent it: segments of `mss` payload bytes, or, when `mss` is 0 or
+/// would exceed `mtu`, as many as fit an `mtu`-byte packet. The TCP
+/// checksum field is rewritten to the partial sum that NEEDS_CSUM asks
+/// for (the caller verified the full one). `None` for anything but such a
+/// TCP packet with room for at least one segment.
 pub fn gso_header(
     l2_len: usize,
     ip: &mut [u8],
     mss: usize,
     mtu: usize,
 ) -> Option<[u8; VNET_HDR_LEN]> {
-    let p = Packet::new_checked(&*ip).ok()?;
-    if p.protocol() != protocol::TCP {
-        return None;
-    }
-    let (hl, total) = (p.header_len(), usize::from(p.total_len()));
-    let pseudo = l4::pseudo_header_sum(
-        p.src().octets(),
-        p.dst().octets(),
-        protocol::TCP,
-        (total - hl) as u16,
-    );
+    let (hl, total, pseudo, v6) = match crate::ip_version(ip)? {
+        4 => {
+            let p = Packet::new_checked(&*ip).ok()?;
+            let (hl, total) = (p.header_len(), usize::from(p.total_len()));
+            let pseudo = l4::pseudo_header_sum(
+                p.src().octets(),
+                p.dst().octets(),
+                protocol::TCP,
+                (total - hl) as u16,
+            );
+            (p.protocol() == protocol::TCP).then_some((hl, total, pseudo, false))?
+        }
+        6 => {
+            let p = ipv6::Packet::new_checked(&*ip).ok()?;
+            let (hl, total) = (ipv6::HEADER_LEN, p.total_len());
+            let pseudo = p.pseudo_header_sum(protocol::TCP, (total - hl) as u32);
+            (p.next_header() == ipv6::next_header::TCP).then_some((hl, total, pseudo, true))?
+        }
+        _ => return None,
+    };
     let mut tcp = tcp::Segment::new_checked(ip.get_mut(hl..total)?)?;
     let tcp_len = tcp.header_len();
     if tcp.payload().is_empty() {
@@ -190,6 +204,7 @@ pub fn gso_header(
             csum_start: l2_len + hl,
             // As the kernel's virtio_net_hdr_from_skb marks SKB_GSO_TCP_ECN.
             ecn: tcp.flags() & TCP_CWR != 0,
+            v6,
         }
         .encode(),
     )
@@ -293,6 +308,8 @@ impl Run {
             csum_start: l2_len + ipv4::MIN_HEADER_LEN,
             // A segment with CWR never joins a run: only ACK and PSH may be set.
             ecn: false,
+            // Runs are of IPv4 segments (`segment_unverified`).
+            v6: false,
         };
         out[..VNET_HDR_LEN].copy_from_slice(&vnet.encode());
         out[VNET_HDR_LEN..VNET_HDR_LEN + l2_len].copy_from_slice(l2);
@@ -319,6 +336,35 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kernel peer's TCP/IPv6 super-packet goes to the device as one
+    /// `SKB_GSO_TCPV6` packet: segments of its MSS after 40 + 32 bytes of
+    /// headers, its checksum handed over partial (the pseudo-header sum).
+    #[test]
+    fn gso_header_hands_over_a_tcpv6_super_packet() {
+        let mut p = crate::vectors::tcp_segment6(1, 20_000, TCP_ACK);
+        assert_eq!(l4::verify_or_complete(&mut p), Ok(l4::Verdict::Valid));
+        let h = gso_header(14, &mut p, 1200, 1430).expect("a TCP/IPv6 super-packet");
+        let r = virtio::Repr::parse(&virtio::Header::new_checked(&h[..]).unwrap());
+        assert_eq!(r.gso_type, gso::TCPV6);
+        assert_eq!(r.flags, virtio::flags::NEEDS_CSUM);
+        assert_eq!(
+            (r.hdr_len, r.csum_start, r.gso_size),
+            (14 + 72, 14 + 40, 1200)
+        );
+        let pseudo =
+            ipv6::Packet::new_unchecked(&p[..]).pseudo_header_sum(6, (p.len() - 40) as u32);
+        assert_eq!(p[56..58], checksum::fold(pseudo).to_be_bytes());
+        // An MSS past the MTU is cut to what fits: 1430 − 40 − 32.
+        let mut p = crate::vectors::tcp_segment6(1, 20_000, TCP_ACK);
+        let h = gso_header(0, &mut p, 9000, 1430).unwrap();
+        let r = virtio::Repr::parse(&virtio::Header::new_checked(&h[..]).unwrap());
+        assert_eq!(r.gso_size, 1358);
+        // UDP, or TCP behind an extension header, is not handed over.
+        let mut p = crate::vectors::tcp_segment6(1, 20_000, TCP_ACK);
+        p[6] = ipv6::next_header::FRAGMENT;
+        assert_eq!(gso_header(0, &mut p, 0, 1430), None);
+    }
 
     /// A TCP/IPv4 segment with a valid checksum.
     fn seg(seq: u32, payload: usize, flags: u8) -> Vec<u8> {

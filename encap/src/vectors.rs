@@ -67,6 +67,37 @@ pub fn tcp_segment(seq: u32, payload: usize, flags: u8) -> Vec<u8> {
     p
 }
 
+/// The TCP segment of `tcp_segment` over IPv6, fd00:10:244:1::2 →
+/// fd00:10:244:2::3 (no extension headers), its checksum complete.
+pub fn tcp_segment6(seq: u32, payload: usize, flags: u8) -> Vec<u8> {
+    use crate::checksum;
+    let v4 = tcp_segment(seq, payload, flags);
+    let tcp = &v4[20..];
+    let mut p = vec![0u8; 40 + tcp.len()];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(tcp.len() as u16).to_be_bytes());
+    p[6] = 6;
+    p[7] = 64;
+    p[8..24].copy_from_slice(
+        &"fd00:10:244:1::2"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    p[24..40].copy_from_slice(
+        &"fd00:10:244:2::3"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    p[40..].copy_from_slice(tcp);
+    p[56..58].fill(0);
+    let pseudo = crate::ipv6::Packet::new_unchecked(&p[..]).pseudo_header_sum(6, tcp.len() as u32);
+    let c = !checksum::fold(checksum::sum(&p[40..], pseudo));
+    p[56..58].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
 // The IPv6 vectors were captured with an AF_PACKET socket on `lo` in a
 // fresh namespace (Linux 6.18), from sockets of a Python script: whole
 // IPv6 packets as the kernel built them.

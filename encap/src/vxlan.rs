@@ -271,8 +271,9 @@ impl Endpoint {
 }
 
 /// The datagram length at which `datagram` would hold exactly the VXLAN
-/// header, the inner Ethernet header and the whole inner IPv4 packet its
-/// header announces; `None` if it does not start with an IPv4 frame.
+/// header, the inner Ethernet header and the whole inner IPv4 or IPv6
+/// packet its header announces; `None` if it does not start with an IP
+/// frame.
 ///
 /// A kernel VXLAN peer on the same host hands its TCP super-packets to the
 /// underlay unsegmented (SKB_GSO_UDP_TUNNEL), and the receiving UDP socket
@@ -282,13 +283,20 @@ impl Endpoint {
 pub fn carried_len(datagram: &[u8]) -> Option<usize> {
     let ip_start = HEADER_LEN + ethernet::HEADER_LEN;
     let frame = Frame::new_checked(datagram.get(HEADER_LEN..)?).ok()?;
-    if frame.ethertype() != ethertype::IPV4 {
-        return None;
-    }
     let ip = datagram.get(ip_start..)?;
-    let p = ipv4::Packet::new_unchecked(ip);
-    (ip.len() >= ipv4::MIN_HEADER_LEN && p.version() == 4)
-        .then(|| ip_start + usize::from(p.total_len()))
+    match frame.ethertype() {
+        ethertype::IPV4 => {
+            let p = ipv4::Packet::new_unchecked(ip);
+            (ip.len() >= ipv4::MIN_HEADER_LEN && p.version() == 4)
+                .then(|| ip_start + usize::from(p.total_len()))
+        }
+        ethertype::IPV6 => {
+            let p = crate::ipv6::Packet::new_unchecked(ip);
+            (ip.len() >= crate::ipv6::HEADER_LEN && p.version() == 6)
+                .then(|| ip_start + p.total_len())
+        }
+        _ => None,
+    }
 }
 
 /// Checks an inner IPv4 packet and returns its total length.

@@ -5,7 +5,8 @@
 
 mod common;
 use common::*;
-use weft_testbed::{ping6, Cluster};
+use weft_routes::LeaseAttrs;
+use weft_testbed::{ping6, Cluster, UdpCapture};
 
 const DUAL_VXLAN: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
 
@@ -112,4 +113,108 @@ fn ipv6_pods_cross_weft_vxlan_between_tun_and_tap() {
         let links = ip(&c, i, &["link", "show"]);
         assert!(!links.contains("flannel"), "node {i}: {links}");
     }
+}
+
+/// weft (dual-stack vxlan on `device`, offloads `offload`) against the
+/// kernel's VXLAN set up as flanneld sets up `flannel.1` and
+/// `flannel-v6.1`: ping6 and hash-checked 20 MB transfers both ways over
+/// IPv6, 8 MB over IPv4, and the IPv6 wire checked byte by byte: outer
+/// IPv6 between the PublicIPv6s, port 8472, VNI 1, and a UDP checksum
+/// (IPv6 forbids a zero one).
+fn against_kernel6(tag: &str, device: &str, offload: &str) {
+    let mut c = Cluster::new(tag, 2, DUAL_VXLAN).expect("testbed");
+    c.add_ipv6().expect("IPv6 underlay");
+    let (ksub, ksub6) = (
+        "10.244.200.0/24".parse().unwrap(),
+        "fd00:10:244:c8::/64".parse().unwrap(),
+    );
+    c.nodes[1]
+        .become_kernel_vxlan_dual(&c.registry, ksub, ksub6)
+        .expect("kernel vxlan node");
+    c.nodes[1].add_pod_bridge().expect("kernel pod bridge");
+    #[rustfmt::skip]
+    let args = ["--device", device, "--offload", offload, "--metrics-addr", "127.0.0.1:9153"];
+    c.start(0, weft(), &args).expect("weft starts");
+    c.nodes[0].add_pod_bridge().expect("weft pod bridge");
+
+    // Play flanneld on the kernel node: program both halves of weft's lease.
+    let lease = std::fs::read(c.lease_path(0).unwrap()).unwrap();
+    let attrs = LeaseAttrs::from_json(&lease).unwrap();
+    let (v4, v6) = (attrs.vxlan_data().unwrap(), attrs.vxlan_v6_data().unwrap());
+    let k = &c.nodes[1];
+    k.kernel_add_peer(
+        c.nodes[0].subnet().unwrap(),
+        attrs.public_ip,
+        &v4.vtep_mac.to_string(),
+    )
+    .unwrap();
+    k.kernel_add_peer6(
+        c.nodes[0].subnet6().unwrap(),
+        attrs.public_ipv6.unwrap(),
+        &v6.vtep_mac.to_string(),
+    )
+    .unwrap();
+
+    let cap = UdpCapture::start6(&c, 8472, 400).unwrap();
+    let (w6, k6) = (c.nodes[0].pod_ip6().unwrap(), c.nodes[1].pod_ip6().unwrap());
+    let reached = Cluster::wait_for(std::time::Duration::from_secs(5), || {
+        ping6(&c.nodes[0].ns, Some(w6), k6, 1).unwrap_or(0) == 1
+    });
+    assert!(
+        reached,
+        "weft -> kernel ping6 failed\n{}",
+        c.nodes[0].log_text()
+    );
+    assert_eq!(
+        ping6(&c.nodes[1].ns, Some(k6), w6, 3).unwrap(),
+        3,
+        "kernel -> weft ping6"
+    );
+    transfer_pods6(&c, 0, 1, 20, 5411);
+    transfer_pods6(&c, 1, 0, 20, 5412);
+    transfer_pods(&c, 0, 1, 8, 5413);
+    let frames = cap.finish();
+
+    let (w, kn) = (c.nodes[0].underlay6.unwrap(), c.nodes[1].underlay6.unwrap());
+    let mut from = [0usize; 2];
+    for f in &frames {
+        let (ip, udp) = (&f[14..54], &f[54..]);
+        let src = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+        let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).unwrap());
+        assert!(
+            (src, dst) == (w, kn) || (src, dst) == (kn, w),
+            "{src} -> {dst}"
+        );
+        from[usize::from(src == kn)] += 1;
+        assert_ne!(udp[6..8], [0, 0], "a zero UDP checksum over IPv6");
+        assert_eq!(udp[8], 0x08, "VXLAN flags: the VNI is valid");
+        assert_eq!(udp[12..15], [0, 0, 1], "VNI 1");
+        assert_eq!(udp[8 + 8 + 12..8 + 8 + 14], [0x86, 0xdd], "inner IPv6");
+    }
+    assert!(
+        from[0] > 0 && from[1] > 0,
+        "frames from weft and kernel: {from:?}"
+    );
+    let m = metrics(&c.nodes[0].ns, 9153);
+    assert_eq!(
+        metric(&m, r#"weft_dropped_packets_total{reason="l4_checksum"}"#),
+        Some(0),
+        "{m}"
+    );
+    assert!(c.nodes[0].stop().unwrap().success());
+}
+
+#[test]
+fn kernel_vxlan6_and_weft_tun() {
+    against_kernel6("k6u", "tun", "on");
+}
+
+#[test]
+fn kernel_vxlan6_and_weft_tap() {
+    against_kernel6("k6a", "tap", "on");
+}
+
+#[test]
+fn kernel_vxlan6_and_weft_tun_without_offloads() {
+    against_kernel6("k6uo", "tun", "off");
 }

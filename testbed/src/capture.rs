@@ -206,6 +206,20 @@ impl UdpCapture {
     /// Starts capturing IPv4 UDP frames to `port` from `c`'s hosts, up to
     /// `max` frames.
     pub fn start(c: &Cluster, port: u16, max: usize) -> io::Result<UdpCapture> {
+        UdpCapture::start_family(c, port, max, udp4_dport)
+    }
+
+    /// The same for IPv6 UDP frames (no extension headers).
+    pub fn start6(c: &Cluster, port: u16, max: usize) -> io::Result<UdpCapture> {
+        UdpCapture::start_family(c, port, max, udp6_dport)
+    }
+
+    fn start_family(
+        c: &Cluster,
+        port: u16,
+        max: usize,
+        dport: fn(&[u8]) -> Option<u16>,
+    ) -> io::Result<UdpCapture> {
         use std::sync::atomic::AtomicBool;
         use std::sync::{Arc, Mutex};
         let (fd, indices) = hub_packet_socket(c)?;
@@ -220,13 +234,7 @@ impl UdpCapture {
                         continue;
                     };
                     let f = &buf[..n.min(buf.len())];
-                    if f.len() < 14 + 28 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 17 {
-                        continue;
-                    }
-                    let ihl = usize::from(f[14] & 0x0f) * 4;
-                    if f.len() >= 14 + ihl + 8
-                        && f[14 + ihl + 2..14 + ihl + 4] == port.to_be_bytes()
-                    {
+                    if dport(f) == Some(port) {
                         let mut v = frames.lock().unwrap();
                         if v.len() < max {
                             v.push(f.to_vec());
@@ -259,6 +267,24 @@ impl Drop for UdpCapture {
             let _ = t.join();
         }
     }
+}
+
+/// The UDP destination port of an Ethernet frame carrying IPv4 UDP.
+fn udp4_dport(f: &[u8]) -> Option<u16> {
+    if f.len() < 14 + 28 || f[12..14] != [0x08, 0x00] || f[14 + 9] != 17 {
+        return None;
+    }
+    let at = 14 + usize::from(f[14] & 0x0f) * 4;
+    Some(u16::from_be_bytes(f.get(at + 2..at + 4)?.try_into().ok()?))
+}
+
+/// The UDP destination port of an Ethernet frame carrying IPv6 UDP right
+/// behind the fixed header.
+fn udp6_dport(f: &[u8]) -> Option<u16> {
+    if f.len() < 14 + 48 || f[12..14] != [0x86, 0xdd] || f[14 + 6] != 17 {
+        return None;
+    }
+    Some(u16::from_be_bytes([f[14 + 42], f[14 + 43]]))
 }
 
 /// Receives one frame from the hub's packet socket that a host sent, i.e.

@@ -131,6 +131,8 @@ impl Node {
 
 /// The VtepMAC the kernel-VXLAN stand-in of a test uses.
 pub const KERNEL_VTEP_MAC: &str = "0e:6b:65:72:6e:01";
+/// The VtepMAC of its `flannel-v6.1`.
+pub const KERNEL_VTEP_MAC6: &str = "0e:6b:65:72:6e:06";
 
 impl Node {
     /// Makes this node a flanneld-style kernel VXLAN node on `subnet`, as
@@ -191,6 +193,84 @@ impl Node {
         }
         .write(&self.subnet_file)?;
         Ok(lease)
+    }
+
+    /// `become_kernel_vxlan`, dual-stack (`EnableIPv6`): also flanneld's
+    /// `flannel-v6.1` (VNI 1, dstport 8472, nolearning, local = the IPv6
+    /// underlay; MTU asked 1450, which the kernel clamps to the underlay's
+    /// − 70), `<subnet6>::/128`, and the dual-stack lease (the `&` key,
+    /// PublicIPv6, BackendV6Data) and subnet.env. Needs `Cluster::add_ipv6`.
+    pub fn become_kernel_vxlan_dual(
+        &self,
+        registry: &Path,
+        subnet: Ipv4Net,
+        subnet6: Ipv6Net,
+    ) -> io::Result<PathBuf> {
+        let v4_lease = self.become_kernel_vxlan(registry, subnet)?;
+        std::fs::remove_file(&v4_lease)?;
+        let local = self.underlay.to_string();
+        let local6 = self
+            .underlay6
+            .ok_or_else(|| io::Error::other("no IPv6 underlay: call Cluster::add_ipv6"))?
+            .to_string();
+        let dev = "flannel-v6.1";
+        #[rustfmt::skip]
+        self.ns.ip(&[
+            "link", "add", dev, "mtu", "1450", "type", "vxlan", "id", "1", "local", &local6,
+            "dev", "eth0", "dstport", "8472", "nolearning",
+        ])?;
+        self.ns
+            .ip(&["link", "set", dev, "address", KERNEL_VTEP_MAC6, "up"])?;
+        let addr = format!("{}/128", subnet6.network());
+        self.ns.ip(&["-6", "addr", "add", &addr, "dev", dev])?;
+        let lease = registry.join("subnets").join(format!(
+            "{}-{}&{}-{}",
+            subnet.network(),
+            subnet.prefix_len(),
+            subnet6.network(),
+            subnet6.prefix_len()
+        ));
+        std::fs::write(
+            &lease,
+            format!(
+                r#"{{"PublicIP":"{local}","PublicIPv6":"{local6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP_MAC}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP_MAC6}"}}}}"#
+            ),
+        )?;
+        weft_routes::subnet_env::SubnetEnv {
+            network: "10.244.0.0/16".parse().expect("literal"),
+            subnet,
+            mtu: 1450,
+            ipmasq: false,
+            ipv6: Some(("fd00:10:244::/56".parse().expect("literal"), subnet6)),
+        }
+        .write(&self.subnet_file)?;
+        Ok(lease)
+    }
+
+    /// On a dual-stack kernel VXLAN node, programs a remote lease's IPv6
+    /// half as flanneld does on `flannel-v6.1`: neighbor, FDB to its
+    /// PublicIPv6, onlink route.
+    pub fn kernel_add_peer6(
+        &self,
+        subnet6: Ipv6Net,
+        public_ipv6: Ipv6Addr,
+        mac: &str,
+    ) -> io::Result<()> {
+        let (gw, dev) = (subnet6.network().to_string(), "flannel-v6.1");
+        #[rustfmt::skip]
+        self.ns.ip(&[
+            "-6", "neigh", "replace", &gw, "lladdr", mac, "dev", dev, "nud", "permanent",
+        ])?;
+        #[rustfmt::skip]
+        sh("bridge", &[
+            "-n", &self.ns.name, "fdb", "replace", mac, "dev", dev,
+            "dst", &public_ipv6.to_string(), "self", "permanent",
+        ])?;
+        #[rustfmt::skip]
+        self.ns.ip(&[
+            "-6", "route", "replace", &subnet6.to_string(), "via", &gw, "dev", dev, "onlink",
+        ])?;
+        Ok(())
     }
 
     /// Makes this node's underlay veth finish checksums like a wire does

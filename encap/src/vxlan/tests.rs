@@ -218,3 +218,22 @@ fn no_headroom_is_an_error_not_a_panic() {
         Err(EncapError::Drop(DropReason::EtherType))
     );
 }
+
+/// A kernel peer's super-datagram carrying a TCP/IPv6 super-packet is
+/// told apart from a GRO run by the inner IPv6 header's length, as for
+/// IPv4.
+#[test]
+fn carried_len_reads_an_inner_ipv6_header() {
+    let ip = crate::vectors::tcp_segment6(1, 20_000, 0x10);
+    let mut d = vec![0u8; HEADER_LEN + ethernet::HEADER_LEN];
+    d[HEADER_LEN + 12..HEADER_LEN + 14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+    d.extend_from_slice(&ip);
+    assert_eq!(carried_len(&d), Some(d.len()));
+    // A GRO run: the first datagram ends where its packet does.
+    let whole = d.len();
+    d.extend_from_slice(&d.clone()[..100]);
+    assert_eq!(carried_len(&d), Some(whole));
+    // The version must match the EtherType.
+    d[HEADER_LEN + ethernet::HEADER_LEN] = 0x45;
+    assert_eq!(carried_len(&d), None);
+}

@@ -100,7 +100,7 @@ impl WriteBatch {
     /// as fit the MTU), and hands the checksum to the kernel; without, it
     /// tells our own splitter (which sees the IP packet, not the frame) to
     /// cut MTU-sized packets. False, and nothing held, when it is not a
-    /// TCP/IPv4 super-packet that can be handed over.
+    /// TCP super-packet (IPv4 or IPv6) that can be handed over.
     pub fn push(
         &mut self,
         bufs: &mut [Vec<u8>],
@@ -224,7 +224,8 @@ impl Queue {
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
             .and_then(|h| tun_rs::VirtioNetHdr::decode(&h))
             .and_then(|hdr| {
-                tun_rs::gso_split(ip, hdr, b.split.slots_mut(0), &mut b.split_sizes, l2, false)
+                let v6 = weft_encap::ip_version(ip) == Some(6);
+                tun_rs::gso_split(ip, hdr, b.split.slots_mut(0), &mut b.split_sizes, l2, v6)
             });
         let Ok(n) = n else {
             return Ok(false);

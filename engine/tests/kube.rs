@@ -186,8 +186,23 @@ fn two_weft_nodes_and_a_real_flanneld_on_the_api_server() {
 /// podCIDR via weft's PublicIPv6.
 #[test]
 fn dual_stack_host_gw_with_a_real_flanneld_on_the_api_server() {
-    let conf = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"host-gw"}}"#;
-    let mut c = Cluster::new("k6", 3, conf).expect("testbed");
+    dual_stack_on_the_api_server("k6", "host-gw");
+}
+
+/// The same on vxlan, one weft node on a TUN and one on a TAP: flanneld
+/// routes weft's IPv6 podCIDR into its `flannel-v6.1`, weft writes
+/// `backend-v6-data` as flanneld does and keeps its IPv6 VtepMAC across a
+/// restart.
+#[test]
+fn dual_stack_vxlan_with_a_real_flanneld_on_the_api_server() {
+    dual_stack_on_the_api_server("k6v", "vxlan");
+}
+
+fn dual_stack_on_the_api_server(tag: &str, backend: &str) {
+    let conf = format!(
+        r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{{"Type":"{backend}"}}}}"#
+    );
+    let mut c = Cluster::new(tag, 3, &conf).expect("testbed");
     c.add_ipv6().expect("IPv6 underlay");
     c.start_kube_apiserver(&peer_binary("kube-apiserver", "WEFT_KUBE_APISERVER"))
         .expect("kube-apiserver starts");
@@ -209,7 +224,7 @@ fn dual_stack_host_gw_with_a_real_flanneld_on_the_api_server() {
         .unwrap();
     c.wait_ready(2).unwrap();
     c.start(0, weft(), &[]).unwrap();
-    c.start(1, weft(), &[]).unwrap();
+    c.start(1, weft(), &["--device", "tap"]).unwrap();
     for i in 0..3 {
         assert_eq!(
             c.nodes[i].subnet6().map(|s| s.to_string()),
@@ -218,14 +233,18 @@ fn dual_stack_host_gw_with_a_real_flanneld_on_the_api_server() {
         );
         c.nodes[i].add_pod_bridge().unwrap();
     }
-    let weft_v6 = c.nodes[0].subnet6().unwrap().to_string();
+    let weft_v6 = c.nodes[0].subnet6().unwrap();
+    let via = match backend {
+        "vxlan" => format!("via {} dev flannel-v6.1", weft_v6.network()),
+        _ => "via 2001:db8:100::1 dev eth0".to_string(),
+    };
     let routed = Cluster::wait_for(Duration::from_secs(10), || {
-        route_of(&c.nodes[2].ns, &weft_v6).contains("via 2001:db8:100::1 dev eth0")
+        route_of(&c.nodes[2].ns, weft_v6).contains(&via)
     });
     assert!(
         routed,
         "flanneld's route to weft's IPv6 podCIDR: {:?}\n{}",
-        route_of(&c.nodes[2].ns, &weft_v6),
+        route_of(&c.nodes[2].ns, weft_v6),
         c.nodes[2].log_text()
     );
     let pairs = [(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)];
@@ -264,6 +283,15 @@ fn dual_stack_host_gw_with_a_real_flanneld_on_the_api_server() {
     );
     let a = flannel_annotations(&node_of(&c, 0));
     assert_eq!(a[&format!("{PREFIX}public-ipv6")], "2001:db8:100::1");
+    let v6_data = format!("{PREFIX}backend-v6-data");
+    if backend == "vxlan" {
+        assert!(a[&v6_data].contains(r#""VtepMAC":"#), "{a:?}");
+        // A restart keeps the IPv6 VtepMAC, read back from our Node.
+        assert!(c.nodes[0].stop().unwrap().success());
+        c.start(0, weft(), &[]).unwrap();
+        let after = flannel_annotations(&node_of(&c, 0));
+        assert_eq!(a[&v6_data], after[&v6_data], "the IPv6 VtepMAC changed");
+    }
     for i in 0..3 {
         assert!(
             c.nodes[i].stop().unwrap().success(),

@@ -218,3 +218,170 @@ fn kernel_vxlan6_and_weft_tap() {
 fn kernel_vxlan6_and_weft_tun_without_offloads() {
     against_kernel6("k6uo", "tun", "off");
 }
+
+/// A dual-stack vxlan lease's JSON with both VtepMACs.
+fn dual_vxlan_lease(ip: &str, ip6: &str, mac: &str, mac6: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac6}"}}}}"#
+    )
+}
+
+/// The VtepMAC a node announces for one family's device.
+fn vtep_mac_of(c: &Cluster, i: usize, data: &str) -> String {
+    let lease = std::fs::read_to_string(c.lease_path(i).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&lease).unwrap();
+    v[data]["VtepMAC"].as_str().unwrap().to_string()
+}
+
+/// From the attacker's side: an IPv6 half whose VtepMAC is not a unicast
+/// MAC, is ours, or is the live peer's loses that half only, counted by
+/// reason; its IPv4 half is routed, and the live peer keeps its IPv6
+/// neighbour and carries traffic.
+#[test]
+fn hostile_ipv6_vtep_macs_lose_only_their_ipv6_half() {
+    let mut c = Cluster::new("dsvh", 2, DUAL_VXLAN).expect("testbed");
+    c.add_ipv6().expect("IPv6 underlay");
+    for i in 0..2 {
+        c.start(
+            i,
+            weft(),
+            &["--metrics-addr", "127.0.0.1:9153", "--device", "tap"],
+        )
+        .unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let (ours, peer) = (
+        vtep_mac_of(&c, 0, "BackendV6Data"),
+        vtep_mac_of(&c, 1, "BackendV6Data"),
+    );
+    let victim = c.nodes[1].subnet6().unwrap();
+    let hostile = [
+        ("01:00:5e:00:00:01", "vtep_mac"),
+        (ours.as_str(), "vtep_mac"),
+        (peer.as_str(), "duplicate_vtep_mac"),
+    ];
+    let dir = c.registry.join("subnets");
+    for (n, (mac6, _)) in hostile.iter().enumerate() {
+        let key = format!("10.244.{}.0-24&fd00:10:244:{:x}::-64", 210 + n, 210 + n);
+        let (ip, ip6) = (
+            format!("192.168.100.{}", 70 + n),
+            format!("2001:db8:100::{}", 70 + n),
+        );
+        let mac = format!("0e:00:00:00:00:{:02x}", 70 + n);
+        std::fs::write(dir.join(key), dual_vxlan_lease(&ip, &ip6, &mac, mac6)).unwrap();
+    }
+    let counted = Cluster::wait_for(std::time::Duration::from_secs(5), || {
+        let m = metrics(&c.nodes[0].ns, 9153);
+        let got = |r: &str| {
+            metric(
+                &m,
+                &format!("weft_lease_ipv6_halves_rejected_total{{reason=\"{r}\"}}"),
+            )
+        };
+        got("vtep_mac") == Some(2) && got("duplicate_vtep_mac") == Some(1)
+    });
+    assert!(
+        counted,
+        "{}\n{}",
+        metrics(&c.nodes[0].ns, 9153),
+        c.nodes[0].log_text()
+    );
+    wait_metric(&c, 0, "weft_peers", 1 + hostile.len() as u64);
+    for n in 0..hostile.len() {
+        let v4 = format!("10.244.{}.0/24", 210 + n);
+        assert!(
+            route_of(&c.nodes[0].ns, &v4).contains("dev flannel.1"),
+            "{v4}"
+        );
+        let v6 = format!("fd00:10:244:{:x}::/64", 210 + n);
+        assert_eq!(route_of(&c.nodes[0].ns, &v6), "", "{v6} was routed");
+    }
+    let neigh = String::from_utf8_lossy(
+        &c.nodes[0]
+            .ns
+            .ip(&["-6", "neigh", "show", "dev", "flannel-v6.1"])
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        neigh.contains(&format!("{} lladdr {peer} PERMANENT", victim.network())),
+        "the live peer's neighbour: {neigh}"
+    );
+    assert_eq!(neigh.lines().count(), 1, "{neigh}");
+    let (from, to) = (c.nodes[0].pod_ip6().unwrap(), c.nodes[1].pod_ip6().unwrap());
+    assert_eq!(ping6(&c.nodes[0].ns, Some(from), to, 3).unwrap(), 3);
+}
+
+/// DirectRouting in both families: the adjacent peer's IPv6 subnet is
+/// routed via its PublicIPv6 as flanneld does, the peer behind the router
+/// through `flannel-v6.1`; pods reach each other both ways either way.
+#[test]
+fn direct_routing_in_both_families() {
+    let conf = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+    let mut c = Cluster::new("dsdr", 2, conf).expect("testbed");
+    c.add_router().expect("router");
+    c.add_node_on("dsdr", 1).expect("host behind the router");
+    c.add_ipv6().expect("IPv6 underlay");
+    for i in 0..3 {
+        c.start(i, weft(), &["--metrics-addr", "127.0.0.1:9153"])
+            .unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let s6 = |i: usize| c.nodes[i].subnet6().unwrap();
+    let routed = |i: usize, dst: ipnet::Ipv6Net, want: &str| {
+        Cluster::wait_for(std::time::Duration::from_secs(3), || {
+            route_of(&c.nodes[i].ns, dst).contains(want)
+        })
+    };
+    for (i, j, want) in [
+        (0, 1, "via 2001:db8:100::2 dev eth0".to_string()),
+        (1, 0, "via 2001:db8:100::1 dev eth0".to_string()),
+        (0, 2, "dev flannel-v6.1".to_string()),
+        (2, 0, "dev flannel-v6.1".to_string()),
+    ] {
+        assert!(
+            routed(i, s6(j), &want),
+            "node {i} to {}: {:?}, want {want}\n{}",
+            s6(j),
+            route_of(&c.nodes[i].ns, s6(j)),
+            c.nodes[i].log_text()
+        );
+    }
+    wait_metric(&c, 0, "weft_peers_direct", 2);
+    for (port, (a, b)) in (5421..).zip([(0, 1), (1, 0), (0, 2), (2, 0)]) {
+        let (from, to) = (c.nodes[a].pod_ip6().unwrap(), c.nodes[b].pod_ip6().unwrap());
+        let answered = Cluster::wait_for(std::time::Duration::from_secs(5), || {
+            ping6(&c.nodes[a].ns, Some(from), to, 1).unwrap_or(0) == 1
+        });
+        assert!(answered, "ping6 {a} -> {b}");
+        transfer_pods6(&c, a, b, 8, port);
+    }
+}
+
+/// A deleted `flannel-v6.1` is recreated from the plan, its peers'
+/// routes put back, and IPv6 pods reach the peer again; IPv4 never stops.
+#[test]
+fn a_deleted_ipv6_device_is_recreated() {
+    let mut c = Cluster::new("dsrc", 2, DUAL_VXLAN).expect("testbed");
+    c.add_ipv6().expect("IPv6 underlay");
+    for i in 0..2 {
+        c.start(i, weft(), &["--metrics-addr", "127.0.0.1:9153"])
+            .unwrap();
+        c.nodes[i].add_pod_bridge().unwrap();
+    }
+    let s1 = c.nodes[1].subnet6().unwrap();
+    let (from, to) = (c.nodes[0].pod_ip6().unwrap(), c.nodes[1].pod_ip6().unwrap());
+    let reaches = || {
+        Cluster::wait_for(std::time::Duration::from_secs(10), || {
+            ping6(&c.nodes[0].ns, Some(from), to, 1).unwrap_or(0) == 1
+        })
+    };
+    assert!(reaches());
+    c.nodes[0].ns.ip(&["link", "del", "flannel-v6.1"]).unwrap();
+    wait_log(&c, 0, "device recreated");
+    assert!(reaches(), "{}", c.nodes[0].log_text());
+    assert!(route_of(&c.nodes[0].ns, s1).contains("dev flannel-v6.1"));
+    wait_metric(&c, 0, "weft_device_recreations_total", 1);
+    assert!(ping(&c.nodes[0].ns, c.nodes[1].pod_ip().unwrap(), 2));
+}

@@ -39,20 +39,26 @@ enum Setup {
 
 struct Config {
     name: &'static str,
+    /// Pods talk IPv6 over an IPv6 underlay (dual-stack, `flannel-v6.1`);
+    /// compared with the kernel's IPv6 VXLAN.
+    ipv6: bool,
     setup: Setup,
 }
 
 const CONFIGS: &[Config] = &[
     Config {
         name: "veth (no tunnel)",
+        ipv6: false,
         setup: Setup::Veth,
     },
     Config {
         name: "kernel VXLAN",
+        ipv6: false,
         setup: Setup::Kernel,
     },
     Config {
         name: "weft vxlan/tun",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tun",
@@ -63,6 +69,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft vxlan/tun no-offload",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tun",
@@ -73,6 +80,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft vxlan/tap",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tap",
@@ -83,6 +91,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft vxlan/tap no-offload",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tap",
@@ -93,6 +102,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft udp",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "udp",
             device: "tun",
@@ -103,6 +113,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft udp no-offload",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "udp",
             device: "tun",
@@ -113,6 +124,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft vxlan/tun −gso",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tun",
@@ -123,6 +135,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft vxlan/tun −gro",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tun",
@@ -133,6 +146,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft vxlan/tun −mmsg",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tun",
@@ -143,6 +157,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft vxlan/tun −flowports",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tun",
@@ -153,6 +168,7 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft vxlan/tun −sockbuf",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tun",
@@ -163,11 +179,39 @@ const CONFIGS: &[Config] = &[
     },
     Config {
         name: "weft vxlan/tun 4 workers",
+        ipv6: false,
         setup: Setup::Weft {
             backend: "vxlan",
             device: "tun",
             offload: true,
             threads: 4,
+            disable: "",
+        },
+    },
+    Config {
+        name: "kernel VXLAN IPv6",
+        ipv6: true,
+        setup: Setup::Kernel,
+    },
+    Config {
+        name: "weft vxlan/tun IPv6",
+        ipv6: true,
+        setup: Setup::Weft {
+            backend: "vxlan",
+            device: "tun",
+            offload: true,
+            threads: 1,
+            disable: "",
+        },
+    },
+    Config {
+        name: "weft vxlan/tap IPv6",
+        ipv6: true,
+        setup: Setup::Weft {
+            backend: "vxlan",
+            device: "tap",
+            offload: true,
+            threads: 1,
             disable: "",
         },
     },
@@ -216,13 +260,18 @@ fn main() -> anyhow::Result<()> {
     if let Some(secs) = soak {
         return soak_test(&weft, secs);
     }
+    let named = |c: &Config| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|n| n.trim() == c.name))
+    };
+    // The kernel's VXLAN of each family that a chosen configuration uses.
     let configs: Vec<&Config> = CONFIGS
         .iter()
         .filter(|c| {
-            (matches!(c.setup, Setup::Kernel) && !skip_kernel)
-                || only
-                    .as_deref()
-                    .is_none_or(|o| o.split(',').any(|n| n.trim() == c.name))
+            named(c)
+                || (matches!(c.setup, Setup::Kernel)
+                    && !skip_kernel
+                    && CONFIGS.iter().any(|o| o.ipv6 == c.ipv6 && named(o)))
         })
         .collect();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); configs.len()];
@@ -237,8 +286,7 @@ fn main() -> anyhow::Result<()> {
                 bail!("interrupted; everything it made has been removed");
             }
             eprint!("round {}/{rounds}: {:<28} ", round + 1, c.name);
-            let s = measure(&weft, c.setup, seconds)
-                .with_context(|| format!("measuring {}", c.name))?;
+            let s = measure(&weft, c, seconds).with_context(|| format!("measuring {}", c.name))?;
             eprintln!(
                 "tcp1 {:.2}  tcp4 {:.2} Gbit/s  udp64 {:.0} kpps  rtt p50 {:.0} µs",
                 s.tcp1,
@@ -250,12 +298,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let means: Vec<Sample> = samples.iter().map(|s| mean(s)).collect();
-    let kernel = configs
-        .iter()
-        .position(|c| matches!(c.setup, Setup::Kernel))
-        .map(|i| means[i].clone())
-        .unwrap_or_default();
-    print_table(&configs, &means, &kernel, seconds, rounds);
+    // Each configuration against the kernel's VXLAN of its family.
+    let kernel_of = |ipv6: bool| {
+        configs
+            .iter()
+            .position(|c| matches!(c.setup, Setup::Kernel) && c.ipv6 == ipv6)
+            .map(|i| means[i].clone())
+            .unwrap_or_default()
+    };
+    let kernels: Vec<Sample> = configs.iter().map(|c| kernel_of(c.ipv6)).collect();
+    print_table(&configs, &means, &kernels, seconds, rounds);
     let out = root.join("target/e2e");
     std::fs::create_dir_all(&out)?;
     let json = json!({
@@ -263,10 +315,11 @@ fn main() -> anyhow::Result<()> {
         "rounds": rounds,
         "kernel": env_line("uname", &["-r"]),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "results": configs.iter().zip(&means).zip(&samples).map(|((c, m), all)| json!({
+        "results": configs.iter().zip(&means).zip(&samples).zip(&kernels).map(|(((c, m), all), kernel)| json!({
             "name": c.name,
-            "mean": sample_json(m, &kernel),
-            "rounds": all.iter().map(|s| sample_json(s, &kernel)).collect::<Vec<_>>(),
+            "ipv6": c.ipv6,
+            "mean": sample_json(m, kernel),
+            "rounds": all.iter().map(|s| sample_json(s, kernel)).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -300,7 +353,8 @@ fn soak_test(weft: &Path, secs: u64) -> anyhow::Result<()> {
         .filter_map(|n| n.daemon.as_ref().map(|d| d.id()))
         .collect();
     let (from, to) = (c.nodes[0].ns.handle(), c.nodes[1].ns.handle());
-    let run = std::thread::spawn(move || iperf(&from, &to, src, dst, secs, &["-P", "1"]));
+    let run =
+        std::thread::spawn(move || iperf(&from, &to, src.into(), dst.into(), secs, &["-P", "1"]));
     let mut samples: Vec<f64> = Vec::new();
     for s in 0..secs {
         std::thread::sleep(Duration::from_secs(1));
@@ -360,15 +414,25 @@ fn env_line(cmd: &str, args: &[&str]) -> String {
 }
 
 const SUBNETS: [&str; 2] = ["10.244.1.0/24", "10.244.2.0/24"];
+const SUBNETS6: [&str; 2] = ["fd00:10:244:1::/64", "fd00:10:244:2::/64"];
+/// The VtepMAC of the second kernel node's `flannel-v6.1`.
+const KERNEL_VTEP_MAC6_B: &str = "0e:6b:65:72:6e:07";
 
-fn measure(weft: &Path, setup: Setup, seconds: u64) -> anyhow::Result<Sample> {
-    let conf = match setup {
-        Setup::Weft { backend, .. } => {
-            format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"{backend}"}}}}"#)
-        }
-        _ => r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#.into(),
+fn measure(weft: &Path, config: &Config, seconds: u64) -> anyhow::Result<Sample> {
+    let (setup, ipv6) = (config.setup, config.ipv6);
+    let backend = match setup {
+        Setup::Weft { backend, .. } => backend,
+        _ => "vxlan",
     };
+    let v6 = match ipv6 {
+        true => r#","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56""#,
+        false => "",
+    };
+    let conf = format!(r#"{{"Network":"10.244.0.0/16"{v6},"Backend":{{"Type":"{backend}"}}}}"#);
     let mut c = Cluster::new("e2e", 2, &conf).context("testbed")?;
+    if ipv6 {
+        c.add_ipv6()?;
+    }
     match setup {
         Setup::Veth => {
             for (i, s) in SUBNETS.iter().enumerate() {
@@ -377,6 +441,23 @@ fn measure(weft: &Path, setup: Setup, seconds: u64) -> anyhow::Result<Sample> {
                 c.nodes[i]
                     .ns
                     .ip(&["route", "add", SUBNETS[1 - i], "via", &peer])?;
+            }
+        }
+        Setup::Kernel if ipv6 => {
+            for (i, (s, s6)) in SUBNETS.iter().zip(SUBNETS6).enumerate() {
+                c.nodes[i].become_kernel_vxlan_dual(&c.registry, s.parse()?, s6.parse()?)?;
+            }
+            #[rustfmt::skip]
+            c.nodes[1].ns.ip(&["link", "set", "flannel-v6.1", "address", KERNEL_VTEP_MAC6_B])?;
+            let under6 = |i: usize| c.nodes[i].underlay6.context("no IPv6 underlay");
+            c.nodes[0].kernel_add_peer6(SUBNETS6[1].parse()?, under6(1)?, KERNEL_VTEP_MAC6_B)?;
+            c.nodes[1].kernel_add_peer6(
+                SUBNETS6[0].parse()?,
+                under6(0)?,
+                testbed::KERNEL_VTEP_MAC6,
+            )?;
+            for n in &c.nodes {
+                n.add_pod_bridge()?;
             }
         }
         Setup::Kernel => {
@@ -428,18 +509,29 @@ fn measure(weft: &Path, setup: Setup, seconds: u64) -> anyhow::Result<Sample> {
             }
         }
     }
-    let src = pod_ip(&c, 0)?;
-    let dst = pod_ip(&c, 1)?;
-    let ok = Cluster::wait_for(Duration::from_secs(5), || {
-        testbed::ping_rtts(&c.nodes[0].ns, dst, 1, Duration::ZERO)
-            .map(|r| !r.is_empty())
-            .unwrap_or(false)
+    let (src, dst) = match ipv6 {
+        true => (pod_ip6(&c, 0)?.into(), pod_ip6(&c, 1)?.into()),
+        false => (pod_ip(&c, 0)?.into(), pod_ip(&c, 1)?.into()),
+    };
+    let ok = Cluster::wait_for(Duration::from_secs(5), || match dst {
+        std::net::IpAddr::V4(dst) => {
+            testbed::ping_rtts(&c.nodes[0].ns, dst, 1, Duration::ZERO).is_ok_and(|r| !r.is_empty())
+        }
+        std::net::IpAddr::V6(dst) => {
+            testbed::ping6(&c.nodes[0].ns, None, dst, 1).is_ok_and(|n| n == 1)
+        }
     });
     if !ok {
         bail!("no ping through the tunnel\n{}", c.nodes[0].log_text());
     }
     let mut s = Sample::default();
-    let mut rtts = testbed::ping_rtts(&c.nodes[0].ns, dst, 200, Duration::from_millis(2))?;
+    // RTTs are measured over IPv4 only (the IPv6 rows show 0).
+    let mut rtts = match dst {
+        std::net::IpAddr::V4(dst) => {
+            testbed::ping_rtts(&c.nodes[0].ns, dst, 200, Duration::from_millis(2))?
+        }
+        std::net::IpAddr::V6(_) => Vec::new(),
+    };
     rtts.sort();
     let pct = |p: f64| {
         rtts.get(((rtts.len() as f64 * p) as usize).min(rtts.len().saturating_sub(1)))
@@ -505,6 +597,11 @@ fn measure(weft: &Path, setup: Setup, seconds: u64) -> anyhow::Result<Sample> {
     Ok(s)
 }
 
+/// Node `i`'s IPv6 pod address (`<subnet6>::1`).
+fn pod_ip6(c: &Cluster, i: usize) -> anyhow::Result<std::net::Ipv6Addr> {
+    c.nodes[i].pod_ip6().context("no IPv6 subnet")
+}
+
 fn pod_ip(c: &Cluster, i: usize) -> anyhow::Result<std::net::Ipv4Addr> {
     if let Some(ip) = c.nodes[i].pod_ip() {
         return Ok(ip);
@@ -518,8 +615,8 @@ fn pod_ip(c: &Cluster, i: usize) -> anyhow::Result<std::net::Ipv4Addr> {
 fn iperf(
     from: &Netns,
     to: &Netns,
-    src: std::net::Ipv4Addr,
-    dst: std::net::Ipv4Addr,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
     seconds: u64,
     extra: &[&str],
 ) -> anyhow::Result<Value> {
@@ -620,7 +717,13 @@ fn sample_json(s: &Sample, k: &Sample) -> Value {
     })
 }
 
-fn print_table(configs: &[&Config], means: &[Sample], k: &Sample, seconds: u64, rounds: usize) {
+fn print_table(
+    configs: &[&Config],
+    means: &[Sample],
+    kernels: &[Sample],
+    seconds: u64,
+    rounds: usize,
+) {
     println!(
         "\n{:<27} {:>13} {:>7} {:>13} {:>14} {:>15} {:>8} {:>9} {:>7}",
         "configuration",
@@ -633,7 +736,7 @@ fn print_table(configs: &[&Config], means: &[Sample], k: &Sample, seconds: u64, 
         "RSS MiB",
         ""
     );
-    for (c, m) in configs.iter().zip(means) {
+    for ((c, m), k) in configs.iter().zip(means).zip(kernels) {
         println!(
             "{:<27} {:>6.2} {:>5.2}× {:>7.0} {:>6.2} {:>5.2}× {:>7.0} {:>5.2}× {:>6.0}/{:<5.0}{:>4.1}× {:>8.2} {:>9}",
             c.name,
@@ -652,7 +755,7 @@ fn print_table(configs: &[&Config], means: &[Sample], k: &Sample, seconds: u64, 
         );
     }
     println!(
-        "\nMeans of {rounds} interleaved round(s) of {seconds} s per test; ratios against the kernel's VXLAN in the same run.\n\
+        "\nMeans of {rounds} interleaved round(s) of {seconds} s per test; ratios against the kernel's VXLAN of the same family (IPv4 or IPv6) in the same run.\n\
          Two namespaces joined by veth on this machine: veth never segments GSO packets, so offload gains are upper bounds for real NICs."
     );
 }

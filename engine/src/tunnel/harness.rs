@@ -139,6 +139,138 @@ pub fn inbound(data: &[u8]) -> bool {
     }
 }
 
+/// The IPv6 side, for `inbound6`: we hold fd00:10:244:2::/64 behind
+/// `flannel-v6.1` (MTU 1430).
+fn our_subnet6() -> ipnet::Ipv6Net {
+    "fd00:10:244:2::/64".parse().expect("a /64")
+}
+
+/// The IPv6 input: one byte of configuration (TUN or TAP,
+/// `allow_nat_peers`), one for the number of peers (up to 8), 12 bytes per
+/// peer (its /64 as the fourth group of fd00:10:244::/48, the last 32 bits
+/// of its PublicIPv6 in 2001:db8:100::/96, its VtepMAC), the outer
+/// source's last 32 bits, then the datagram.
+struct Setup6<'a> {
+    tunnel: Tunnel<Ipv6Addr>,
+    table: ForwardingTable<Ipv6Addr>,
+    peers: Vec<Peer<Ipv6Addr>>,
+    rest: &'a [u8],
+}
+
+const PEER6_LEN: usize = 12;
+
+/// 2001:db8:100::/96 with `b` as its last 32 bits.
+fn underlay6(b: &[u8]) -> Ipv6Addr {
+    let low = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Ipv6Addr::from(0x2001_0db8_0100_u128 << 80 | u128::from(low))
+}
+
+fn setup6(data: &[u8]) -> Option<Setup6<'_>> {
+    use std::net::SocketAddrV6;
+    let (&conf, data) = data.split_first()?;
+    let (&n, mut data) = data.split_first()?;
+    let ep = vxlan::Endpoint {
+        vni: Vni::DEFAULT,
+        mac: OUR_MAC,
+    };
+    let mode = match conf % 2 {
+        0 => Mode::VxlanTun(ep),
+        _ => Mode::VxlanTap(ep),
+    };
+    let mut peers: Vec<Peer<Ipv6Addr>> = Vec::new();
+    for _ in 0..n % 9 {
+        let (p, more) = data.split_at_checked(PEER6_LEN)?;
+        data = more;
+        let group = u128::from(u16::from_be_bytes([p[0], p[1]]));
+        let net = Ipv6Addr::from(0xfd00_0010_0244_u128 << 80 | group << 64);
+        let subnet = ipnet::Ipv6Net::new(net, 64).ok()?;
+        let ip = underlay6(&p[2..6]);
+        let mac = MacAddr([p[6], p[7], p[8], p[9], p[10], p[11]]);
+        // What admission guarantees, as for IPv4.
+        let taken = |q: &Peer<Ipv6Addr>| {
+            q.subnet == subnet || *q.endpoint.ip() == ip || q.vtep_mac == Some(mac)
+        };
+        if subnet == our_subnet6() || mac == OUR_MAC || !is_vtep_mac(mac) || peers.iter().any(taken)
+        {
+            continue;
+        }
+        peers.push(Peer {
+            subnet,
+            endpoint: SocketAddrV6::new(ip, 8472, 0, 0),
+            vtep_mac: Some(mac),
+        });
+    }
+    let senders = peers
+        .iter()
+        .map(|p| Sender {
+            public_ip: *p.endpoint.ip(),
+            subnet: p.subnet,
+            counters: Arc::new(PeerCounters::default()),
+        })
+        .collect();
+    let tunnel = Tunnel::new(TunnelConfig {
+        mode,
+        local: our_subnet6().network(),
+        gateway: "fd00:10:244::".parse().expect("an address"),
+        subnet: our_subnet6(),
+        allow_nat_peers: conf & 0x80 != 0,
+        mtu: 1430,
+        send_sockets: 4,
+    });
+    Some(Setup6 {
+        tunnel,
+        table: ForwardingTable::with_senders(peers.clone(), senders),
+        peers,
+        rest: data,
+    })
+}
+
+/// `Tunnel<Ipv6Addr>::inbound` never panics, and what it delivers passed
+/// every check: an IPv6 packet inside the datagram, from a sender's
+/// subnet (the sender's own when it holds a lease), to our subnet, not to
+/// a multicast group. True when it delivered.
+pub fn inbound6(data: &[u8]) -> bool {
+    use std::net::SocketAddrV6;
+    let Some(s) = setup6(data) else { return false };
+    let Some((src, datagram)) = s.rest.split_at_checked(4) else {
+        return false;
+    };
+    let src = SocketAddrV6::new(underlay6(src), 8472, 0, 0);
+    let mut d = datagram.to_vec();
+    let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
+    match s.tunnel.inbound(&s.table, &mut d, src, &mut scratch) {
+        Inbound::Deliver(del) => {
+            assert!(del.deliver.end <= d.len() && del.ip.end <= d.len());
+            assert!(del.deliver.start <= del.ip.start && del.ip.end <= del.deliver.end);
+            let ip =
+                ipv6::Packet::new_checked(&d[del.ip.clone()]).expect("delivered a non-IPv6 packet");
+            assert_eq!(ip.version(), 6);
+            let (from, to) = (ip.src(), ip.dst());
+            assert!(our_subnet6().contains(&to) && !to.is_multicast());
+            match del.peer {
+                Some(_) => {
+                    let (net, _) = s.table.sender_entry(*src.ip()).expect("an unknown sender");
+                    assert!(net.contains(&from), "{from} outside the sender's {net}");
+                }
+                None => {
+                    assert!(s.tunnel.config.allow_nat_peers, "a sender without a lease");
+                    assert!(s.peers.iter().any(|p| p.subnet.contains(&from)));
+                }
+            }
+            true
+        }
+        Inbound::Drop(_, Reply::Icmp(len)) => {
+            assert!(len <= scratch.len());
+            assert!(
+                s.table.sender_entry(*src.ip()).is_some(),
+                "ICMP to a stranger"
+            );
+            false
+        }
+        Inbound::Drop(..) => false,
+    }
+}
+
 /// `Tunnel::outbound` never panics, sends only to a peer of the table
 /// that routes the inner destination, and what it sends decapsulates (with
 /// the peer's own view of it) to the packet it was given. True when it
@@ -248,6 +380,16 @@ mod tests {
             DELIVERED.fetch_add(usize::from(super::inbound(d)), Relaxed);
         });
         // The seeds reach the delivery checks, not only the drops.
+        let n = DELIVERED.load(Relaxed);
+        assert!(n >= 3, "{n} seeds delivered");
+    }
+
+    #[test]
+    fn inbound6_corpus() {
+        static DELIVERED: AtomicUsize = AtomicUsize::new(0);
+        replay("tunnel_inbound6", |d| {
+            DELIVERED.fetch_add(usize::from(super::inbound6(d)), Relaxed);
+        });
         let n = DELIVERED.load(Relaxed);
         assert!(n >= 3, "{n} seeds delivered");
     }

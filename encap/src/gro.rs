@@ -1,5 +1,6 @@
-//! Coalescing received TCP/IPv4 segments into one super-packet for a TUN
-//! device with `IFF_VNET_HDR`: a userspace GRO, zero-copy.
+//! Coalescing received TCP segments (over IPv4 or IPv6) into one
+//! super-packet for a TUN or TAP device with `IFF_VNET_HDR`: a userspace
+//! GRO, zero-copy.
 //!
 //! The caller keeps the segments where they were received and writes, with
 //! one `writev`, a header this module builds (`virtio_net_hdr` + the first
@@ -8,8 +9,9 @@
 //! packet its own GRO made.
 //!
 //! Segments merge only under the rules Linux's `tcp_gro_receive` uses: one
-//! flow, IPv4 without options or fragmentation, contiguous sequence
-//! numbers, the same ACK, window, TTL, TOS and TCP options, only ACK and PSH
+//! flow, IPv4 without options or fragmentation (IPv6 without extension
+//! headers), contiguous sequence numbers, the same ACK, window, TTL (hop
+//! limit), TOS (traffic class and flow label) and TCP options, only ACK and PSH
 //! flags (PSH ends a run), equal payload sizes except a shorter last one,
 //! and at most 64 KiB in all. Every merged segment's TCP checksum is
 //! verified first: the merged packet is handed over as CHECKSUM_PARTIAL,
@@ -25,8 +27,9 @@ pub const VNET_HDR_LEN: usize = virtio::HEADER_LEN;
 /// merged packet (Ethernet, for a TAP device).
 pub const L2_MAX: usize = 14;
 /// Room for the header `super_header_after` writes: the vnet header, a
-/// link-layer header, and IPv4 (20 bytes) and TCP (at most 60) headers.
-pub const SUPER_HEADER_MAX: usize = VNET_HDR_LEN + L2_MAX + 20 + 60;
+/// link-layer header, and IPv4 (20 bytes) or IPv6 (40) and TCP (at most
+/// 60) headers.
+pub const SUPER_HEADER_MAX: usize = VNET_HDR_LEN + L2_MAX + ipv6::HEADER_LEN + 60;
 /// The most bytes a merged IPv4 packet may have.
 pub const MAX_MERGED: usize = 65535;
 /// The most segments merged into one packet (as Linux's GRO).
@@ -70,9 +73,12 @@ const TCP_CWR: u8 = tcp::flags::CWR;
 const TCP_ACK: u8 = tcp::flags::ACK;
 const TCP_PSH: u8 = tcp::flags::PSH;
 
-/// A TCP/IPv4 segment that may merge with its neighbours.
+/// A TCP segment (over IPv4 or IPv6) that may merge with its neighbours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
+    /// IP header length: 20 (IPv4 without options) or 40 (IPv6 without
+    /// extension headers).
+    ip_len: usize,
     /// TCP header length.
     tcp_len: usize,
     /// Sequence number.
@@ -84,9 +90,13 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// Header bytes (IPv4 + TCP) in front of the payload.
+    /// Header bytes (IP + TCP) in front of the payload.
     pub fn header_len(&self) -> usize {
-        20 + self.tcp_len
+        self.ip_len + self.tcp_len
+    }
+
+    fn v6(&self) -> bool {
+        self.ip_len == ipv6::HEADER_LEN
     }
 
     /// Payload bytes.
@@ -95,33 +105,52 @@ impl Segment {
     }
 }
 
-/// Looks at one IPv4 packet (exactly its bytes): a `Segment` if it is a TCP
+/// Looks at one IP packet (exactly its bytes): a `Segment` if it is a TCP
 /// segment that may merge (and its checksum is right), else `None` (write it
-/// alone; the kernel checks it). The IPv4 header is assumed already checked
-/// by the decapsulator (version, length, header checksum).
+/// alone; the kernel checks it). The IP header is assumed already checked
+/// by the decapsulator (version, length, IPv4 header checksum).
 pub fn segment(pkt: &[u8]) -> Option<Segment> {
-    segment_unverified(pkt).filter(|_| tcp_checksum_ok(pkt))
+    segment_unverified(pkt).filter(|s| tcp_checksum_ok(pkt, s.ip_len))
+}
+
+/// Whether the TCP checksum of `pkt` (behind `ip_len` bytes of IP header)
+/// is right.
+fn tcp_checksum_ok(pkt: &[u8], ip_len: usize) -> bool {
+    let tcp = &pkt[ip_len..];
+    let pseudo = match ip_len {
+        ipv4::MIN_HEADER_LEN => {
+            let ip = Packet::new_unchecked(pkt);
+            let (src, dst) = (ip.src().octets(), ip.dst().octets());
+            l4::pseudo_header_sum(src, dst, protocol::TCP, tcp.len() as u16)
+        }
+        _ => ipv6::Packet::new_unchecked(pkt).pseudo_header_sum(protocol::TCP, tcp.len() as u32),
+    };
+    checksum::fold(checksum::sum(tcp, pseudo)) == 0xffff
 }
 
 /// `segment` for a packet whose TCP checksum the caller has verified
 /// already (`l4::verify_or_complete`): the same rules, without summing the
 /// packet a second time.
 pub fn segment_unverified(pkt: &[u8]) -> Option<Segment> {
-    if pkt.len() < ipv4::MIN_HEADER_LEN + tcp::MIN_HEADER_LEN {
-        return None;
-    }
-    let ip = Packet::new_unchecked(pkt);
-    // IPv4 without options, TCP, exactly this long, not a fragment.
-    if ip.version() != 4 || ip.header_len() != ipv4::MIN_HEADER_LEN {
-        return None;
-    }
-    if ip.protocol() != protocol::TCP || usize::from(ip.total_len()) != pkt.len() {
-        return None;
-    }
-    if ip.is_fragment() {
-        return None;
-    }
-    let tcp = tcp::Segment::new_unchecked(&pkt[ipv4::MIN_HEADER_LEN..]);
+    let ip_len = match crate::ip_version(pkt)? {
+        4 => {
+            let ip = Packet::new_checked(pkt).ok()?;
+            // IPv4 without options, TCP, exactly this long, not a fragment.
+            let whole = ip.header_len() == ipv4::MIN_HEADER_LEN
+                && ip.protocol() == protocol::TCP
+                && usize::from(ip.total_len()) == pkt.len()
+                && !ip.is_fragment();
+            whole.then_some(ipv4::MIN_HEADER_LEN)?
+        }
+        6 => {
+            let ip = ipv6::Packet::new_checked(pkt).ok()?;
+            // TCP right behind the fixed header, exactly this long.
+            let whole = ip.next_header() == ipv6::next_header::TCP && ip.total_len() == pkt.len();
+            whole.then_some(ipv6::HEADER_LEN)?
+        }
+        _ => return None,
+    };
+    let tcp = tcp::Segment::new_checked(pkt.get(ip_len..)?)?;
     let (tcp_len, len) = (tcp.header_len(), tcp.bytes().len());
     if tcp_len < tcp::MIN_HEADER_LEN || len < tcp_len {
         return None;
@@ -135,23 +164,12 @@ pub fn segment_unverified(pkt: &[u8]) -> Option<Segment> {
         return None;
     }
     Some(Segment {
+        ip_len,
         tcp_len,
         seq: tcp.seq(),
         payload,
         psh: flags & TCP_PSH != 0,
     })
-}
-
-fn tcp_checksum_ok(pkt: &[u8]) -> bool {
-    let ip = Packet::new_unchecked(pkt);
-    let tcp = ip.payload();
-    let pseudo = l4::pseudo_header_sum(
-        ip.src().octets(),
-        ip.dst().octets(),
-        protocol::TCP,
-        tcp.len() as u16,
-    );
-    checksum::fold(checksum::sum(tcp, pseudo)) == 0xffff
 }
 
 /// The `virtio_net_hdr` that hands the TCP super-packet `ip` (IPv4, or
@@ -210,18 +228,21 @@ pub fn gso_header(
     )
 }
 
-/// Whether two segments (IPv4 without options, whole TCP headers of equal
-/// length: `Run::push` checked) may merge: the same flow and the same
-/// headers where `tcp_gro_receive` requires it.
+/// Whether two segments (IPv4 without options or IPv6 without extension
+/// headers, `ip_len` bytes; whole TCP headers of equal length: `Run::push`
+/// checked) may merge: the same flow and the same headers where
+/// `tcp_gro_receive` requires it.
 #[inline]
-fn same_flow_and_headers(a: &[u8], b: &[u8]) -> bool {
-    let (ia, ib) = (Packet::new_unchecked(a), Packet::new_unchecked(b));
-    // Both passed `segment_unverified`: IPv4 headers without options.
+fn same_flow_and_headers(ip_len: usize, a: &[u8], b: &[u8]) -> bool {
+    let same_ip = match ip_len {
+        ipv4::MIN_HEADER_LEN => Packet::new_unchecked(a).same_flow_as(&Packet::new_unchecked(b)),
+        _ => ipv6::Packet::new_unchecked(a).same_flow_as(&ipv6::Packet::new_unchecked(b)),
+    };
     let (ta, tb) = (
-        tcp::Segment::new_unchecked(&a[ipv4::MIN_HEADER_LEN..]),
-        tcp::Segment::new_unchecked(&b[ipv4::MIN_HEADER_LEN..]),
+        tcp::Segment::new_unchecked(&a[ip_len..]),
+        tcp::Segment::new_unchecked(&b[ip_len..]),
     );
-    ia.same_flow_as(&ib) && ta.same_flow_as(&tb)
+    same_ip && ta.same_flow_as(&tb)
 }
 
 /// A run of segments being merged.
@@ -257,13 +278,14 @@ impl Run {
             && next_pkt.len() >= next.header_len()
             && self.count < MAX_SEGMENTS
             && next.tcp_len == l.tcp_len
+            && next.ip_len == l.ip_len
             && !l.psh
             // Equal sizes; only the last may be shorter, so nothing may follow a shorter one.
             && next.payload <= f.payload
             && l.payload == f.payload
             && self.bytes + next.payload <= MAX_MERGED
             && next.seq == l.seq.wrapping_add(l.payload as u32)
-            && same_flow_and_headers(last_pkt, next_pkt);
+            && same_flow_and_headers(l.ip_len, last_pkt, next_pkt);
         if ok {
             self.last = next;
             self.count += 1;
@@ -272,7 +294,7 @@ impl Run {
         ok
     }
 
-    /// Writes into `out` the vnet header and the merged packet's IPv4 and
+    /// Writes into `out` the vnet header and the merged packet's IP and
     /// TCP headers, built from the first segment's packet `first_pkt`; the
     /// payloads follow it on the wire. Returns the bytes written. For a run
     /// of one, writes an empty vnet header only (the packet goes as is).
@@ -282,7 +304,7 @@ impl Run {
 
     /// `super_header` for a device that carries a link-layer header (a TAP):
     /// `l2` (at most `L2_MAX` bytes, the first frame's Ethernet header) goes
-    /// between the vnet header and the IPv4 header, and the vnet header's
+    /// between the vnet header and the IP header, and the vnet header's
     /// offsets count it, as the kernel reads them from the frame's start.
     pub fn super_header_after(
         &self,
@@ -300,30 +322,39 @@ impl Run {
             out[..VNET_HDR_LEN].fill(0);
             return VNET_HDR_LEN;
         };
-        let tcp_len = (self.bytes - ipv4::MIN_HEADER_LEN) as u16;
+        let ip_len = self.first.ip_len;
+        let tcp_len = self.bytes - ip_len;
         let l2_len = l2.len();
         let vnet = TcpGso {
             hdr_len: l2_len + hl,
             gso_size: self.first.payload,
-            csum_start: l2_len + ipv4::MIN_HEADER_LEN,
+            csum_start: l2_len + ip_len,
             // A segment with CWR never joins a run: only ACK and PSH may be set.
             ecn: false,
-            // Runs are of IPv4 segments (`segment_unverified`).
-            v6: false,
+            v6: self.first.v6(),
         };
         out[..VNET_HDR_LEN].copy_from_slice(&vnet.encode());
         out[VNET_HDR_LEN..VNET_HDR_LEN + l2_len].copy_from_slice(l2);
         let at = VNET_HDR_LEN + l2_len;
         let h = &mut out[at..at + hl];
         h.copy_from_slice(first);
-        let (iph, tcph) = h.split_at_mut(ipv4::MIN_HEADER_LEN);
-        let mut ip = Packet::new_unchecked(iph);
-        ip.set_total_len(self.bytes as u16);
-        ip.fill_checksum();
+        let (iph, tcph) = h.split_at_mut(ip_len);
         // CHECKSUM_PARTIAL: the TCP checksum field holds the folded
         // pseudo-header sum; the kernel completes it if it ever must.
-        let pseudo =
-            l4::pseudo_header_sum(ip.src().octets(), ip.dst().octets(), protocol::TCP, tcp_len);
+        let pseudo = match self.first.v6() {
+            false => {
+                let mut ip = Packet::new_unchecked(iph);
+                ip.set_total_len(self.bytes as u16);
+                ip.fill_checksum();
+                let (src, dst) = (ip.src().octets(), ip.dst().octets());
+                l4::pseudo_header_sum(src, dst, protocol::TCP, tcp_len as u16)
+            }
+            true => {
+                let mut ip = ipv6::Packet::new_unchecked(iph);
+                ip.set_payload_len(tcp_len as u16);
+                ip.pseudo_header_sum(protocol::TCP, tcp_len as u32)
+            }
+        };
         let mut tcp = tcp::Segment::new_unchecked(tcph);
         if self.last.psh {
             tcp.set_flags(TCP_PSH);
@@ -424,7 +455,63 @@ mod tests {
         assert_eq!(merged[33] & TCP_PSH, TCP_PSH);
         let c = checksum::checksum(&merged[20..]);
         merged[36..38].copy_from_slice(&c.to_be_bytes());
-        assert!(tcp_checksum_ok(&merged));
+        assert!(tcp_checksum_ok(&merged, 20));
+    }
+
+    /// The same over IPv6: one `SKB_GSO_TCPV6` packet whose payload length
+    /// covers the three segments; segments of another hop limit or flow
+    /// label, or an IPv4 segment, do not join.
+    #[test]
+    fn contiguous_ipv6_segments_merge_into_a_valid_super_packet() {
+        let seg6 = crate::vectors::tcp_segment6;
+        let (a, b, c) = (
+            seg6(1000, 1400, TCP_ACK),
+            seg6(2400, 1400, TCP_ACK),
+            seg6(3800, 600, TCP_ACK | TCP_PSH),
+        );
+        let mut run = Run::new(segment(&a).unwrap());
+        assert!(run.push(&a, segment(&b).unwrap(), &b));
+        assert!(run.push(&b, segment(&c).unwrap(), &c));
+        let mut out = [0u8; SUPER_HEADER_MAX];
+        let n = run.super_header(&a, &mut out);
+        assert_eq!(n, VNET_HDR_LEN + 72);
+        let r = virtio::Repr::parse(&virtio::Header::new_checked(&out[..]).unwrap());
+        assert_eq!(r.gso_type, gso::TCPV6);
+        assert_eq!((r.hdr_len, r.gso_size, r.csum_start), (72, 1400, 40));
+        let mut merged = out[VNET_HDR_LEN..n].to_vec();
+        for p in [&a, &b, &c] {
+            merged.extend_from_slice(&p[72..]);
+        }
+        let ip = ipv6::Packet::new_checked(&merged[..]).unwrap();
+        assert_eq!(ip.total_len(), merged.len());
+        assert_eq!(merged[40 + 13] & TCP_PSH, TCP_PSH);
+        // Completing the partial checksum gives a valid segment.
+        let pseudo = ip.pseudo_header_sum(protocol::TCP, (merged.len() - 40) as u32);
+        assert_eq!(merged[56..58], checksum::fold(pseudo).to_be_bytes());
+        merged[56..58].fill(0);
+        let c = !checksum::fold(checksum::sum(&merged[40..], pseudo));
+        merged[56..58].copy_from_slice(&c.to_be_bytes());
+        assert!(tcp_checksum_ok(&merged, 40));
+
+        let mut run = Run::new(segment(&a).unwrap());
+        let mut hop = b.clone();
+        hop[7] = 63;
+        assert!(
+            !run.push(&a, segment(&hop).unwrap(), &hop),
+            "another hop limit"
+        );
+        let mut flow = b.clone();
+        flow[3] = 1;
+        assert!(
+            !run.push(&a, segment(&flow).unwrap(), &flow),
+            "another flow label"
+        );
+        let v4 = seg(2400, 1400, TCP_ACK);
+        assert!(!run.push(&a, segment(&v4).unwrap(), &v4), "IPv4 after IPv6");
+        // A wrong checksum is no segment to merge.
+        let mut bad = b.clone();
+        bad[100] ^= 1;
+        assert_eq!(segment(&bad), None);
     }
 
     #[test]

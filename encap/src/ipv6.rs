@@ -166,6 +166,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
         pseudo_header_sum(&self.src(), &self.dst(), next, len)
     }
 
+    /// True when `other` belongs to the same flow with the same header
+    /// where Linux's `ipv6_gro_receive` requires it: traffic class, flow
+    /// label, next header, hop limit, source and destination (only the
+    /// payload length may differ).
+    pub fn same_flow_as<U: AsRef<[u8]>>(&self, other: &Packet<U>) -> bool {
+        let (a, b) = (self.buffer.as_ref(), other.buffer.as_ref());
+        a[field::VER_TC_FLOW] == b[field::VER_TC_FLOW]
+            && a[field::NXT_HDR..field::DST.end] == b[field::NXT_HDR..field::DST.end]
+    }
+
     fn ver_tc_flow(&self) -> u32 {
         let b = &self.buffer.as_ref()[field::VER_TC_FLOW];
         u32::from_be_bytes([b[0], b[1], b[2], b[3]])

@@ -21,3 +21,8 @@ pub fn ipv4_packet(len: usize) -> Vec<u8> {
 pub fn tcp_segment(seq: u32, payload: usize) -> Vec<u8> {
     weft_encap::vectors::tcp_segment(seq, payload, 0x10)
 }
+
+/// The same segment over IPv6 (fd00:10:244:1::2 → fd00:10:244:2::3).
+pub fn tcp_segment6(seq: u32, payload: usize) -> Vec<u8> {
+    weft_encap::vectors::tcp_segment6(seq, payload, 0x10)
+}

@@ -230,8 +230,7 @@ impl Plan {
     ) -> Option<DataPlaneSpec> {
         let device = self.device.as_ref()?;
         Some(self.spec(
-            device,
-            self.mtu,
+            (device, self.mtu),
             opts,
             (network, subnet),
             public_ip,
@@ -251,8 +250,7 @@ impl Plan {
     ) -> Option<DataPlaneSpec<Ipv6Addr>> {
         let (device, mtu) = self.device6.as_ref()?;
         Some(self.spec(
-            device,
-            *mtu,
+            (device, *mtu),
             opts,
             (network, subnet),
             public_ip,
@@ -261,11 +259,11 @@ impl Plan {
         ))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The spec of one family's data plane: its device and MTU, its
+    /// Network and subnet, our address in it, its table and counters.
     fn spec<F: Inner>(
         &self,
-        device: &DevicePlan,
-        mtu: u32,
+        (device, mtu): (&DevicePlan, u32),
         opts: &RunOptions,
         (network, subnet): (F::Net, F::Net),
         public_ip: F,

@@ -211,6 +211,16 @@ impl Node {
                 .map(|d| d.name.clone())
                 .unwrap_or_default(),
             mtu: plan.mtu,
+            ipv6: subnet6.map(|subnet| crate::metrics::NodeView6 {
+                subnet,
+                public_ip: public_ipv6,
+                device: plan
+                    .device6
+                    .as_ref()
+                    .map(|(d, _)| d.name.clone())
+                    .unwrap_or_default(),
+                mtu: plan.device6.as_ref().map_or(0, |(_, mtu)| *mtu),
+            }),
         });
         serve_endpoints(&opts, &metrics).await?;
         let policy = lease_policy(&conf, &leases_from, &plan, &lease, &underlay);

@@ -12,6 +12,6 @@ mod exposition;
 mod http;
 
 pub use crate::failures::{errno_slot, Failures, ERRNOS, ERRNO_SLOTS};
-pub use counters::{BatchStats, Metrics, NodeView, PeerView, RejectedView, WorkerStats};
+pub use counters::{BatchStats, Metrics, NodeView, NodeView6, PeerView, RejectedView, WorkerStats};
 pub use exposition::name;
 pub use http::{serve, serve_health, MAX_CONNECTIONS};

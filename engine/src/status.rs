@@ -92,6 +92,14 @@ impl Sample {
             .map(|s| &s.labels)
     }
 
+    /// The labels of `weft_node_ipv6_info`, if the node has an IPv6 half.
+    pub fn node6(&self) -> Option<&BTreeMap<String, String>> {
+        self.metrics
+            .get(name::NODE_IPV6_INFO)?
+            .first()
+            .map(|s| &s.labels)
+    }
+
     /// The peers, by subnet.
     pub fn peers(&self) -> Vec<PeerRow> {
         let Some(info) = self.metrics.get(name::PEER_INFO) else {
@@ -288,6 +296,14 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
                 l("backend"),
                 l("mtu")
             );
+            if let Some(n6) = s.node6() {
+                let l = |k: &str| n6.get(k).map(String::as_str).unwrap_or("");
+                let _ = writeln!(o, "  subnet6    {}", l("subnet"));
+                let _ = writeln!(o, "  PublicIPv6 {}", l("public_ip"));
+                if !l("device").is_empty() {
+                    let _ = writeln!(o, "  device6    {} (MTU {})", l("device"), l("mtu"));
+                }
+            }
         }
         None => {
             let _ = writeln!(o, "node         no lease yet");
@@ -311,15 +327,28 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
     let peers = s.peers();
     let _ = writeln!(o, "\npeers ({})", peers.len());
     if !peers.is_empty() {
+        // IPv6 subnets and addresses widen their columns.
+        let sw = peers
+            .iter()
+            .map(|p| p.subnet.len())
+            .max()
+            .unwrap_or(0)
+            .max(18);
+        let iw = peers
+            .iter()
+            .map(|p| p.public_ip.len())
+            .max()
+            .unwrap_or(0)
+            .max(15);
         let _ = writeln!(
             o,
-            "  {:<18} {:<15} {:<17} {:<11} {:>10} {:>10} {:>10} {:>10}",
+            "  {:<sw$} {:<iw$} {:<17} {:<11} {:>10} {:>10} {:>10} {:>10}",
             "SUBNET", "PUBLIC IP", "VTEP MAC", "VIA", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"
         );
         for p in &peers {
             let _ = writeln!(
                 o,
-                "  {:<18} {:<15} {:<17} {:<11} {:>10} {:>10} {:>10} {:>10}",
+                "  {:<sw$} {:<iw$} {:<17} {:<11} {:>10} {:>10} {:>10} {:>10}",
                 p.subnet,
                 p.public_ip,
                 if p.vtep_mac.is_empty() {
@@ -441,6 +470,12 @@ mod tests {
                 backend: "vxlan",
                 device: "flannel.1".into(),
                 mtu: 1450,
+                ipv6: Some(crate::metrics::NodeView6 {
+                    subnet: "fd00:10:244:1::/64".parse().unwrap(),
+                    public_ip: Some("fd00:192::1".parse().unwrap()),
+                    device: "flannel-v6.1".into(),
+                    mtu: 1430,
+                }),
             })
             .unwrap();
         let c = Arc::new(weft_routes::PeerCounters::default());
@@ -476,6 +511,9 @@ mod tests {
         for want in [
             "subnet     10.244.1.0/24",
             "backend    vxlan (device flannel.1, MTU 1450)",
+            "subnet6    fd00:10:244:1::/64",
+            "PublicIPv6 fd00:192::1",
+            "device6    flannel-v6.1 (MTU 1430)",
             "ready      yes",
             "expires in 21h30m",
             "10.244.2.0/24      192.0.2.2       02:00:00:00:00:02 tunnel",

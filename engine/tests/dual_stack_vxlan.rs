@@ -103,6 +103,25 @@ fn ipv6_pods_cross_weft_vxlan_between_tun_and_tap() {
     transfer_pods(&c, 0, 1, 8, 5403);
     wait_metric(&c, 0, "weft_peers", 1);
 
+    // weft status shows both halves: ours, and a row per family for the
+    // peer, each with its own VtepMAC and traffic.
+    let text = weft_status(&c.nodes[0].ns);
+    let mac = |i: usize, data: &str| {
+        let lease = std::fs::read_to_string(c.lease_path(i).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&lease).unwrap();
+        v[data]["VtepMAC"].as_str().unwrap().to_string()
+    };
+    for want in [
+        format!("subnet6    {s0}"),
+        "device6    flannel-v6.1 (MTU 1430)".to_string(),
+        format!("{s1} "),
+        mac(1, "BackendV6Data"),
+        mac(1, "BackendData"),
+        "peers (2)".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want:?} missing from\n{text}");
+    }
+
     for i in 0..2 {
         let status = c.nodes[i].stop().unwrap();
         assert!(

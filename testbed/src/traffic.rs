@@ -271,7 +271,19 @@ pub fn ping_probe(
 /// returns how many were answered. The kernel fills in the ICMPv6
 /// checksum, as it must for every raw ICMPv6 socket.
 pub fn ping6(ns: &Netns, src: Option<Ipv6Addr>, ip: Ipv6Addr, count: u16) -> io::Result<usize> {
-    ns.enter(move || -> io::Result<usize> {
+    Ok(ping6_rtts(ns, src, ip, count, Duration::from_millis(50))?.len())
+}
+
+/// Echo round-trip times from `ns` to `ip` over ICMPv6, `interval` apart
+/// (lost probes, those unanswered within 500 ms, left out).
+pub fn ping6_rtts(
+    ns: &Netns,
+    src: Option<Ipv6Addr>,
+    ip: Ipv6Addr,
+    count: u16,
+    interval: Duration,
+) -> io::Result<Vec<Duration>> {
+    ns.enter(move || -> io::Result<Vec<Duration>> {
         use socket2::{Domain, Protocol, Socket, Type};
         let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
@@ -280,7 +292,7 @@ pub fn ping6(ns: &Netns, src: Option<Ipv6Addr>, ip: Ipv6Addr, count: u16) -> io:
         }
         let dst: socket2::SockAddr = std::net::SocketAddr::from((ip, 0)).into();
         let id = (COUNTER.fetch_add(1, Ordering::Relaxed) as u16) ^ (std::process::id() as u16);
-        let mut answered = 0;
+        let mut rtts = Vec::new();
         for seq in 0..count {
             let mut req = [0u8; 64];
             req[0] = 128;
@@ -301,13 +313,13 @@ pub fn ping6(ns: &Netns, src: Option<Ipv6Addr>, ip: Ipv6Addr, count: u16) -> io:
                     && r[4..6] == id.to_be_bytes()
                     && r[6..8] == seq.to_be_bytes()
                 {
-                    answered += 1;
+                    rtts.push(sent.elapsed());
                     break;
                 }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(interval);
         }
-        Ok(answered)
+        Ok(rtts)
     })?
 }
 

@@ -525,12 +525,13 @@ fn measure(weft: &Path, config: &Config, seconds: u64) -> anyhow::Result<Sample>
         bail!("no ping through the tunnel\n{}", c.nodes[0].log_text());
     }
     let mut s = Sample::default();
-    // RTTs are measured over IPv4 only (the IPv6 rows show 0).
     let mut rtts = match dst {
         std::net::IpAddr::V4(dst) => {
             testbed::ping_rtts(&c.nodes[0].ns, dst, 200, Duration::from_millis(2))?
         }
-        std::net::IpAddr::V6(_) => Vec::new(),
+        std::net::IpAddr::V6(dst) => {
+            testbed::ping6_rtts(&c.nodes[0].ns, None, dst, 200, Duration::from_millis(2))?
+        }
     };
     rtts.sort();
     let pct = |p: f64| {

@@ -188,6 +188,21 @@ pub struct NodeView {
     pub device: String,
     /// The MTU in subnet.env.
     pub mtu: u32,
+    /// Our IPv6 half, with `EnableIPv6`.
+    pub ipv6: Option<NodeView6>,
+}
+
+/// This node's IPv6 half, as `/metrics` shows it.
+#[derive(Debug, Clone)]
+pub struct NodeView6 {
+    /// Our IPv6 subnet.
+    pub subnet: ipnet::Ipv6Net,
+    /// Our PublicIPv6 (none with the udp backend, which carries no IPv6).
+    pub public_ip: Option<std::net::Ipv6Addr>,
+    /// weft's device for IPv6 pods ("" when none carries them).
+    pub device: String,
+    /// That device's MTU (0 without one).
+    pub mtu: u32,
 }
 
 /// Everything `/metrics`, `/healthz` and `/readyz` report.

@@ -42,6 +42,8 @@ pub mod name {
     pub const PEERS_UNREACHABLE: &str = "weft_peers_unreachable";
     /// `weft_node_info`.
     pub const NODE_INFO: &str = "weft_node_info";
+    /// `weft_node_ipv6_info`.
+    pub const NODE_IPV6_INFO: &str = "weft_node_ipv6_info";
     /// `weft_lease_expiry_seconds`.
     pub const LEASE_EXPIRY: &str = "weft_lease_expiry_seconds";
     /// `weft_ready`.
@@ -194,6 +196,23 @@ impl Metrics {
                 n.device,
                 n.mtu
             );
+            if let Some(v6) = &n.ipv6 {
+                family(
+                    &mut s,
+                    name::NODE_IPV6_INFO,
+                    "gauge",
+                    "This node's IPv6 half: its subnet, PublicIPv6, device and that device's MTU.",
+                );
+                let public_ip = v6.public_ip.map(|ip| ip.to_string()).unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "{}{{subnet=\"{}\",public_ip=\"{public_ip}\",device=\"{}\",mtu=\"{}\"}} 1",
+                    name::NODE_IPV6_INFO,
+                    v6.subnet,
+                    v6.device,
+                    v6.mtu
+                );
+            }
         }
         gauge(
             &mut s,
@@ -355,7 +374,7 @@ fn gauge(s: &mut String, name: &str, help: &str, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{BatchStats, NodeView, PeerView, RejectedView, WorkerStats};
+    use crate::metrics::{BatchStats, NodeView, NodeView6, PeerView, RejectedView, WorkerStats};
     use std::sync::Arc;
     use weft_encap::MacAddr;
 
@@ -449,6 +468,12 @@ mod tests {
             backend: "vxlan",
             device: "flannel.1".into(),
             mtu: 1450,
+            ipv6: Some(NodeView6 {
+                subnet: "fd00:10:244:1::/64".parse().unwrap(),
+                public_ip: Some("fd00:192::1".parse().unwrap()),
+                device: "flannel-v6.1".into(),
+                mtu: 1430,
+            }),
         });
         let text = m.render();
         let scrape =
@@ -475,6 +500,7 @@ mod tests {
             name::PEERS_DIRECT,
             name::PEERS_UNREACHABLE,
             name::NODE_INFO,
+            name::NODE_IPV6_INFO,
             name::LEASE_EXPIRY,
             name::READY,
             name::LEASES_REJECTED,
@@ -513,6 +539,10 @@ mod tests {
                 .find(|s| s.metric == metric && s.labels.get(label) == Some(v))
                 .map(|s| s.value.clone())
         };
+        assert_eq!(
+            value(name::NODE_IPV6_INFO, "device", "flannel-v6.1"),
+            Some(prometheus_parse::Value::Gauge(1.0))
+        );
         assert_eq!(
             value(name::DROPPED, "reason", "spoofed_source"),
             Some(prometheus_parse::Value::Counter(1.0))

@@ -404,3 +404,84 @@ fn a_deleted_ipv6_device_is_recreated() {
     wait_metric(&c, 0, "weft_device_recreations_total", 1);
     assert!(ping(&c.nodes[0].ns, c.nodes[1].pod_ip().unwrap(), 2));
 }
+
+/// flannel gives pods the IPv4 MTU (FLANNEL_MTU, 1450) while
+/// `flannel-v6.1` has the underlay's less 70 (1430), so an IPv6 pod's
+/// packets of 1431–1450 bytes cross only after an ICMPv6 packet too big
+/// from its own node: nothing fragments IPv6 on the way. Pods at 1450 on
+/// a TUN node and a TAP node (as the CNI plugin attaches them) learn the
+/// path MTU and carry 20 MB each way, hash-checked, at the MSS their links
+/// allow (1390) until they learn it; the IPv4 pods' packets fit as they
+/// are.
+#[test]
+fn ipv6_pods_at_flannel_mtu_learn_the_path_mtu() {
+    let mut c = Cluster::new("dspm", 2, DUAL_VXLAN).expect("testbed");
+    c.add_ipv6().expect("IPv6 underlay");
+    c.start(0, weft(), &[]).unwrap();
+    c.start(1, weft(), &["--device", "tap"]).unwrap();
+    // Two pods a node, a sender and a receiver: a receiver that had learnt
+    // the path MTU would advertise an MSS that fits it.
+    let pods: Vec<_> = (0..2)
+        .map(|i| {
+            c.nodes[i].add_pod_bridge().unwrap();
+            let sender = c.nodes[i].add_pod(10, 1450).unwrap();
+            (sender, c.nodes[i].add_pod(11, 1450).unwrap())
+        })
+        .collect();
+    let ip6 = |p: &weft_testbed::Pod| p.ip6.expect("an IPv6 pod address");
+    let reached = Cluster::wait_for(std::time::Duration::from_secs(3), || {
+        ping6(&pods[0].0.ns, None, ip6(&pods[1].1), 1).is_ok_and(|n| n == 1)
+    });
+    assert!(
+        reached,
+        "{}\n{}",
+        c.nodes[0].log_text(),
+        c.nodes[1].log_text()
+    );
+    for (a, b) in [(0, 1), (1, 0)] {
+        let (from, to) = (&pods[a].0, &pods[b].1);
+        let r = weft_testbed::tcp_transfer_ip(
+            &from.ns,
+            None,
+            &to.ns,
+            ip6(to).into(),
+            5501 + a as u16,
+            20 << 20,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "pod {a} -> pod {b} over IPv6: {e}\n{}\n{}",
+                c.nodes[0].log_text(),
+                c.nodes[1].log_text()
+            )
+        });
+        assert_eq!(r.sent, r.received, "bytes or hash differ {a}->{b}");
+        // The sender's kernel learnt 1430 from its node's packet too big.
+        let route = from
+            .ns
+            .ip(&["-6", "route", "get", &ip6(to).to_string()])
+            .unwrap();
+        let route = String::from_utf8_lossy(&route.stdout).to_string();
+        assert!(route.contains("mtu 1430"), "pod {a}: {route}");
+        // IPv4 pods: 1450 fits flannel.1 as it is.
+        let r = weft_testbed::tcp_transfer_ip(
+            &from.ns,
+            None,
+            &to.ns,
+            to.ip.into(),
+            5503 + a as u16,
+            4 << 20,
+        )
+        .unwrap();
+        assert_eq!(r.sent, r.received, "bytes or hash differ {a}->{b} (IPv4)");
+    }
+    for i in 0..2 {
+        let m = metrics(&c.nodes[i].ns, 9474);
+        for reason in ["ipv6_malformed", "spoofed_source", "unknown_sender"] {
+            assert!(
+                m.contains(&format!("reason=\"{reason}\"}} 0")),
+                "node {i}: {reason}\n{m}"
+            );
+        }
+    }
+}

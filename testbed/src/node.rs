@@ -129,6 +129,65 @@ impl Node {
     }
 }
 
+/// A pod as the flannel CNI plugin (bridge and host-local) attaches one: a
+/// namespace whose `eth0` is a veth on the node's `cni0`, with the MTU of
+/// subnet.env, `<subnet>.<host>` and `<IPv6 subnet>::<host>` (when the
+/// node has one), and default routes via the bridge's `.1` and `::1`. Its
+/// namespace is deleted with it (and the veth with that).
+pub struct Pod {
+    /// Its namespace.
+    pub ns: Netns,
+    /// Its IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Its IPv6 address, with `EnableIPv6`.
+    pub ip6: Option<Ipv6Addr>,
+}
+
+impl Node {
+    /// Attaches a pod with host part `host` (≥ 2) to `cni0` (which
+    /// `add_pod_bridge` put up), its link MTU `mtu`, and turns forwarding on
+    /// in the node, as a Kubernetes node has it.
+    pub fn add_pod(&self, host: u8, mtu: u32) -> io::Result<Pod> {
+        let subnet = self
+            .subnet()
+            .ok_or_else(|| io::Error::other("no subnet.env yet"))?;
+        let ns = Netns::create("pod")?;
+        let outside = format!("vp{host}");
+        let mtu = mtu.to_string();
+        self.ns.ip(&[
+            "link", "add", &outside, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+            &mtu, "netns", &ns.name,
+        ])?;
+        self.ns
+            .ip(&["link", "set", &outside, "master", "cni0", "up"])?;
+        for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+            self.ns.exec("sysctl", &["-qw", &format!("{key}=1")])?;
+        }
+        let ip = Ipv4Addr::from(u32::from(subnet.network()) + u32::from(host));
+        let gw = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{ip}/{}", subnet.prefix_len()),
+            "dev",
+            "eth0",
+        ])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", &gw.to_string()])?;
+        let ip6 = match (self.subnet6(), self.pod_ip6()) {
+            (Some(s), Some(gw6)) => {
+                let ip6 = Ipv6Addr::from(u128::from(s.network()) + u128::from(host));
+                let addr = format!("{ip6}/{}", s.prefix_len());
+                ns.ip(&["-6", "addr", "add", &addr, "dev", "eth0", "nodad"])?;
+                ns.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()])?;
+                Some(ip6)
+            }
+            _ => None,
+        };
+        Ok(Pod { ns, ip, ip6 })
+    }
+}
+
 /// The VtepMAC the kernel-VXLAN stand-in of a test uses.
 pub const KERNEL_VTEP_MAC: &str = "0e:6b:65:72:6e:01";
 /// The VtepMAC of its `flannel-v6.1`.

@@ -46,6 +46,19 @@ s390x-unknown-linux-gnu) gnu=s390x-linux-gnu qemu=s390x arch=s390x ;;
     ;;
 esac
 
+# apt-get update fails when any one index does not download, e.g. while a
+# mirror syncs (a Packages.xz of the wrong size), though the packages wanted
+# may all be there. Try three times, then go on with the indexes that did
+# download: apt-get install is what must succeed.
+apt_update() {
+    local try
+    for try in 1 2 3; do
+        apt-get update -qq && return 0
+        echo "apt-get update failed (try $try of 3)" >&2
+        sleep 10
+    done
+    echo "apt-get update: some indexes did not download; going on with those that did" >&2
+}
 install() {
     local need=()
     command -v "$gnu-gcc" >/dev/null || need+=("gcc-$gnu")
@@ -70,7 +83,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
     fi
-    apt-get update -qq
+    apt_update
     [ ${#need[@]} -eq 0 ] || apt-get install -y -qq "${need[@]}" >/dev/null
     [ ${#backports[@]} -eq 0 ] || apt-get install -y -qq -t bookworm-backports "${backports[@]}" >/dev/null
 }

@@ -10,6 +10,7 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use weft_encap::{MacAddr, Vni};
 use weft_routes::lease::{Origin, VxlanData};
+use weft_routes::validate::V4Policy;
 use weft_routes::{Backend, Claim, Lease, LeaseAttrs, LeasePolicy, SubnetKey};
 
 fn policy() -> LeasePolicy {
@@ -20,13 +21,15 @@ fn policy() -> LeasePolicy {
             direct_routing: false,
             mtu: None,
         },
-        network: "10.0.0.0/8".parse().expect("a literal"),
-        subnet_len: Some(24),
-        own: "10.0.1.0-24".parse().expect("a literal"),
-        own_public_ip: Ipv4Addr::new(172, 31, 255, 254),
-        own_mac: Some(MacAddr([0x0e, 0xff, 0, 0, 0, 1])),
-        underlay: vec!["172.16.0.0/12".parse().expect("a literal")],
-        network_routed: false,
+        ipv4: Some(V4Policy {
+            network: "10.0.0.0/8".parse().expect("a literal"),
+            subnet_len: Some(24),
+            own: "10.0.1.0/24".parse().expect("a literal"),
+            own_public_ip: Ipv4Addr::new(172, 31, 255, 254),
+            own_mac: Some(MacAddr([0x0e, 0xff, 0, 0, 0, 1])),
+            underlay: vec!["172.16.0.0/12".parse().expect("a literal")],
+            network_routed: false,
+        }),
         ipv6: None,
     }
 }
@@ -74,17 +77,16 @@ fn admission(c: &mut Criterion) {
             .iter()
             .map(|a| {
                 let l = a.lease;
-                (l.key, (l.origin.clone(), l.attrs.public_ip, a.vtep_mac))
+                (l.key, (l.origin.clone(), a.v4))
             })
             .collect();
         // IPv4-only leases: every claim is an IPv4 one.
         let is_peer = |l: &Lease, claim: Claim<'_>| {
-            let Claim::V4(vtep_mac) = claim else {
+            let Claim::V4(h) = claim else {
                 return false;
             };
-            held.get(&l.key).is_some_and(|(o, ip, mac)| {
-                *o == l.origin && *ip == l.attrs.public_ip && *mac == vtep_mac
-            })
+            held.get(&l.key)
+                .is_some_and(|(o, v4)| *o == l.origin && *v4 == Some(*h))
         };
         g.bench_with_input(BenchmarkId::new("incumbent", n), &all, |b, all| {
             b.iter(|| p.admit(black_box(all), is_peer))

@@ -6,8 +6,8 @@
 use crate::device::DeviceKind;
 use crate::netlink::{Netlink, NetlinkError, RouteEntry, Underlay};
 use arc_swap::ArcSwap;
-use ipnet::{IpNet, Ipv4Net};
-use std::collections::{BTreeMap, HashSet};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -292,12 +292,14 @@ impl Peers {
         let mut rejected = BTreeMap::new();
         for a in &admitted {
             let l = a.lease;
-            let v4 = Half {
-                subnet: l.key.v4.into(),
-                public_ip: l.attrs.public_ip.into(),
-                vtep_mac: a.vtep_mac,
-            };
-            desired.insert((l.key, Family::V4), v4);
+            if let Some(h) = a.v4 {
+                let v4 = Half {
+                    subnet: h.subnet.into(),
+                    public_ip: h.public_ip.into(),
+                    vtep_mac: h.vtep_mac,
+                };
+                desired.insert((l.key, Family::V4), v4);
+            }
             if let Some(h) = a.v6 {
                 let v6 = Half {
                     subnet: h.subnet.into(),
@@ -314,8 +316,18 @@ impl Peers {
         }
         for r in refused {
             let l = r.lease;
-            let id = (l.key, l.origin.clone(), Family::V4);
-            rejected.insert(id, (l.attrs.public_ip.into(), r.reason));
+            // In an IPv6-only cluster a lease is its IPv6 half.
+            let (family, ip) = match self.policy.ipv4 {
+                Some(_) => (
+                    Family::V4,
+                    IpAddr::from(l.attrs.public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+                ),
+                None => (
+                    Family::V6,
+                    IpAddr::from(l.attrs.public_ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED)),
+                ),
+            };
+            rejected.insert((l.key, l.origin.clone(), family), (ip, r.reason));
         }
         self.report_rejected(rejected, leases);
         // Only admission reads the holders: they may change alone (a
@@ -375,8 +387,10 @@ impl Peers {
                 continue;
             }
             let node = &origin.name;
-            match family {
-                Family::V4 => {
+            // In an IPv6-only cluster the IPv6 half is the whole lease.
+            let half = *family == Family::V6 && self.policy.ipv4.is_some();
+            match half {
+                false => {
                     let detail = match reason {
                         Rejection::BackendType => {
                             let theirs = leases
@@ -394,7 +408,7 @@ impl Peers {
                     tracing::warn!(lease = %key, node, public_ip = %ip, %reason, "ignoring lease: {detail}; no route, neighbor or FDB entry is programmed for it");
                     self.metrics.leases_rejected[reason.index()].fetch_add(1, Relaxed);
                 }
-                Family::V6 => {
+                true => {
                     tracing::warn!(lease = %key, node, public_ipv6 = %ip, %reason, "ignoring the lease's IPv6 half: {}; its IPv4 half is a peer on its own merits", reason.explain());
                     self.metrics.ipv6_halves_rejected[reason.index()].fetch_add(1, Relaxed);
                 }
@@ -425,12 +439,12 @@ impl Peers {
     /// VtepMAC (and IPv6 subnet).
     fn is_peer(&self, l: &Lease, c: Claim<'_>) -> bool {
         let (family, want) = match c {
-            Claim::V4(mac) => (
+            Claim::V4(h) => (
                 Family::V4,
                 Half {
-                    subnet: l.key.v4.into(),
-                    public_ip: l.attrs.public_ip.into(),
-                    vtep_mac: mac,
+                    subnet: h.subnet.into(),
+                    public_ip: h.public_ip.into(),
+                    vtep_mac: h.vtep_mac,
                 },
             ),
             Claim::V6(h) => (
@@ -498,17 +512,24 @@ impl Peers {
     /// the networks themselves (the udp backend's route) and our own
     /// subnets (their blackhole routes).
     fn is_own_prefix(&self, dst: IpNet) -> bool {
-        let v4 = [self.policy.network, self.policy.own.v4].map(IpNet::from);
+        let v4 = self
+            .policy
+            .ipv4
+            .iter()
+            .flat_map(|p| [IpNet::from(p.network), IpNet::from(p.own)]);
         let v6 =
             self.policy.ipv6.iter().flat_map(|p| {
                 std::iter::once(IpNet::from(p.network)).chain(p.own.map(IpNet::from))
             });
-        v4.into_iter().chain(v6).any(|n| n == dst)
+        v4.chain(v6).any(|n| n == dst)
     }
 
     /// True when `dst` lies inside one of the overlay networks.
     fn in_overlay(&self, dst: IpNet) -> bool {
-        IpNet::from(self.policy.network).contains(&dst)
+        self.policy
+            .ipv4
+            .as_ref()
+            .is_some_and(|p| IpNet::from(p.network).contains(&dst))
             || self
                 .policy
                 .ipv6
@@ -633,10 +654,10 @@ impl Peers {
     }
 
     fn publish(&mut self) {
-        // Every lease has its IPv4 half: the counters live as long as it.
-        self.counters
-            .retain(|k, _| self.wanted.contains_key(&(*k, Family::V4)));
-        for (k, _) in self.wanted.keys() {
+        // A lease's counters live as long as one of its halves is wanted.
+        let leases: BTreeSet<SubnetKey> = self.wanted.keys().map(|(k, _)| *k).collect();
+        self.counters.retain(|k, _| leases.contains(k));
+        for k in &leases {
             self.counters.entry(*k).or_default();
         }
         self.table.store(Arc::new(self.table_of()));
@@ -660,10 +681,10 @@ impl Peers {
                     None => "unreachable",
                 },
                 counters: self.counters[&k.0].clone(),
+                counted: k.1 == Family::V4 || !self.wanted.contains_key(&(k.0, Family::V4)),
             })
             .collect();
-        let leases = self.wanted.keys().filter(|(_, f)| *f == Family::V4).count();
-        m.peers.store(leases as u64, Relaxed);
+        m.peers.store(leases.len() as u64, Relaxed);
         m.peers_direct.store(direct as u64, Relaxed);
         m.peers_unreachable
             .store(self.failing.len() as u64, Relaxed);
@@ -788,14 +809,11 @@ fn describe(via: Via) -> &'static str {
 /// BackendData or BackendV6Data): the one in our previous lease (so peers
 /// need not reprogram anything across a restart), else a fresh random one.
 pub fn vtep_mac_for(
-    leases: &[Lease],
-    public_ip: Ipv4Addr,
-    previous: Option<Ipv4Net>,
+    ours: Option<&Lease>,
     vni: Vni,
     side: impl Fn(&weft_routes::LeaseAttrs) -> Option<weft_routes::lease::VxlanData>,
 ) -> MacAddr {
-    weft_routes::alloc::lease_of(leases, public_ip, previous)
-        .and_then(|l| side(&l.attrs))
+    ours.and_then(|l| side(&l.attrs))
         .filter(|d| d.vni == vni && weft_routes::validate::is_vtep_mac(d.vtep_mac))
         .map(|d| d.vtep_mac)
         .unwrap_or_else(|| MacAddr::vtep_from_random(rand::random()))

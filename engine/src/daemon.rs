@@ -110,7 +110,8 @@ struct Node {
     opts: RunOptions,
     nl: Netlink,
     leases_from: Leases,
-    subnet: ipnet::Ipv4Net,
+    /// Our IPv4 subnet; none in an IPv6-only cluster.
+    subnet: Option<ipnet::Ipv4Net>,
     /// Our IPv6 subnet, with `EnableIPv6`.
     subnet6: Option<Ipv6Net>,
     data_plane: Option<DataPlane>,
@@ -132,9 +133,12 @@ impl Node {
     async fn start(opts: RunOptions) -> anyhow::Result<Node> {
         let nl = Netlink::open()?;
         let underlay = nl.choose_underlay(&opts.iface).await?;
-        let public_ip = opts.public_ip.unwrap_or(underlay.addr);
         let leases_from = open_registry(&opts).await?;
         let conf = leases_from.config().await?;
+        let public_ip = conf
+            .ipv4
+            .as_ref()
+            .map(|_| opts.public_ip.unwrap_or(underlay.addr));
         let public_ipv6 = match conf.ipv6 {
             Some(_) => Some(public_ipv6(&opts, &underlay)?),
             None => None,
@@ -162,14 +166,22 @@ impl Node {
                 v6.network
             );
         }
-        match (subnet6, public_ipv6) {
-            (Some(subnet6), Some(public_ipv6)) => {
-                tracing::info!(%subnet, %public_ip, %subnet6, %public_ipv6, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired")
-            }
-            _ => {
-                tracing::info!(%subnet, %public_ip, iface = %underlay.name, backend = conf.backend.type_name(), "lease acquired")
-            }
+        if let (Some(v4), None) = (&conf.ipv4, subnet) {
+            anyhow::bail!(
+                "our lease {} has no IPv4 subnet in {}",
+                lease.key,
+                v4.network
+            );
         }
+        let shown = |ip: Option<std::net::IpAddr>| ip.map_or("-".into(), |ip| ip.to_string());
+        tracing::info!(
+            subnet = %lease.key,
+            public_ip = %shown(public_ip.map(Into::into)),
+            public_ipv6 = %shown(public_ipv6.map(Into::into)),
+            iface = %underlay.name,
+            backend = conf.backend.type_name(),
+            "lease acquired"
+        );
 
         let threads = opts.threads.max(1);
         let table = Arc::new(ArcSwap::from_pointee(ForwardingTable::default()));
@@ -183,8 +195,12 @@ impl Node {
         };
         let stats = new_stats(plan.device.is_some());
         let stats6 = new_stats(plan.device6.is_some() && subnet6.is_some());
-        let nets = (conf.network, subnet);
-        let data_plane = match plan.data_plane_spec(&opts, nets, public_ip, &table, &stats) {
+        let nets = conf.ipv4.as_ref().map(|c| c.network).zip(subnet);
+        let spec = match (nets, public_ip) {
+            (Some(nets), Some(ip)) => plan.data_plane_spec(&opts, nets, ip, &table, &stats),
+            _ => None,
+        };
+        let data_plane = match spec {
             Some(spec) => Some(DataPlane::start(&nl, spec).await?),
             None => None,
         };
@@ -256,8 +272,7 @@ impl Node {
             ensure_blackholes(&nl, subnet, subnet6).await;
         }
         let env = subnet_env::SubnetEnv {
-            network: conf.network,
-            subnet,
+            ipv4: conf.ipv4.as_ref().map(|c| c.network).zip(subnet),
             mtu: plan.mtu,
             ipmasq: opts.traffic.ip_masq,
             ipv6: conf.ipv6.as_ref().zip(subnet6).map(|(c, s)| (c.network, s)),
@@ -276,8 +291,11 @@ impl Node {
         // re-decide as soon as those change.
         let underlay_events = match plan.watch_underlay {
             true => {
-                let mut ours = vec![IpNet::from(conf.network)];
-                ours.extend(conf.ipv6.as_ref().map(|c| IpNet::from(c.network)));
+                let ours = conf.ipv4.as_ref().map(|c| IpNet::from(c.network));
+                let ours = ours
+                    .into_iter()
+                    .chain(conf.ipv6.as_ref().map(|c| IpNet::from(c.network)))
+                    .collect();
                 Some(crate::netlink::watch_routes(ours)?)
             }
             false => None,
@@ -423,9 +441,9 @@ impl Node {
             t.remove();
         }
         if opts.traffic.blackhole_route {
-            let _ = nl.delete_blackhole(subnet.into()).await;
-            if let Some(s) = subnet6 {
-                let _ = nl.delete_blackhole(s.into()).await;
+            let nets = subnet.map(IpNet::from).into_iter();
+            for s in nets.chain(subnet6.map(IpNet::from)) {
+                let _ = nl.delete_blackhole(s).await;
             }
         }
         if let Some(dp) = data_plane {
@@ -466,6 +484,10 @@ async fn announce_ready(
             let threads = opts.threads.max(1);
             tracing::info!(device = %device.name, mtu = plan.mtu, threads, %subnet_file, "ready")
         }
+        (None, Some((device6, mtu6))) => {
+            let threads = opts.threads.max(1);
+            tracing::info!(device6 = %device6.name, mtu6, threads, %subnet_file, "ready (IPv6-only)")
+        }
         (None, _) => {
             tracing::info!(mtu = plan.mtu, iface = %underlay.name, %subnet_file, "ready (host-gw: routes only, no device)")
         }
@@ -481,20 +503,26 @@ fn lease_policy(
     lease: &weft_routes::Lease,
     underlay: &crate::netlink::Underlay,
 ) -> weft_routes::LeasePolicy {
+    let ipv4 = (conf.ipv4.as_ref(), lease.key.v4, lease.attrs.public_ip);
     weft_routes::LeasePolicy {
         backend: conf.backend.clone(),
-        network: conf.network,
-        // flanneld takes any podCIDR inside Network; the
-        // controller manager decides the length.
-        subnet_len: match leases_from {
-            Leases::Kube(_) => None,
-            Leases::Store(_) => Some(conf.subnet_len),
+        ipv4: match ipv4 {
+            (Some(c), Some(own), Some(own_public_ip)) => Some(weft_routes::validate::V4Policy {
+                network: c.network,
+                // flanneld takes any podCIDR inside Network; the
+                // controller manager decides the length.
+                subnet_len: match leases_from {
+                    Leases::Kube(_) => None,
+                    Leases::Store(_) => Some(c.subnet_len),
+                },
+                own,
+                own_public_ip,
+                own_mac: plan.vtep().map(|e| e.mac),
+                underlay: underlay.networks.clone(),
+                network_routed: plan.programming == control::Programming::NetworkRoute,
+            }),
+            _ => None,
         },
-        network_routed: plan.programming == control::Programming::NetworkRoute,
-        own: lease.key,
-        own_public_ip: lease.attrs.public_ip,
-        own_mac: plan.vtep().map(|e| e.mac),
-        underlay: underlay.networks.clone(),
         ipv6: conf.ipv6.as_ref().map(|c| weft_routes::validate::V6Policy {
             network: c.network,
             subnet_len: match leases_from {
@@ -525,21 +553,24 @@ fn public_ipv6(opts: &RunOptions, underlay: &crate::netlink::Underlay) -> anyhow
     })
 }
 
-/// Each family's network and our subnet in it, for the rules: IPv4, and
-/// IPv6 with `EnableIPv6`. `previous` is the last subnet.env's IPv4
-/// network and subnet.
+/// Each family's network and our subnet in it, for the rules: IPv4
+/// unless `EnableIPv4` is false, and IPv6 with `EnableIPv6`. `previous` is
+/// the last subnet.env's IPv4 network and subnet.
 fn family_nets(
     conf: &weft_routes::NetConf,
     opts: &RunOptions,
-    subnet: ipnet::Ipv4Net,
+    subnet: Option<ipnet::Ipv4Net>,
     subnet6: Option<Ipv6Net>,
     previous: Option<(ipnet::Ipv4Net, ipnet::Ipv4Net)>,
 ) -> Vec<crate::masq::FamilyNets> {
-    let mut nets = vec![crate::masq::FamilyNets {
-        network: conf.network.into(),
-        subnet: subnet.into(),
-        previous: previous.map(|(n, s)| (n.into(), s.into())),
-    }];
+    let mut nets = Vec::new();
+    if let (Some(c), Some(s)) = (&conf.ipv4, subnet) {
+        nets.push(crate::masq::FamilyNets {
+            network: c.network.into(),
+            subnet: s.into(),
+            previous: previous.map(|(n, s)| (n.into(), s.into())),
+        });
+    }
     if let (Some(c), Some(s)) = (&conf.ipv6, subnet6) {
         let file = &opts.subnet_file;
         let previous =
@@ -587,8 +618,9 @@ async fn serve_endpoints(opts: &RunOptions, metrics: &Arc<Metrics>) -> anyhow::R
 /// `--ip-blackhole-route`: puts `blackhole <subnet>` in place unless the
 /// kernel routes the subnet already (the bridge plugin's route, say).
 /// With `EnableIPv6`, our IPv6 subnet gets one too, as flanneld's does.
-async fn ensure_blackholes(nl: &Netlink, subnet: ipnet::Ipv4Net, subnet6: Option<Ipv6Net>) {
-    let nets = std::iter::once(IpNet::from(subnet)).chain(subnet6.map(IpNet::from));
+async fn ensure_blackholes(nl: &Netlink, subnet: Option<ipnet::Ipv4Net>, subnet6: Option<Ipv6Net>) {
+    let nets = subnet.map(IpNet::from).into_iter();
+    let nets = nets.chain(subnet6.map(IpNet::from));
     for subnet in nets {
         match nl.ensure_blackhole(subnet).await {
             Ok(true) => tracing::info!(%subnet, "blackhole route in place"),

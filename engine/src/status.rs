@@ -283,12 +283,18 @@ pub fn render(s: &Sample, now: std::time::SystemTime) -> String {
         Some(n) => {
             let l = |k: &str| n.get(k).map(String::as_str).unwrap_or("");
             let _ = writeln!(o, "node");
-            let _ = writeln!(o, "  subnet     {}", l("subnet"));
-            let _ = writeln!(o, "  PublicIP   {}", l("public_ip"));
-            let device = if l("device").is_empty() {
-                "none (routes only)"
-            } else {
-                l("device")
+            // An IPv6-only node has no IPv4 half, and no IPv4 device.
+            let v6_only = l("subnet").is_empty();
+            let or_none = |v: &str| match v6_only {
+                true => "none (IPv6-only)".to_string(),
+                false => v.to_string(),
+            };
+            let _ = writeln!(o, "  subnet     {}", or_none(l("subnet")));
+            let _ = writeln!(o, "  PublicIP   {}", or_none(l("public_ip")));
+            let device = match (l("device"), v6_only) {
+                ("", true) => "none for IPv4",
+                ("", false) => "none (routes only)",
+                (d, _) => d,
             };
             let _ = writeln!(
                 o,
@@ -465,8 +471,8 @@ mod tests {
         m.lease_expiry.store(3600 * 24, Relaxed);
         m.node
             .set(NodeView {
-                subnet: "10.244.1.0/24".parse().unwrap(),
-                public_ip: [192, 0, 2, 1].into(),
+                subnet: "10.244.1.0/24".parse().ok(),
+                public_ip: Some([192, 0, 2, 1].into()),
                 backend: "vxlan",
                 device: "flannel.1".into(),
                 mtu: 1450,
@@ -487,6 +493,7 @@ mod tests {
             vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
             via: "tunnel",
             counters: c,
+            counted: true,
         }];
         let s = Sample::parse(&m.render());
         assert_eq!(
@@ -528,6 +535,50 @@ mod tests {
         m.workers[0].internal_errors.store(2, Relaxed);
         let text = render(&Sample::parse(&m.render()), now);
         assert!(text.contains("internal errors 2 (a bug in weft"), "{text}");
+    }
+
+    /// An IPv6-only node: no IPv4 subnet, PublicIP or device; its
+    /// lease's counters on its IPv6 row.
+    #[test]
+    fn renders_an_ipv6_only_node() {
+        let m = Metrics::default();
+        m.node
+            .set(NodeView {
+                subnet: None,
+                public_ip: None,
+                backend: "vxlan",
+                device: String::new(),
+                mtu: 1450,
+                ipv6: Some(crate::metrics::NodeView6 {
+                    subnet: "fd00:10:244:1::/64".parse().unwrap(),
+                    public_ip: Some("fd00:192::1".parse().unwrap()),
+                    device: "flannel-v6.1".into(),
+                    mtu: 1430,
+                }),
+            })
+            .unwrap();
+        let c = Arc::new(weft_routes::PeerCounters::default());
+        c.rx_packets.store(9, Relaxed);
+        *m.peer_views.lock().unwrap() = vec![PeerView {
+            subnet: "fd00:10:244:2::/64".parse().unwrap(),
+            public_ip: "fd00:192::2".parse().unwrap(),
+            vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
+            via: "tunnel",
+            counters: c,
+            counted: true,
+        }];
+        let s = Sample::parse(&m.render());
+        assert_eq!(s.peers()[0].rx_packets, 9);
+        let text = render(&s, std::time::UNIX_EPOCH);
+        for want in [
+            "subnet     none (IPv6-only)",
+            "PublicIP   none (IPv6-only)",
+            "backend    vxlan (device none for IPv4, MTU 1450)",
+            "subnet6    fd00:10:244:1::/64",
+            "device6    flannel-v6.1 (MTU 1430)",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from\n{text}");
+        }
     }
 
     #[test]

@@ -163,7 +163,7 @@ fn against_kernel6(tag: &str, device: &str, offload: &str) {
     let k = &c.nodes[1];
     k.kernel_add_peer(
         c.nodes[0].subnet().unwrap(),
-        attrs.public_ip,
+        attrs.public_ip.unwrap(),
         &v4.vtep_mac.to_string(),
     )
     .unwrap();

@@ -100,7 +100,7 @@ fn kernel_flannel_node_lease_put_with_etcdctl() {
     let attrs = weft_routes::LeaseAttrs::from_json(&v.stdout).unwrap();
     let mac = attrs.vxlan_data().unwrap().vtep_mac.to_string();
     c.nodes[1]
-        .kernel_add_peer(c.nodes[0].subnet().unwrap(), attrs.public_ip, &mac)
+        .kernel_add_peer(c.nodes[0].subnet().unwrap(), attrs.public_ip.unwrap(), &mac)
         .unwrap();
     assert!(
         wait_ping(&c.nodes[0].ns, c.nodes[1].pod_ip().unwrap()),

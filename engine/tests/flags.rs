@@ -93,7 +93,7 @@ fn the_underlay_is_chosen_as_flanneld_chooses_it() {
     ] {
         c.start(0, weft(), &args).unwrap();
         let lease = std::fs::read(c.lease_path(0).unwrap()).unwrap();
-        let ip = LeaseAttrs::from_json(&lease).unwrap().public_ip;
+        let ip = LeaseAttrs::from_json(&lease).unwrap().public_ip.unwrap();
         assert_eq!(ip.to_string(), want, "{args:?}\n{}", c.nodes[0].log_text());
         assert!(c.nodes[0].stop().unwrap().success());
     }

@@ -45,7 +45,7 @@ fn against_kernel(tag: &str, device: &str, offload: &str, wire_like: bool) {
     c.nodes[1]
         .kernel_add_peer(
             c.nodes[0].subnet().unwrap(),
-            attrs.public_ip,
+            attrs.public_ip.unwrap(),
             &data.vtep_mac.to_string(),
         )
         .unwrap();

@@ -33,6 +33,10 @@ pub enum AllocError {
         /// SubnetMax.
         max: Ipv4Addr,
     },
+    /// The config has no IPv4 half (`"EnableIPv4": false`): this
+    /// allocator, flanneld's for etcd and files, hands out IPv4 subnets.
+    #[error("an IPv6-only config (EnableIPv4=false) needs the Kubernetes registry")]
+    Ipv6Only,
     /// Every IPv6 subnet from IPv6SubnetMin to IPv6SubnetMax is taken.
     #[error("no free IPv6 subnet left in {network}")]
     Ipv6Exhausted {
@@ -48,8 +52,8 @@ pub enum AllocError {
 pub fn lease_of(leases: &[Lease], ip: Ipv4Addr, previous: Option<Ipv4Net>) -> Option<&Lease> {
     leases
         .iter()
-        .filter(|l| l.attrs.public_ip == ip)
-        .min_by_key(|l| (Some(l.subnet()) != previous, &l.origin, l.key))
+        .filter(|l| l.attrs.public_ip == Some(ip))
+        .min_by_key(|l| (l.subnet() != previous, &l.origin, l.key))
 }
 
 /// Acquires a subnet (and with `EnableIPv6` an IPv6 subnet) for a node
@@ -60,20 +64,24 @@ pub async fn acquire(
     attrs: &LeaseAttrs,
     previous: Option<SubnetKey>,
 ) -> Result<Lease, AllocError> {
+    let c4 = conf.ipv4.as_ref().ok_or(AllocError::Ipv6Only)?;
     let leases = reg.leases().await?;
-    if let Some(own) = lease_of(&leases, attrs.public_ip, previous.map(|p| p.v4)) {
+    let own = attrs
+        .public_ip
+        .and_then(|ip| lease_of(&leases, ip, previous.and_then(|p| p.v4)));
+    if let Some(own) = own {
         if fits(conf, &own.key) {
-            tracing::info!(subnet = %own.subnet(), ipv6_subnet = ?own.key.v6, "reusing the lease that holds our PublicIP");
+            tracing::info!(subnet = %own.key, "reusing the lease that holds our PublicIP");
             return Ok(reg.renew(&own.key, attrs).await?);
         }
-        tracing::warn!(subnet = %own.subnet(), ipv6_subnet = ?own.key.v6, "our old lease does not fit the config; deleting it");
+        tracing::warn!(subnet = %own.key, "our old lease does not fit the config; deleting it");
         reg.delete(&own.key).await?;
     }
     if let Some(prev) = previous.filter(|p| fits(conf, p)) {
         let held = |l: &Lease| l.subnet() == prev.v4 || (prev.v6.is_some() && l.key.v6 == prev.v6);
         if !leases.iter().any(held) {
             if let Some(l) = reg.create(&prev, attrs).await? {
-                tracing::info!(subnet = %prev.v4, ipv6_subnet = ?prev.v6, "reusing the subnet from the previous subnet.env");
+                tracing::info!(subnet = %prev, "reusing the subnet from the previous subnet.env");
                 return Ok(l);
             }
         }
@@ -84,10 +92,10 @@ pub async fn acquire(
     let mut lost6: HashSet<Ipv6Net> = HashSet::new();
     let mut leases = leases;
     loop {
-        let taken: HashSet<Ipv4Net> = leases.iter().map(|l| l.subnet()).collect();
+        let taken: HashSet<Ipv4Net> = leases.iter().filter_map(|l| l.subnet()).collect();
         let taken6: Vec<Ipv6Net> = leases.iter().filter_map(|l| l.key.v6).collect();
         let v4_free = |i: u32| {
-            conf.nth_subnet(i)
+            c4.nth_subnet(i)
                 .filter(|s| !taken.contains(s) && !lost.contains(s))
         };
         // With `EnableIPv6`, the i-th IPv4 subnet pairs with the i-th IPv6
@@ -106,10 +114,10 @@ pub async fn acquire(
                 .any(|t| t.contains(&s.network()) || s.contains(&t.network()));
             (!overlaps && !lost6.contains(&s)).then_some(Some(s))
         };
-        let free: Vec<SubnetKey> = (0..conf.subnet_count())
+        let free: Vec<SubnetKey> = (0..c4.subnet_count())
             .filter_map(|i| {
                 Some(SubnetKey {
-                    v4: v4_free(i)?,
+                    v4: Some(v4_free(i)?),
                     v6: v6_free(i)?,
                 })
             })
@@ -119,13 +127,13 @@ pub async fn acquire(
             return Err(
                 match (
                     &conf.ipv6,
-                    (0..conf.subnet_count()).any(|i| v4_free(i).is_some()),
+                    (0..c4.subnet_count()).any(|i| v4_free(i).is_some()),
                 ) {
                     (Some(c), true) => AllocError::Ipv6Exhausted { network: c.network },
                     _ => AllocError::Exhausted {
-                        network: conf.network,
-                        min: conf.subnet_min,
-                        max: conf.subnet_max,
+                        network: c4.network,
+                        min: c4.subnet_min,
+                        max: c4.subnet_max,
                     },
                 },
             );
@@ -133,8 +141,8 @@ pub async fn acquire(
         if let Some(l) = reg.create(&key, attrs).await? {
             return Ok(l);
         }
-        tracing::debug!(subnet = %key.v4, ipv6_subnet = ?key.v6, "another node took the subnet first");
-        lost.insert(key.v4);
+        tracing::debug!(subnet = %key, "another node took the subnet first");
+        lost.extend(key.v4);
         lost6.extend(key.v6);
         leases = reg.leases().await?;
     }
@@ -144,12 +152,16 @@ pub async fn acquire(
 /// IPv6 half exactly when the config has `EnableIPv6` (flanneld's
 /// `isSubnetConfigCompat` and `isIPv6SubnetConfigCompat`).
 fn fits(conf: &NetConf, key: &SubnetKey) -> bool {
-    conf.fits(&key.v4)
-        && match (&conf.ipv6, key.v6) {
-            (None, v6) => v6.is_none(),
-            (Some(c), Some(v6)) => c.fits(&v6),
-            (Some(_), None) => false,
-        }
+    let v4 = match (&conf.ipv4, key.v4) {
+        (Some(c), Some(v4)) => c.fits(&v4),
+        (None, v4) => v4.is_none(),
+        (Some(_), None) => false,
+    };
+    v4 && match (&conf.ipv6, key.v6) {
+        (None, v6) => v6.is_none(),
+        (Some(c), Some(v6)) => c.fits(&v6),
+        (Some(_), None) => false,
+    }
 }
 
 #[cfg(test)]
@@ -179,12 +191,12 @@ mod tests {
         let ours: Ipv4Net = "10.244.50.0/24".parse().unwrap();
         let mine = LeaseAttrs::udp(ip(1));
         let a = block_on(acquire(&r, &c, &mine, Some(SubnetKey::v4(ours)))).unwrap();
-        assert_eq!(a.subnet(), ours);
+        assert_eq!(a.subnet(), Some(ours));
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(d.path().join("subnets/10.244.10.0-24"), mine.to_json()).unwrap();
         for previous in [Some(SubnetKey::v4(ours)), None] {
             let again = block_on(acquire(&r, &c, &mine, previous)).unwrap();
-            assert_eq!(again.subnet(), ours, "{previous:?}");
+            assert_eq!(again.subnet(), Some(ours), "{previous:?}");
         }
     }
 
@@ -212,7 +224,7 @@ mod tests {
     fn reuses_own_lease_then_previous_then_random() {
         let (_d, r, c) = setup(r#"{"Network":"10.244.0.0/16"}"#);
         let a = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
-        assert!(c.fits(&a.subnet()));
+        assert!(c.ipv4.as_ref().unwrap().fits(&a.subnet().unwrap()));
         let again = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
         assert_eq!(again.subnet(), a.subnet());
         let prev: Ipv4Net = "10.244.200.0/24".parse().unwrap();
@@ -223,7 +235,7 @@ mod tests {
             Some(SubnetKey::v4(prev)),
         ))
         .unwrap();
-        assert_eq!(b.subnet(), prev);
+        assert_eq!(b.subnet(), Some(prev));
         // A taken previous subnet is not stolen.
         let c3 = block_on(acquire(
             &r,
@@ -232,7 +244,7 @@ mod tests {
             Some(SubnetKey::v4(prev)),
         ))
         .unwrap();
-        assert_ne!(c3.subnet(), prev);
+        assert_ne!(c3.subnet(), Some(prev));
         assert_eq!(block_on(r.leases()).unwrap().len(), 3);
     }
 
@@ -245,7 +257,7 @@ mod tests {
         )
         .unwrap();
         let l = block_on(acquire(&r, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
-        assert_eq!(l.subnet().prefix_len(), 25);
+        assert_eq!(l.subnet().unwrap().prefix_len(), 25);
         assert_eq!(block_on(r.leases()).unwrap().len(), 1);
     }
 
@@ -287,7 +299,7 @@ mod tests {
         assert_eq!((v4.len(), v6s.len()), (7, 7), "{keys:?}");
         assert!(keys
             .iter()
-            .all(|k| c.fits(&k.v4) && v6.fits(&k.v6.unwrap())));
+            .all(|k| c.ipv4.as_ref().unwrap().fits(&k.v4.unwrap()) && v6.fits(&k.v6.unwrap())));
         // The registry holds them under flanneld's dual-stack key.
         let listed = block_on(r.leases()).unwrap();
         assert_eq!(listed.len(), 7);
@@ -375,7 +387,7 @@ mod tests {
         let (_d, r, c) = setup(r#"{"Network":"10.5.0.0/16"}"#);
         let mut taken = HashSet::new();
         for i in 0..CANDIDATES as u32 {
-            let s = c.nth_subnet(i).unwrap();
+            let s = c.ipv4.as_ref().unwrap().nth_subnet(i).unwrap();
             let created = block_on(r.create(&SubnetKey::v4(s), &LeaseAttrs::udp(ip(2))));
             assert!(created.unwrap().is_some());
             taken.insert(s);
@@ -385,7 +397,7 @@ mod tests {
             listing: Vec::new(),
         };
         let won = block_on(acquire(&lagging, &c, &LeaseAttrs::udp(ip(1)), None)).unwrap();
-        assert!(!taken.contains(&won.subnet()), "{}", won.subnet());
+        assert!(!taken.contains(&won.subnet().unwrap()), "{}", won.key);
         assert_eq!(
             block_on(lagging.inner.leases()).unwrap().len(),
             CANDIDATES + 1
@@ -403,6 +415,7 @@ mod tests {
                     block_on(acquire(&*r, &c, &LeaseAttrs::udp(ip(n)), None))
                         .unwrap()
                         .subnet()
+                        .unwrap()
                 })
             })
             .collect::<Vec<_>>()

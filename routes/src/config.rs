@@ -64,14 +64,10 @@ impl Backend {
 /// A parsed and validated network config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConf {
-    /// The overlay network, e.g. 10.244.0.0/16.
-    pub network: Ipv4Net,
-    /// Prefix length of each node's subnet.
-    pub subnet_len: u8,
-    /// First subnet that may be handed out.
-    pub subnet_min: Ipv4Addr,
-    /// Last subnet that may be handed out.
-    pub subnet_max: Ipv4Addr,
+    /// The IPv4 overlay (`Network`, `SubnetLen`, `SubnetMin`,
+    /// `SubnetMax`); `None` with `"EnableIPv4": false`, an IPv6-only
+    /// cluster, which only the Kubernetes registry serves.
+    pub ipv4: Option<Ipv4Conf>,
     /// The backend.
     pub backend: Backend,
     /// True when the config had no `Backend` key (flanneld then runs udp).
@@ -81,6 +77,20 @@ pub struct NetConf {
     pub enable_nftables: bool,
     /// The IPv6 overlay, with `EnableIPv6`.
     pub ipv6: Option<Ipv6Conf>,
+}
+
+/// The IPv4 half of a config (`Network`, `SubnetLen`, `SubnetMin`,
+/// `SubnetMax`), with flanneld's defaults and checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Conf {
+    /// The overlay network, e.g. 10.244.0.0/16.
+    pub network: Ipv4Net,
+    /// Prefix length of each node's subnet.
+    pub subnet_len: u8,
+    /// First subnet that may be handed out.
+    pub subnet_min: Ipv4Addr,
+    /// Last subnet that may be handed out.
+    pub subnet_max: Ipv4Addr,
 }
 
 /// The IPv6 half of a dual-stack config (`EnableIPv6`, `IPv6Network`,
@@ -188,21 +198,58 @@ impl NetConf {
         let obj = v
             .as_object()
             .ok_or_else(|| ConfigError::Syntax("top level is not an object".into()))?;
-        if let Some(Value::Bool(false)) = json::get(obj, "EnableIPv4") {
+        let ipv4 = match flag(obj, "EnableIPv4")? {
+            Some(false) => None,
+            None | Some(true) => Some(Ipv4Conf::parse(obj)?),
+        };
+        let ipv6 = match flag(obj, "EnableIPv6")? {
+            Some(true) => Some(Ipv6Conf::parse(obj)?),
+            None | Some(false) => None,
+        };
+        if ipv4.is_none() && ipv6.is_none() {
             return Err(ConfigError::Inconsistent(
-                "EnableIPv4=false (IPv6-only overlays) is not supported yet".into(),
+                "EnableIPv4 is false and EnableIPv6 is not true: no family is left".into(),
             ));
         }
-        let ipv6 = match json::get(obj, "EnableIPv6") {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => None,
-            Some(Value::Bool(true)) => Some(Ipv6Conf::parse(obj)?),
+        let (backend, backend_defaulted) = match json::get(obj, "Backend") {
+            None | Some(Value::Null) => (
+                Backend::Udp {
+                    port: weft_encap::udp::DEFAULT_PORT,
+                },
+                true,
+            ),
+            Some(Value::Object(b)) => (parse_backend(b)?, false),
             Some(_) => {
                 return Err(ConfigError::Value {
-                    key: "EnableIPv6",
-                    why: "must be true or false".into(),
+                    key: "Backend",
+                    why: "must be an object".into(),
                 })
             }
         };
+        Ok(NetConf {
+            ipv4,
+            backend,
+            backend_defaulted,
+            enable_nftables: matches!(json::get(obj, "EnableNFTables"), Some(Value::Bool(true))),
+            ipv6,
+        })
+    }
+}
+
+/// A boolean key, `None` when absent or null.
+fn flag(obj: &Map<String, Value>, key: &'static str) -> Result<Option<bool>, ConfigError> {
+    match json::get(obj, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ConfigError::Value {
+            key,
+            why: "must be true or false".into(),
+        }),
+    }
+}
+
+impl Ipv4Conf {
+    fn parse(obj: &Map<String, Value>) -> Result<Ipv4Conf, ConfigError> {
         let network: Ipv4Net = parse_str(obj, "Network")?.ok_or(ConfigError::Value {
             key: "Network",
             why: "missing".into(),
@@ -237,33 +284,16 @@ impl NetConf {
         )?;
         // Both came from IPv4 addresses.
         let (subnet_min, subnet_max) = (Ipv4Addr::from(min as u32), Ipv4Addr::from(max as u32));
-        let (backend, backend_defaulted) = match json::get(obj, "Backend") {
-            None | Some(Value::Null) => (
-                Backend::Udp {
-                    port: weft_encap::udp::DEFAULT_PORT,
-                },
-                true,
-            ),
-            Some(Value::Object(b)) => (parse_backend(b)?, false),
-            Some(_) => {
-                return Err(ConfigError::Value {
-                    key: "Backend",
-                    why: "must be an object".into(),
-                })
-            }
-        };
-        Ok(NetConf {
+        Ok(Ipv4Conf {
             network,
             subnet_len,
             subnet_min,
             subnet_max,
-            backend,
-            backend_defaulted,
-            enable_nftables: matches!(json::get(obj, "EnableNFTables"), Some(Value::Bool(true))),
-            ipv6,
         })
     }
+}
 
+impl Ipv4Conf {
     /// Number of subnets between SubnetMin and SubnetMax inclusive.
     pub fn subnet_count(&self) -> u32 {
         let n = ladder_len(
@@ -474,10 +504,11 @@ mod tests {
     fn flannel_defaults() {
         let c =
             NetConf::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
-        assert_eq!(c.subnet_count(), 255);
+        let c4 = c.ipv4.clone().unwrap();
+        assert_eq!(c4.subnet_len, 24);
+        assert_eq!(c4.subnet_min, Ipv4Addr::new(10, 244, 1, 0));
+        assert_eq!(c4.subnet_max, Ipv4Addr::new(10, 244, 255, 0));
+        assert_eq!(c4.subnet_count(), 255);
         assert_eq!(
             c.backend,
             Backend::Vxlan {
@@ -496,7 +527,8 @@ mod tests {
             r#"{"network":"10.5.0.0/24","subnetlen":26,"backend":{"type":"VXLAN","vni":7,"port":4789}}"#,
         )
         .unwrap();
-        assert_eq!(c.subnet_len, 26);
+        let c4 = c.ipv4.clone().unwrap();
+        assert_eq!(c4.subnet_len, 26);
         assert_eq!(
             c.backend,
             Backend::Vxlan {
@@ -510,10 +542,13 @@ mod tests {
 
     #[test]
     fn narrow_networks_default_to_prefix_plus_two() {
-        let c = NetConf::parse(r#"{"Network":"10.5.0.0/24"}"#).unwrap();
-        assert_eq!(c.subnet_len, 26);
-        assert_eq!(c.subnet_min, Ipv4Addr::new(10, 5, 0, 64));
-        assert_eq!(c.subnet_max, Ipv4Addr::new(10, 5, 0, 192));
+        let c4 = NetConf::parse(r#"{"Network":"10.5.0.0/24"}"#)
+            .unwrap()
+            .ipv4
+            .unwrap();
+        assert_eq!(c4.subnet_len, 26);
+        assert_eq!(c4.subnet_min, Ipv4Addr::new(10, 5, 0, 64));
+        assert_eq!(c4.subnet_max, Ipv4Addr::new(10, 5, 0, 192));
     }
 
     #[test]
@@ -572,7 +607,11 @@ mod tests {
             ),
             (
                 r#"{"Network":"10.244.0.0/16","EnableIPv4":false}"#,
-                "IPv6-only",
+                "no family is left",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","EnableIPv4":"no","EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
+                "EnableIPv4: must be true or false",
             ),
             (
                 r#"{"Network":"10.244.0.0/16","enableipv6":true}"#,
@@ -661,14 +700,35 @@ mod tests {
         assert_eq!(off.ipv6, None);
     }
 
+    /// `"EnableIPv4": false` with `EnableIPv6`: no IPv4 half, and no
+    /// Network needed (flanneld checks it only with EnableIPv4).
+    #[test]
+    fn ipv6_only_has_no_ipv4_half() {
+        let c = NetConf::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ipv4, None);
+        assert_eq!(c.ipv6.as_ref().unwrap().subnet_len, 64);
+        // A Network given anyway is not read.
+        let c = NetConf::parse(
+            r#"{"Network":"bogus","EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.ipv4, None);
+    }
+
     #[test]
     fn fits_checks_length_range_and_alignment() {
-        let c = NetConf::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
-        assert!(c.fits(&"10.244.3.0/24".parse().unwrap()));
-        assert!(!c.fits(&"10.244.0.0/24".parse().unwrap()));
-        assert!(!c.fits(&"10.244.3.0/25".parse().unwrap()));
-        assert!(!c.fits(&"10.245.3.0/24".parse().unwrap()));
-        assert_eq!(c.nth_subnet(0), Some("10.244.1.0/24".parse().unwrap()));
-        assert_eq!(c.nth_subnet(255), None);
+        let c4 = NetConf::parse(r#"{"Network":"10.244.0.0/16"}"#)
+            .unwrap()
+            .ipv4
+            .unwrap();
+        assert!(c4.fits(&"10.244.3.0/24".parse().unwrap()));
+        assert!(!c4.fits(&"10.244.0.0/24".parse().unwrap()));
+        assert!(!c4.fits(&"10.244.3.0/25".parse().unwrap()));
+        assert!(!c4.fits(&"10.245.3.0/24".parse().unwrap()));
+        assert_eq!(c4.nth_subnet(0), Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(c4.nth_subnet(255), None);
     }
 }

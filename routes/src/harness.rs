@@ -20,14 +20,19 @@ pub fn net_conf(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(c) = NetConf::parse(text) else { return };
-    assert!(c.subnet_len > c.network.prefix_len() && c.subnet_len <= 28);
-    assert!(u32::from(c.subnet_min) <= u32::from(c.subnet_max));
-    let first = c.nth_subnet(0).expect("at least one subnet");
-    assert!(c.fits(&first));
-    let last = c.nth_subnet(c.subnet_count() - 1).expect("the last subnet");
-    assert!(c.fits(&last) && last.network() == c.subnet_max);
-    if let Some(v6) = &c.ipv6 {
+    let Ok(conf) = NetConf::parse(text) else {
+        return;
+    };
+    assert!(conf.ipv4.is_some() || conf.ipv6.is_some());
+    if let Some(c) = &conf.ipv4 {
+        assert!(c.subnet_len > c.network.prefix_len() && c.subnet_len <= 28);
+        assert!(u32::from(c.subnet_min) <= u32::from(c.subnet_max));
+        let first = c.nth_subnet(0).expect("at least one subnet");
+        assert!(c.fits(&first));
+        let last = c.nth_subnet(c.subnet_count() - 1).expect("the last subnet");
+        assert!(c.fits(&last) && last.network() == c.subnet_max);
+    }
+    if let Some(v6) = &conf.ipv6 {
         assert!(v6.subnet_len >= v6.network.prefix_len() + 2 && v6.subnet_len <= 126);
         assert!(u128::from(v6.subnet_min) <= u128::from(v6.subnet_max));
         let first = v6.nth_subnet(0).expect("at least one IPv6 subnet");

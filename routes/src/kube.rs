@@ -304,13 +304,19 @@ impl KubeRegistry {
     /// PublicIP, as in flanneld.
     pub async fn acquire(&self, attrs: &LeaseAttrs) -> Result<Lease, RegistryError> {
         let mut waited = Duration::ZERO;
-        let (node, cidr) = loop {
+        // The podCIDR of the family the lease is keyed by: IPv4, or IPv6
+        // in an IPv6-only cluster.
+        let has_cidr = |n: &Node| match self.conf.ipv4 {
+            Some(_) => pod_cidr(n).is_some(),
+            None => pod_cidr6(n).is_some(),
+        };
+        let node = loop {
             let node = self
                 .store
                 .get(&reflector::ObjectRef::new(&self.node_name))
                 .map(|n| (*n).clone());
-            match node.as_ref().map(pod_cidr) {
-                Some(Some(cidr)) => break (node.unwrap_or_default(), cidr),
+            match node.as_ref().map(has_cidr) {
+                Some(true) => break node.unwrap_or_default(),
                 found => {
                     if waited.as_secs().is_multiple_of(10) {
                         match found {
@@ -327,14 +333,18 @@ impl KubeRegistry {
                 }
             }
         };
-        if !self.conf.network.contains(&cidr) {
-            return Err(SetupError::PodCidrOutsideNetwork {
-                node: self.node_name.clone(),
-                cidr,
-                network: self.conf.network,
+        let v4 = match (&self.conf.ipv4, pod_cidr(&node)) {
+            (None, _) => None,
+            (Some(c), Some(cidr)) if c.network.contains(&cidr) => Some(cidr),
+            (Some(c), cidr) => {
+                return Err(SetupError::PodCidrOutsideNetwork {
+                    node: self.node_name.clone(),
+                    cidr: cidr.unwrap_or_default(),
+                    network: c.network,
+                }
+                .into())
             }
-            .into());
-        }
+        };
         let v6 = match &self.conf.ipv6 {
             None => None,
             Some(c) => match pod_cidr6(&node).filter(|v6| c.network.contains(v6)) {
@@ -351,14 +361,15 @@ impl KubeRegistry {
         };
         let ann = node.metadata.annotations.clone().unwrap_or_default();
         let mut attrs = attrs.clone();
-        if let Some(ip) = ann
-            .get(&self.keys.public_ip_overwrite)
-            .and_then(|v| v.parse::<Ipv4Addr>().ok())
-        {
-            if ip != attrs.public_ip {
+        if let (Some(ip), Some(_)) = (
+            ann.get(&self.keys.public_ip_overwrite)
+                .and_then(|v| v.parse::<Ipv4Addr>().ok()),
+            attrs.public_ip,
+        ) {
+            if Some(ip) != attrs.public_ip {
                 tracing::info!(public_ip = %ip, "using the PublicIP of the node's {} annotation", self.keys.public_ip_overwrite);
             }
-            attrs.public_ip = ip;
+            attrs.public_ip = Some(ip);
         }
         if let (Some(ip), Some(_)) = (
             ann.get(&self.keys.public_ipv6_overwrite)
@@ -397,7 +408,7 @@ impl KubeRegistry {
             }
         }
         Ok(Lease {
-            key: SubnetKey { v4: cidr, v6 },
+            key: SubnetKey { v4, v6 },
             attrs,
             expiration: None,
             origin: origin_of(&node),
@@ -462,8 +473,14 @@ fn annotations_for(
     };
     let mut m = std::collections::BTreeMap::new();
     m.insert(keys.backend_type.clone(), attrs.backend_type().to_string());
-    m.insert(keys.backend_data.clone(), json(&attrs.backend_data));
-    m.insert(keys.public_ip.clone(), attrs.public_ip.to_string());
+    // flanneld's vxlan backend has no BackendData without an IPv4 device
+    // and then writes neither; its other backends write both always (in
+    // an IPv6-only cluster `null` and 0.0.0.0).
+    if attrs.public_ip.is_some() || attrs.backend_type() != "vxlan" {
+        let ip = attrs.public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        m.insert(keys.backend_data.clone(), json(&attrs.backend_data));
+        m.insert(keys.public_ip.clone(), ip.to_string());
+    }
     if let Some(ip6) = attrs.public_ipv6 {
         m.insert(keys.backend_v6_data.clone(), json(&attrs.backend_v6_data));
         m.insert(keys.public_ipv6.clone(), ip6.to_string());
@@ -479,16 +496,27 @@ fn annotations_for(
 /// podCIDR, `public-ipv6` and `backend-v6-data` make the IPv6 half;
 /// flanneld skips a Node that lacks one of them, IPv4 included, where
 /// weft keeps the IPv4 half and admission refuses the IPv6 half alone.
+/// In an IPv6-only cluster the IPv4 podCIDR and annotations are not read
+/// (as in flanneld), and a Node without an IPv6 podCIDR is no lease.
 fn node_lease(keys: &Annotations, conf: &NetConf, n: &Node) -> Option<Lease> {
     let ann = n.metadata.annotations.as_ref()?;
     if ann.get(&keys.managed).map(String::as_str) != Some("true") {
         return None;
     }
-    let cidr = pod_cidr(n)?;
-    let public_ip = ann
-        .get(&keys.public_ip)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let (cidr, public_ip) = match conf.ipv4 {
+        Some(_) => (
+            Some(pod_cidr(n)?),
+            Some(
+                ann.get(&keys.public_ip)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED),
+            ),
+        ),
+        None => {
+            pod_cidr6(n)?;
+            (None, None)
+        }
+    };
     let backend_type = ann
         .get(&keys.backend_type)
         .cloned()
@@ -513,7 +541,7 @@ fn node_lease(keys: &Annotations, conf: &NetConf, n: &Node) -> Option<Lease> {
             public_ip,
             public_ipv6,
             backend_type,
-            backend_data: data(&keys.backend_data),
+            backend_data: cidr.and_then(|_| data(&keys.backend_data)),
             backend_v6_data,
         },
         expiration: None,
@@ -708,7 +736,7 @@ mod tests {
             ("public-ip", "192.168.100.3"),
         ];
         let l = node_lease(&keys, &dual, &dual_node(&v4)).unwrap();
-        assert_eq!(l.attrs.public_ip.to_string(), "192.168.100.3");
+        assert_eq!(l.attrs.public_ip, "192.168.100.3".parse().ok());
         assert_eq!(l.attrs.public_ipv6, None);
         let garbled = [
             v4.as_slice(),
@@ -723,6 +751,53 @@ mod tests {
         let l = node_lease(&keys, &dual, &v4_cidr_only).unwrap();
         assert_eq!(l.key.v6, None);
         assert_eq!(pod_cidrs(&v4_cidr_only), ["10.244.3.0/24"]);
+    }
+
+    /// In an IPv6-only cluster (`"EnableIPv4": false`) a Node is its
+    /// IPv6 half: the key is its IPv6 podCIDR alone, the IPv4 annotations
+    /// are not read, and a Node without an IPv6 podCIDR is no lease (as in
+    /// flanneld's `nodeToLease`). It announces what flanneld's vxlan
+    /// backend does then: no public-ip and no backend-data.
+    #[test]
+    fn an_ipv6_only_node_is_its_ipv6_half() {
+        let keys = Annotations::new(DEFAULT_PREFIX);
+        let conf = NetConf::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let ann = [
+            ("backend-type", "vxlan"),
+            ("backend-v6-data", V6_DATA),
+            ("public-ipv6", "2001:db8::3"),
+        ];
+        let mut n = dual_node(&ann);
+        n.spec.as_mut().unwrap().pod_cidr = Some("fd00:10:244:3::/64".into());
+        n.spec.as_mut().unwrap().pod_cidrs = Some(vec!["fd00:10:244:3::/64".into()]);
+        let l = node_lease(&keys, &conf, &n).unwrap();
+        assert_eq!(l.key, SubnetKey::v6("fd00:10:244:3::/64".parse().unwrap()));
+        assert_eq!(l.key.to_string(), "fd00:10:244:3::-64");
+        assert_eq!((l.attrs.public_ip, &l.attrs.backend_data), (None, &None));
+        assert_eq!(l.attrs.public_ipv6, Some("2001:db8::3".parse().unwrap()));
+        let back = annotations_for(&keys, &l.attrs);
+        assert!(!back.contains_key(&keys.public_ip) && !back.contains_key(&keys.backend_data));
+        for (k, v) in n.metadata.annotations.as_ref().unwrap() {
+            assert_eq!(back.get(k), Some(v), "{k}");
+        }
+        // A dual-stack Node's IPv4 side is ignored.
+        let l = node_lease(&keys, &conf, &dual_node(&ann)).unwrap();
+        assert_eq!(l.key.to_string(), "fd00:10:244:3::-64");
+        // host-gw writes the IPv4 annotations all the same, as flanneld.
+        let hg = LeaseAttrs {
+            backend_type: Some("host-gw".into()),
+            ..l.attrs.clone()
+        };
+        let back = annotations_for(&keys, &hg);
+        assert_eq!(back[&keys.public_ip], "0.0.0.0");
+        assert_eq!(back[&keys.backend_data], "null");
+        // No IPv6 podCIDR: no lease.
+        let mut v4 = dual_node(&ann);
+        v4.spec.as_mut().unwrap().pod_cidrs = Some(vec!["10.244.3.0/24".into()]);
+        assert_eq!(node_lease(&keys, &conf, &v4), None);
     }
 
     #[test]

@@ -20,19 +20,32 @@ pub enum LeaseError {
     Json(String),
 }
 
-/// A registry key: the lease's IPv4 subnet and optional IPv6 subnet.
+/// A registry key: the lease's IPv4 subnet and its IPv6 subnet, either of
+/// which may be absent (never both): etcd and file keys always have the
+/// IPv4 half, a Node of an IPv6-only cluster has only the IPv6 one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
-    /// The IPv4 subnet.
-    pub v4: Ipv4Net,
-    /// The IPv6 subnet of a dual-stack lease.
+    /// The IPv4 subnet; `None` in an IPv6-only cluster.
+    pub v4: Option<Ipv4Net>,
+    /// The IPv6 subnet of a dual-stack or IPv6-only lease.
     pub v6: Option<Ipv6Net>,
 }
 
 impl SubnetKey {
     /// An IPv4-only key.
     pub fn v4(net: Ipv4Net) -> SubnetKey {
-        SubnetKey { v4: net, v6: None }
+        SubnetKey {
+            v4: Some(net),
+            v6: None,
+        }
+    }
+
+    /// An IPv6-only key (Kubernetes with `"EnableIPv4": false`).
+    pub fn v6(net: Ipv6Net) -> SubnetKey {
+        SubnetKey {
+            v4: None,
+            v6: Some(net),
+        }
     }
 }
 
@@ -65,7 +78,7 @@ impl std::str::FromStr for SubnetKey {
                 Some(net)
             }
         };
-        Ok(SubnetKey { v4, v6 })
+        Ok(SubnetKey { v4: Some(v4), v6 })
     }
 }
 
@@ -80,20 +93,28 @@ fn prefix_len(s: &str) -> Option<u8> {
 
 impl std::fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.v4.network(), self.v4.prefix_len())?;
-        if let Some(v6) = self.v6 {
-            write!(f, "&{}-{}", v6.network(), v6.prefix_len())?;
+        match (self.v4, self.v6) {
+            (Some(v4), v6) => {
+                write!(f, "{}-{}", v4.network(), v4.prefix_len())?;
+                if let Some(v6) = v6 {
+                    write!(f, "&{}-{}", v6.network(), v6.prefix_len())?;
+                }
+                Ok(())
+            }
+            (None, Some(v6)) => write!(f, "{}-{}", v6.network(), v6.prefix_len()),
+            (None, None) => f.write_str("-"),
         }
-        Ok(())
     }
 }
 
 /// A lease's value, field for field as flannel writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LeaseAttrs {
     /// The node's underlay address: where peers send encapsulated traffic.
+    /// `None` only for a Node of an IPv6-only cluster (etcd and file
+    /// leases always have one).
     #[serde(rename = "PublicIP")]
-    pub public_ip: Ipv4Addr,
+    pub public_ip: Option<Ipv4Addr>,
     /// The node's IPv6 underlay address (always written, `null` when unset).
     #[serde(rename = "PublicIPv6")]
     pub public_ipv6: Option<Ipv6Addr>,
@@ -131,7 +152,7 @@ impl LeaseAttrs {
     /// Attributes of a udp-backend lease: PublicIP only, as flannel writes.
     pub fn udp(public_ip: Ipv4Addr) -> LeaseAttrs {
         LeaseAttrs {
-            public_ip,
+            public_ip: Some(public_ip),
             public_ipv6: None,
             backend_type: None,
             backend_data: None,
@@ -150,7 +171,7 @@ impl LeaseAttrs {
     /// Attributes of a vxlan lease.
     pub fn vxlan(public_ip: Ipv4Addr, data: VxlanData) -> LeaseAttrs {
         LeaseAttrs {
-            public_ip,
+            public_ip: Some(public_ip),
             public_ipv6: None,
             backend_type: Some("vxlan".into()),
             backend_data: Some(data.to_value()),
@@ -172,7 +193,8 @@ impl LeaseAttrs {
         let public_ip = ip_str("PublicIP")?
             .ok_or_else(|| LeaseError::Json("PublicIP missing".into()))?
             .parse()
-            .map_err(|e| LeaseError::Json(format!("PublicIP: {e}")))?;
+            .map_err(|e| LeaseError::Json(format!("PublicIP: {e}")))
+            .map(Some)?;
         let public_ipv6 = match ip_str("PublicIPv6")? {
             None => None,
             Some(s) => Some(
@@ -284,8 +306,8 @@ impl Origin {
 }
 
 impl Lease {
-    /// The lease's IPv4 subnet.
-    pub fn subnet(&self) -> Ipv4Net {
+    /// The lease's IPv4 subnet; `None` in an IPv6-only cluster.
+    pub fn subnet(&self) -> Option<Ipv4Net> {
         self.key.v4
     }
 }
@@ -299,12 +321,12 @@ mod tests {
     #[test]
     fn vxlan_lease_round_trips_byte_for_byte() {
         let a = LeaseAttrs::from_json(VXLAN.as_bytes()).unwrap();
-        assert_eq!(a.public_ip, Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(a.public_ip, Some(Ipv4Addr::new(192, 0, 2, 2)));
         let d = a.vxlan_data().unwrap();
         assert_eq!(d.vni, Vni::DEFAULT);
         assert_eq!(d.vtep_mac.to_string(), "c6:d2:32:6f:8f:44");
         assert_eq!(a.to_json(), VXLAN);
-        assert_eq!(LeaseAttrs::vxlan(a.public_ip, d).to_json(), VXLAN);
+        assert_eq!(LeaseAttrs::vxlan(a.public_ip.unwrap(), d).to_json(), VXLAN);
     }
 
     #[test]
@@ -358,13 +380,13 @@ mod tests {
     #[test]
     fn subnet_keys() {
         let k: SubnetKey = "10.244.1.0-24".parse().unwrap();
-        assert_eq!(k.v4, "10.244.1.0/24".parse().unwrap());
+        assert_eq!(k.v4, "10.244.1.0/24".parse().ok());
         assert_eq!(k.to_string(), "10.244.1.0-24");
         let d: SubnetKey = "10.244.1.0-24&fd00:10:244:1::-64".parse().unwrap();
         assert_eq!(d.v6, Some("fd00:10:244:1::/64".parse().unwrap()));
         assert_eq!(d.to_string(), "10.244.1.0-24&fd00:10:244:1::-64");
         let all: SubnetKey = "0.0.0.0-0".parse().unwrap();
-        assert_eq!(all.v4.prefix_len(), 0);
+        assert_eq!(all.v4.unwrap().prefix_len(), 0);
         for bad in [
             "10.244.1.0",
             "10.244.1.0-33",

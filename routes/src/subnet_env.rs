@@ -10,10 +10,10 @@ use std::path::Path;
 /// The values subnet.env carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    /// The whole overlay network.
-    pub network: Ipv4Net,
-    /// This node's subnet.
-    pub subnet: Ipv4Net,
+    /// The IPv4 overlay network and this node's subnet; none in an
+    /// IPv6-only cluster, whose file has no FLANNEL_NETWORK or
+    /// FLANNEL_SUBNET (as flanneld's).
+    pub ipv4: Option<(Ipv4Net, Ipv4Net)>,
     /// The MTU pods should use.
     pub mtu: u32,
     /// Whether flannel masquerades (weft never does).
@@ -28,13 +28,14 @@ impl SubnetEnv {
     /// FLANNEL_SUBNET is the pod bridge gateway: the subnet's `.1` with the
     /// subnet's prefix; FLANNEL_IPV6_SUBNET likewise (`::1`).
     pub fn render(&self) -> String {
-        let gw = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
-        let mut s = format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
-            self.network,
-            gw,
-            self.subnet.prefix_len()
-        );
+        let mut s = String::new();
+        if let Some((network, subnet)) = self.ipv4 {
+            let gw = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+            s += &format!(
+                "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={gw}/{}\n",
+                subnet.prefix_len()
+            );
+        }
         if let Some((network, subnet)) = self.ipv6 {
             let gw = Ipv6Addr::from(u128::from(subnet.network()) + 1);
             s += &format!(
@@ -115,8 +116,10 @@ mod tests {
     #[test]
     fn renders_flannels_format_and_reads_it_back() {
         let env = SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.1.0/24".parse().unwrap(),
+            ipv4: Some((
+                "10.244.0.0/16".parse().unwrap(),
+                "10.244.1.0/24".parse().unwrap(),
+            )),
             mtu: 1450,
             ipmasq: false,
             ipv6: None,
@@ -129,7 +132,7 @@ mod tests {
         let path = dir.path().join("run/flannel/subnet.env");
         env.write(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
-        assert_eq!(previous_subnet(&path), Some(env.subnet));
+        assert_eq!(previous_subnet(&path), env.ipv4.map(|(_, s)| s));
         assert_eq!(previous_subnet(&dir.path().join("absent")), None);
         // No temp file is left behind.
         let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
@@ -140,8 +143,10 @@ mod tests {
     #[test]
     fn the_ipv6_lines_come_between_the_ipv4_ones_and_the_mtu() {
         let env = SubnetEnv {
-            network: "10.42.0.0/16".parse().unwrap(),
-            subnet: "10.42.0.0/24".parse().unwrap(),
+            ipv4: Some((
+                "10.42.0.0/16".parse().unwrap(),
+                "10.42.0.0/24".parse().unwrap(),
+            )),
             mtu: 1450,
             ipmasq: true,
             ipv6: Some((
@@ -159,7 +164,32 @@ mod tests {
         let path = dir.path().join("subnet.env");
         env.write(&path).unwrap();
         assert_eq!(previous_ipv6_subnet(&path), Some(env.ipv6.unwrap().1));
-        assert_eq!(previous_subnet(&path), Some(env.subnet));
+        assert_eq!(previous_subnet(&path), env.ipv4.map(|(_, s)| s));
+    }
+
+    /// IPv6-only (`"EnableIPv4": false`): no IPv4 lines, as flanneld's
+    /// `WriteSubnetFile` writes them only with `EnableIPv4`.
+    #[test]
+    fn an_ipv6_only_file_has_no_ipv4_lines() {
+        let env = SubnetEnv {
+            ipv4: None,
+            mtu: 1450,
+            ipmasq: false,
+            ipv6: Some((
+                "fd00:10:244::/56".parse().unwrap(),
+                "fd00:10:244:3::/64".parse().unwrap(),
+            )),
+        };
+        assert_eq!(
+            env.render(),
+            "FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:3::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        env.write(&path).unwrap();
+        assert_eq!(previous_subnet(&path), None);
+        assert_eq!(previous_ipv6_subnet(&path), Some(env.ipv6.unwrap().1));
     }
 
     #[test]

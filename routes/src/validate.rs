@@ -24,7 +24,7 @@
 //! IPv4 half stands on its own merits.
 
 use crate::config::Backend;
-use crate::lease::{Lease, SubnetKey, VxlanData};
+use crate::lease::{Lease, VxlanData};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rustc_hash::FxHashSet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,6 +132,16 @@ impl std::fmt::Display for Rejection {
 pub struct LeasePolicy {
     /// The cluster's backend (type, VNI).
     pub backend: Backend,
+    /// The IPv4 side; `None` in an IPv6-only cluster (`"EnableIPv4":
+    /// false`), where a lease is its IPv6 half.
+    pub ipv4: Option<V4Policy>,
+    /// The IPv6 side, with `EnableIPv6`.
+    pub ipv6: Option<V6Policy>,
+}
+
+/// What a lease's IPv4 half must agree with.
+#[derive(Debug, Clone)]
+pub struct V4Policy {
     /// net-conf.json's `Network`.
     pub network: Ipv4Net,
     /// net-conf.json's `SubnetLen`, when every lease must have it. `None`
@@ -139,8 +149,8 @@ pub struct LeasePolicy {
     /// `--node-cidr-mask-size` sets the length and flanneld takes any
     /// podCIDR inside `Network`.
     pub subnet_len: Option<u8>,
-    /// Our own lease's key.
-    pub own: SubnetKey,
+    /// Our own subnet.
+    pub own: Ipv4Net,
     /// Our PublicIP.
     pub own_public_ip: Ipv4Addr,
     /// Our VtepMAC (vxlan).
@@ -149,8 +159,6 @@ pub struct LeasePolicy {
     pub underlay: Vec<Ipv4Net>,
     /// The whole `Network` is routed into weft's device (the udp backend).
     pub network_routed: bool,
-    /// The IPv6 side, with `EnableIPv6`.
-    pub ipv6: Option<V6Policy>,
 }
 
 /// What a lease's IPv6 half must agree with.
@@ -171,6 +179,17 @@ pub struct V6Policy {
     pub underlay: Vec<Ipv6Net>,
 }
 
+/// A lease's IPv4 half, admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V4Half {
+    /// The IPv4 subnet.
+    pub subnet: Ipv4Net,
+    /// Its PublicIP.
+    pub public_ip: Ipv4Addr,
+    /// Its VtepMAC (vxlan only).
+    pub vtep_mac: Option<MacAddr>,
+}
+
 /// A lease's IPv6 half, admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct V6Half {
@@ -182,14 +201,14 @@ pub struct V6Half {
     pub vtep_mac: Option<MacAddr>,
 }
 
-/// A lease that passed, its VtepMAC (vxlan), and what became of its IPv6
-/// half.
+/// A lease that passed, its IPv4 half, and what became of its IPv6 half.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admitted<'a> {
     /// The lease.
     pub lease: &'a Lease,
-    /// Its VtepMAC (vxlan only).
-    pub vtep_mac: Option<MacAddr>,
+    /// Its IPv4 half; `None` only in an IPv6-only cluster, where the lease
+    /// is admitted for its IPv6 half.
+    pub v4: Option<V4Half>,
     /// Its IPv6 half, admitted; `None` without `EnableIPv6`, when the
     /// lease has none, or when it was refused.
     pub v6: Option<V6Half>,
@@ -210,8 +229,8 @@ pub struct Refused<'a> {
 /// is a peer's already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim<'h> {
-    /// The lease itself (its IPv4 half), with the VtepMAC `check` read.
-    V4(Option<MacAddr>),
+    /// The lease itself (its IPv4 half), as `check` read it.
+    V4(&'h V4Half),
     /// Its IPv6 half, as `check_v6` read it.
     V6(&'h V6Half),
 }
@@ -234,34 +253,95 @@ impl LeasePolicy {
         incumbent: impl Fn(&Lease, Claim<'_>) -> bool,
     ) -> (Vec<Admitted<'a>>, Vec<Refused<'a>>) {
         let mut refused = Vec::new();
-        let mut candidates = Vec::with_capacity(leases.len());
-        let ours = |l: &Lease| l.key == self.own && l.attrs.public_ip == self.own_public_ip;
-        for l in leases.iter().filter(|l| !ours(l)) {
-            match self.check(l) {
-                Ok(mac) => candidates.push((!incumbent(l, Claim::V4(mac)), l, mac)),
+        let others = leases.iter().filter(|l| !self.ours(l));
+        let mut accepted = match &self.ipv4 {
+            Some(p) => self.admit_v4(p, others, &incumbent, &mut refused),
+            // IPv6-only: a lease is its IPv6 half, settled below.
+            None => others
+                .filter_map(|l| match self.check_backend(l) {
+                    Ok(()) => Some(Admitted {
+                        lease: l,
+                        v4: None,
+                        v6: None,
+                        v6_refused: None,
+                    }),
+                    Err(reason) => {
+                        refused.push(Refused { lease: l, reason });
+                        None
+                    }
+                })
+                .collect(),
+        };
+        self.admit_v6(&mut accepted, incumbent);
+        if self.ipv4.is_none() {
+            accepted.retain(|a| match (a.v6, a.v6_refused) {
+                (Some(_), _) => true,
+                (None, why) => {
+                    let reason = why.unwrap_or(Rejection::OutsideNetwork);
+                    refused.push(Refused {
+                        lease: a.lease,
+                        reason,
+                    });
+                    false
+                }
+            });
+        }
+        accepted.sort_by_key(|a| a.lease.key);
+        refused.sort_by(|a, b| (a.lease.key, &a.lease.origin).cmp(&(b.lease.key, &b.lease.origin)));
+        (accepted, refused)
+    }
+
+    /// Our own lease: our key and our PublicIP (PublicIPv6 in an IPv6-only
+    /// cluster). It is neither a peer nor refused.
+    fn ours(&self, l: &Lease) -> bool {
+        let v4 = match &self.ipv4 {
+            Some(p) => l.key.v4 == Some(p.own) && l.attrs.public_ip == Some(p.own_public_ip),
+            None => true,
+        };
+        let v6 = match &self.ipv6 {
+            Some(p) => {
+                l.key.v6 == p.own && (self.ipv4.is_some() || l.attrs.public_ipv6 == p.own_public_ip)
+            }
+            None => l.key.v6.is_none(),
+        };
+        v4 && v6
+    }
+
+    /// Settles the IPv4 halves, which are the leases: incumbents first,
+    /// then older first.
+    fn admit_v4<'a>(
+        &self,
+        p: &V4Policy,
+        leases: impl Iterator<Item = &'a Lease>,
+        incumbent: &impl Fn(&Lease, Claim<'_>) -> bool,
+        refused: &mut Vec<Refused<'a>>,
+    ) -> Vec<Admitted<'a>> {
+        let mut candidates = Vec::new();
+        for l in leases {
+            match self.check_v4(p, l) {
+                Ok(h) => candidates.push((!incumbent(l, Claim::V4(&h)), l, h)),
                 Err(reason) => refused.push(Refused { lease: l, reason }),
             }
         }
         candidates.sort_by(|a, b| (a.0, &a.1.origin, a.1.key).cmp(&(b.0, &b.1.origin, b.1.key)));
         let mut taken = Taken::<u32>::default();
         let mut accepted = Vec::with_capacity(candidates.len());
-        for (_, l, mac) in candidates {
-            let net = l.key.v4;
-            let span = (u32::from(net.network()), u32::from(net.broadcast()));
-            match taken.claim(span, u32::from(l.attrs.public_ip), mac) {
+        for (_, l, h) in candidates {
+            let span = (
+                u32::from(h.subnet.network()),
+                u32::from(h.subnet.broadcast()),
+            );
+            match taken.claim(span, u32::from(h.public_ip), h.vtep_mac) {
                 Ok(()) => accepted.push(Admitted {
                     lease: l,
-                    vtep_mac: mac,
+                    v4: Some(h),
                     v6: None,
                     v6_refused: None,
                 }),
                 Err(reason) => refused.push(Refused { lease: l, reason }),
             }
         }
-        self.admit_v6(&mut accepted, incumbent);
-        accepted.sort_by_key(|a| a.lease.key);
-        refused.sort_by(|a, b| (a.lease.key, &a.lease.origin).cmp(&(b.lease.key, &b.lease.origin)));
-        (accepted, refused)
+        accepted
     }
 
     /// Settles the IPv6 halves of the `accepted` leases, by the same rule
@@ -296,38 +376,58 @@ impl LeasePolicy {
         }
     }
 
-    /// The checks that need no other lease. Returns the VtepMAC (vxlan).
+    /// The checks that need no other lease: the backend, and with IPv4
+    /// the IPv4 half. Returns the VtepMAC (vxlan), `None` in an IPv6-only
+    /// cluster.
     pub fn check(&self, l: &Lease) -> Result<Option<MacAddr>, Rejection> {
-        let a = &l.attrs;
-        if a.backend_type() != self.backend.type_name() {
+        match &self.ipv4 {
+            Some(p) => self.check_v4(p, l).map(|h| h.vtep_mac),
+            None => self.check_backend(l).map(|()| None),
+        }
+    }
+
+    fn check_backend(&self, l: &Lease) -> Result<(), Rejection> {
+        if l.attrs.backend_type() != self.backend.type_name() {
             return Err(Rejection::BackendType);
         }
-        let net = l.key.v4;
-        if !self.network.contains(&net) {
+        Ok(())
+    }
+
+    /// The IPv4 half's checks: its subnet, PublicIP and VtepMAC.
+    fn check_v4(&self, p: &V4Policy, l: &Lease) -> Result<V4Half, Rejection> {
+        self.check_backend(l)?;
+        let a = &l.attrs;
+        let net = l.key.v4.ok_or(Rejection::OutsideNetwork)?;
+        if !p.network.contains(&net) {
             return Err(Rejection::OutsideNetwork);
         }
-        if self.subnet_len.is_some_and(|len| net.prefix_len() != len) {
+        if p.subnet_len.is_some_and(|len| net.prefix_len() != len) {
             return Err(Rejection::SubnetLength);
         }
-        if overlaps(net, self.own.v4) {
+        if overlaps(net, p.own) {
             return Err(Rejection::OverlapsOwn);
         }
-        if self.underlay.iter().any(|u| overlaps(net, *u)) {
+        if p.underlay.iter().any(|u| overlaps(net, *u)) {
             return Err(Rejection::CoversUnderlay);
         }
-        let ip = a.public_ip;
+        let ip = a.public_ip.ok_or(Rejection::PublicIp)?;
         if ip.is_unspecified()
             || ip.is_loopback()
             || ip.is_multicast()
             || ip.is_broadcast()
             || ip.is_link_local()
-            || ip == self.own_public_ip
+            || ip == p.own_public_ip
             || net.contains(&ip)
-            || self.loops(ip)
+            || p.loops(ip)
         {
             return Err(Rejection::PublicIp);
         }
-        self.vtep_mac(a.vxlan_data(), self.own_mac)
+        let vtep_mac = self.vtep_mac(a.vxlan_data(), p.own_mac)?;
+        Ok(V4Half {
+            subnet: net,
+            public_ip: ip,
+            vtep_mac,
+        })
     }
 
     /// The checks of a lease's IPv6 half that need no other lease. `None`
@@ -398,7 +498,9 @@ impl LeasePolicy {
         }
         Ok(Some(vtep_mac))
     }
+}
 
+impl V4Policy {
     /// True when packets to `ip` would be routed into our own device: it
     /// lies in our subnet, or (udp) in `Network` and not on an underlay
     /// network inside it, whose connected route is the more specific. An
@@ -413,7 +515,7 @@ impl LeasePolicy {
                     && u.prefix_len() > self.network.prefix_len()
             })
         };
-        self.own.v4.contains(&ip)
+        self.own.contains(&ip)
             || (self.network_routed && self.network.contains(&ip) && !on_underlay())
     }
 }
@@ -495,7 +597,7 @@ fn overlaps6(a: Ipv6Net, b: Ipv6Net) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::{LeaseAttrs, Origin};
+    use crate::lease::{LeaseAttrs, Origin, SubnetKey};
     use weft_encap::Vni;
 
     const OWN_MAC: MacAddr = MacAddr([0x0e, 0, 0, 0, 0, 1]);
@@ -508,15 +610,22 @@ mod tests {
                 direct_routing: false,
                 mtu: None,
             },
-            network: "10.0.0.0/8".parse().unwrap(),
-            subnet_len: Some(24),
-            own: "10.244.1.0-24".parse().unwrap(),
-            own_public_ip: Ipv4Addr::new(192, 168, 100, 1),
-            own_mac: Some(OWN_MAC),
-            underlay: vec!["10.9.0.0/24".parse().unwrap()],
-            network_routed: false,
+            ipv4: Some(V4Policy {
+                network: "10.0.0.0/8".parse().unwrap(),
+                subnet_len: Some(24),
+                own: "10.244.1.0/24".parse().unwrap(),
+                own_public_ip: Ipv4Addr::new(192, 168, 100, 1),
+                own_mac: Some(OWN_MAC),
+                underlay: vec!["10.9.0.0/24".parse().unwrap()],
+                network_routed: false,
+            }),
             ipv6: None,
         }
+    }
+
+    /// The IPv4 side of `p`, to change.
+    fn v4(p: &mut LeasePolicy) -> &mut V4Policy {
+        p.ipv4.as_mut().unwrap()
     }
 
     /// A lease whose origin orders by `since` (then its key).
@@ -568,8 +677,8 @@ mod tests {
             .map(|a| Won {
                 key: a.lease.key,
                 origin: a.lease.origin.clone(),
-                public_ip: a.lease.attrs.public_ip,
-                vtep_mac: a.vtep_mac,
+                public_ip: a.lease.attrs.public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                vtep_mac: a.v4.and_then(|h| h.vtep_mac),
                 v6: a.v6,
                 v6_refused: a.v6_refused,
             })
@@ -787,7 +896,7 @@ mod tests {
     #[test]
     fn a_subnet_over_a_peer_s_public_ip_and_the_reverse_are_refused() {
         let mut p = policy();
-        p.underlay.clear();
+        v4(&mut p).underlay.clear();
         // Underlay addresses inside Network, as some clusters have.
         let peer = born("10.244.2.0-24", [10, 9, 0, 2], MAC, 1);
         let over = born("10.9.0.0-24", [10, 9, 1, 3], "0e:00:00:00:00:03", 2);
@@ -804,8 +913,8 @@ mod tests {
     fn with_the_udp_backend_a_public_ip_inside_network_is_refused_unless_on_the_underlay() {
         let mut p = policy();
         p.backend = Backend::Udp { port: 8285 };
-        p.own_mac = None;
-        p.network_routed = true;
+        v4(&mut p).own_mac = None;
+        v4(&mut p).network_routed = true;
         let udp = |key: &str, ip: [u8; 4]| Lease {
             attrs: LeaseAttrs::udp(Ipv4Addr::from(ip)),
             ..lease(key, ip, MAC)
@@ -824,7 +933,7 @@ mod tests {
     #[test]
     fn without_a_subnet_len_any_length_inside_network_passes() {
         let mut p = policy();
-        p.subnet_len = None;
+        v4(&mut p).subnet_len = None;
         let (ok, refused) = admit(
             &p,
             &[
@@ -847,7 +956,7 @@ mod tests {
     #[test]
     fn five_thousand_leases_are_admitted() {
         let mut p = policy();
-        p.underlay.clear();
+        v4(&mut p).underlay.clear();
         let mut leases: Vec<Lease> = (0..5000u32)
             .map(|i| {
                 let net = Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 + ((i + 300) << 8)), 24).unwrap();
@@ -1252,5 +1361,138 @@ mod tests {
         l.sort_unstable();
         l.dedup();
         assert_eq!(l.len(), Rejection::ALL.len());
+    }
+
+    /// `dual_policy()` of an IPv6-only cluster (`"EnableIPv4": false`).
+    fn v6_only_policy() -> LeasePolicy {
+        LeasePolicy {
+            ipv4: None,
+            ..dual_policy()
+        }
+    }
+
+    /// A Node's lease in an IPv6-only cluster: an IPv6 key, PublicIPv6
+    /// and BackendV6Data only, as the Kubernetes registry reads it.
+    fn v6_only(subnet: &str, ip6: &str, mac6: &str, since: i64) -> Lease {
+        let data = VxlanData {
+            vni: weft_encap::Vni::DEFAULT,
+            vtep_mac: mac6.parse().unwrap(),
+        };
+        Lease {
+            key: SubnetKey::v6(subnet.parse().unwrap()),
+            attrs: LeaseAttrs {
+                public_ipv6: Some(ip6.parse().unwrap()),
+                backend_type: Some("vxlan".into()),
+                backend_v6_data: Some(data.to_value()),
+                ..LeaseAttrs::default()
+            },
+            expiration: None,
+            origin: Origin::keyed(since),
+        }
+    }
+
+    /// In an IPv6-only cluster a lease is its IPv6 half: admitted with no
+    /// IPv4 half, or refused whole with the IPv6 half's reason.
+    #[test]
+    fn an_ipv6_only_lease_stands_or_falls_with_its_ipv6_half() {
+        use Rejection::*;
+        let p = v6_only_policy();
+        let good = v6_only("fd00:10:244:2::/64", "2001:db8::2", "0e:00:00:00:60:02", 1);
+        let (ok, refused) = admit(&p, std::slice::from_ref(&good), |_, _| false);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].vtep_mac, None);
+        assert_eq!(
+            ok[0].v6,
+            Some(V6Half {
+                subnet: "fd00:10:244:2::/64".parse().unwrap(),
+                public_ip: "2001:db8::2".parse().unwrap(),
+                vtep_mac: Some("0e:00:00:00:60:02".parse().unwrap()),
+            })
+        );
+        // Our own lease is neither a peer nor refused.
+        let ours = v6_only("fd00:10:244:1::/64", "2001:db8::1", "0e:00:00:00:60:01", 0);
+        let (ok, refused) = admit(&p, &[ours, good.clone()], |_, _| false);
+        assert_eq!(
+            (keys(&ok), refused.len()),
+            (vec!["fd00:10:244:2::-64".to_string()], 0)
+        );
+        let bad = |subnet: &str, ip6: &str, mac6: &str| v6_only(subnet, ip6, mac6, 2);
+        let cases = [
+            (
+                bad("fd00:99::/64", "2001:db8::3", "0e:00:00:00:60:03"),
+                OutsideNetwork,
+            ),
+            (
+                bad("fd00:10:244:1::/64", "2001:db8::3", "0e:00:00:00:60:03"),
+                OverlapsOwn,
+            ),
+            (
+                bad("fd00:10:244:3::/64", "fe80::3", "0e:00:00:00:60:03"),
+                PublicIp,
+            ),
+            (
+                bad("fd00:10:244:3::/64", "2001:db8::1", "0e:00:00:00:60:03"),
+                PublicIp,
+            ),
+            (
+                bad("fd00:10:244:3::/64", "2001:db8::3", "01:00:00:00:60:03"),
+                VtepMac,
+            ),
+        ];
+        for (l, why) in cases {
+            let (ok, refused) = admit(&p, std::slice::from_ref(&l), |_, _| false);
+            assert!(ok.is_empty(), "{l:?}");
+            assert_eq!(
+                refused.iter().map(|r| r.reason).collect::<Vec<_>>(),
+                [why],
+                "{l:?}"
+            );
+        }
+        // A lease of another backend, and one with no IPv6 half at all.
+        let mut udp = good.clone();
+        udp.attrs.backend_type = None;
+        let none = lease("10.244.4.0-24", IP, MAC);
+        let (ok, refused) = admit(&p, &[udp, none], |_, _| false);
+        assert!(ok.is_empty());
+        let mut why: Vec<Rejection> = refused.iter().map(|r| r.reason).collect();
+        why.sort();
+        assert_eq!(why, [BackendType, OutsideNetwork]);
+    }
+
+    /// The collision rule holds in an IPv6-only cluster: a newcomer that
+    /// claims a live peer's IPv6 subnet, PublicIPv6 or VtepMAC loses,
+    /// however old its Node is; without the peer, the older lease wins.
+    #[test]
+    fn an_ipv6_only_newcomer_never_displaces_a_peer() {
+        use Rejection::*;
+        let p = v6_only_policy();
+        let peer = v6_only("fd00:10:244:2::/64", "2001:db8::2", "0e:00:00:00:60:02", 5);
+        let cases = [
+            (
+                v6_only("fd00:10:244:2::/64", "2001:db8::3", "0e:00:00:00:60:03", 0),
+                OverlapsPeer,
+            ),
+            (
+                v6_only("fd00:10:244:3::/64", "2001:db8::2", "0e:00:00:00:60:03", 0),
+                DuplicatePublicIp,
+            ),
+            (
+                v6_only("fd00:10:244:3::/64", "2001:db8::3", "0e:00:00:00:60:02", 0),
+                DuplicateVtepMac,
+            ),
+        ];
+        for (newcomer, why) in cases {
+            let leases = [newcomer.clone(), peer.clone()];
+            let incumbent = |l: &Lease, c: Claim<'_>| *l == peer && matches!(c, Claim::V6(_));
+            let (ok, refused) = admit(&p, &leases, incumbent);
+            assert_eq!(keys(&ok), ["fd00:10:244:2::-64"]);
+            assert_eq!(ok[0].origin, peer.origin);
+            assert_eq!(reasons(&refused), [(newcomer.key.to_string(), why)]);
+            // Neither is a peer yet: the older one (the newcomer) wins.
+            let (ok, refused) = same_on_every_order(&p, &leases);
+            assert_eq!(ok[0].origin, newcomer.origin);
+            assert_eq!(refused[0].reason, why);
+        }
     }
 }

@@ -127,6 +127,21 @@ impl Node {
         }
         Ok(ip)
     }
+
+    /// `add_pod_bridge` for an IPv6-only node: `cni0` with the IPv6
+    /// subnet's `::1` alone.
+    pub fn add_pod_bridge6(&self) -> io::Result<Ipv6Addr> {
+        let (s, ip6) = self
+            .subnet6()
+            .zip(self.pod_ip6())
+            .ok_or_else(|| io::Error::other("no FLANNEL_IPV6_SUBNET in subnet.env yet"))?;
+        self.ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
+        let addr = format!("{ip6}/{}", s.prefix_len());
+        self.ns
+            .ip(&["-6", "addr", "add", &addr, "dev", "cni0", "nodad"])?;
+        self.ns.ip(&["link", "set", "cni0", "up"])?;
+        Ok(ip6)
+    }
 }
 
 /// A pod as the flannel CNI plugin (bridge and host-local) attaches one: a
@@ -244,8 +259,7 @@ impl Node {
             ),
         )?;
         weft_routes::subnet_env::SubnetEnv {
-            network: "10.244.0.0/16".parse().expect("literal"),
-            subnet,
+            ipv4: Some(("10.244.0.0/16".parse().expect("literal"), subnet)),
             mtu: 1450,
             ipmasq: false,
             ipv6: None,
@@ -296,8 +310,7 @@ impl Node {
             ),
         )?;
         weft_routes::subnet_env::SubnetEnv {
-            network: "10.244.0.0/16".parse().expect("literal"),
-            subnet,
+            ipv4: Some(("10.244.0.0/16".parse().expect("literal"), subnet)),
             mtu: 1450,
             ipmasq: false,
             ipv6: Some(("fd00:10:244::/56".parse().expect("literal"), subnet6)),

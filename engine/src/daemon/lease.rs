@@ -38,24 +38,29 @@ impl LeaseKeeper {
         // Ours is the lease with our key and our PublicIP (which a node
         // annotation may override). In Kubernetes another node may claim
         // our podCIDR too: that is a refused lease, not a reason to leave.
+        // In an IPv6-only cluster, PublicIPv6 plays that part.
+        let owner = |l: &Lease| match l.key.v4 {
+            Some(_) => l.attrs.public_ip.map(std::net::IpAddr::from),
+            None => l.attrs.public_ipv6.map(std::net::IpAddr::from),
+        };
         let mut with_our_key = leases.iter().filter(|l| l.key == self.lease.key);
         let ours = with_our_key
             .clone()
-            .find(|l| l.attrs.public_ip == self.lease.attrs.public_ip);
+            .find(|l| owner(l) == owner(&self.lease));
         match ours.or_else(|| with_our_key.next()) {
-            Some(l) if l.attrs.public_ip == self.lease.attrs.public_ip => {
+            Some(l) if owner(l) == owner(&self.lease) => {
                 self.lease.expiration = l.expiration;
             }
             Some(l) => {
+                let named = owner(l).map_or("no address".into(), |ip| ip.to_string());
                 return Err(anyhow::anyhow!(
-                    "our lease {} now names PublicIP {}: another node took our subnet",
+                    "our lease {} now names PublicIP {named}: another node took our subnet",
                     self.lease.key,
-                    l.attrs.public_ip
-                ))
+                ));
             }
             None => match reg.create(&self.lease.key, &self.attrs).await {
                 Ok(Some(l)) => {
-                    tracing::warn!(subnet = %self.lease.subnet(), "our lease was removed; took it again");
+                    tracing::warn!(subnet = %self.lease.key, "our lease was removed; took it again");
                     self.lease = l;
                 }
                 Ok(None) => {
@@ -81,7 +86,7 @@ impl LeaseKeeper {
             self.last_renew_try = Some(tokio::time::Instant::now());
             match reg.renew(&self.lease.key, &self.attrs).await {
                 Ok(l) => {
-                    tracing::info!(subnet = %self.lease.subnet(), "lease renewed");
+                    tracing::info!(subnet = %self.lease.key, "lease renewed");
                     self.lease = l;
                     self.last_renew_try = None;
                 }

@@ -30,9 +30,12 @@ pub(super) struct DevicePlan {
 /// The plan of one node.
 #[derive(Debug, Clone)]
 pub(super) struct Plan {
-    /// weft's device; none for host-gw.
+    /// weft's device for IPv4 pods; none for host-gw and in an IPv6-only
+    /// cluster.
     pub device: Option<DevicePlan>,
-    /// The device's MTU (the underlay's for host-gw).
+    /// The IPv4 device's MTU (the underlay's for host-gw), which
+    /// subnet.env's FLANNEL_MTU says even in an IPv6-only cluster, as
+    /// flanneld's does.
     pub mtu: u32,
     /// weft's device for IPv6 pods (`flannel-v6.<VNI>`), with vxlan and
     /// `EnableIPv6`, and its MTU.
@@ -64,14 +67,14 @@ impl Plan {
         self.device.as_ref().and_then(DevicePlan::vtep)
     }
 
-    /// Decides the plan for our PublicIP and (with `EnableIPv6`)
-    /// PublicIPv6. `previous` is the subnet of the last subnet.env, which
-    /// names the lease whose VtepMAC we keep.
+    /// Decides the plan for our PublicIP (none in an IPv6-only cluster)
+    /// and (with `EnableIPv6`) PublicIPv6. `previous` is the subnet of the
+    /// last subnet.env, which names the lease whose VtepMAC we keep.
     pub async fn new(
         backend: &Backend,
         opts: &RunOptions,
         underlay: &Underlay,
-        (public_ip, public_ipv6): (Ipv4Addr, Option<Ipv6Addr>),
+        (public_ip, public_ipv6): (Option<Ipv4Addr>, Option<Ipv6Addr>),
         leases_from: &Leases,
         previous: Option<ipnet::Ipv4Net>,
     ) -> anyhow::Result<Plan> {
@@ -85,7 +88,12 @@ impl Plan {
             }
             _ => Vec::new(),
         };
-        let mut plan = Plan::for_ipv4(backend, opts, underlay, public_ip, &leases, previous)?;
+        let ours = match public_ip {
+            Some(ip) => weft_routes::alloc::lease_of(&leases, ip, previous),
+            // IPv6-only is Kubernetes only: `leases` is our Node's lease.
+            None => leases.first(),
+        };
+        let mut plan = Plan::for_ipv4(backend, opts, underlay, public_ip, ours)?;
         if let Some(ip) = public_ipv6 {
             if plan.programming == Programming::Gateway
                 && !underlay.networks6.iter().any(|n| n.contains(&ip))
@@ -104,8 +112,7 @@ impl Plan {
                 // of its own. flanneld asks for Backend.MTU − 50 and the
                 // kernel clamps it to the underlay's − 70 (an IPv6 outer
                 // header is 20 bytes longer); weft sets that at once.
-                let mac =
-                    control::vtep_mac_for(&leases, public_ip, previous, vni, |a| a.vxlan_v6_data());
+                let mac = control::vtep_mac_for(ours, vni, |a| a.vxlan_v6_data());
                 let vtep = vxlan::Endpoint { vni, mac };
                 let mtu6 = mtu
                     .unwrap_or(underlay.mtu)
@@ -129,17 +136,20 @@ impl Plan {
         Ok(plan)
     }
 
-    /// The plan of the IPv4 side, which every node has. `leases` holds
-    /// our earlier lease, if any.
+    /// The plan of the backend and its IPv4 side: no IPv4 device and no
+    /// IPv4 attributes without a PublicIP (an IPv6-only cluster). `ours`
+    /// is our earlier lease, if any.
     fn for_ipv4(
         backend: &Backend,
         opts: &RunOptions,
         underlay: &Underlay,
-        public_ip: Ipv4Addr,
-        leases: &[weft_routes::Lease],
-        previous: Option<ipnet::Ipv4Net>,
+        public_ip: Option<Ipv4Addr>,
+        ours: Option<&weft_routes::Lease>,
     ) -> anyhow::Result<Plan> {
         let underlay_mtu = underlay.mtu;
+        let Some(public_ip) = public_ip else {
+            return Ok(Plan::ipv6_only(backend, opts, underlay_mtu));
+        };
         match *backend {
             Backend::Udp { port } => {
                 if opts.device == DeviceKind::Tap {
@@ -170,8 +180,7 @@ impl Plan {
                 if direct_routing {
                     tracing::info!("DirectRouting: peers on a directly connected network are routed without encapsulation");
                 }
-                let mac =
-                    control::vtep_mac_for(leases, public_ip, previous, vni, |a| a.vxlan_data());
+                let mac = control::vtep_mac_for(ours, vni, |a| a.vxlan_data());
                 let data = weft_routes::lease::VxlanData { vni, vtep_mac: mac };
                 let vtep = vxlan::Endpoint { vni, mac };
                 let kind = opts.device;
@@ -218,6 +227,44 @@ impl Plan {
             }
         }
     }
+    /// The plan of an IPv6-only cluster before its IPv6 side: no IPv4
+    /// device, and attributes with no PublicIP or BackendData, as
+    /// flanneld's vxlan and host-gw backends announce then. The udp
+    /// backend never gets here (`EnableIPv6` with udp is refused).
+    fn ipv6_only(backend: &Backend, opts: &RunOptions, underlay_mtu: u32) -> Plan {
+        let (mtu, port, watch_underlay) = match *backend {
+            Backend::Vxlan {
+                port,
+                direct_routing,
+                mtu,
+                ..
+            } => (
+                mtu.unwrap_or(underlay_mtu)
+                    .saturating_sub(vxlan::IPV4_OVERHEAD as u32),
+                port,
+                direct_routing,
+            ),
+            Backend::Udp { port } => (
+                underlay_mtu.saturating_sub(udp::IPV4_OVERHEAD as u32),
+                port,
+                false,
+            ),
+            Backend::HostGw => (underlay_mtu, 0, true),
+        };
+        Plan {
+            device: None,
+            mtu,
+            device6: None,
+            port,
+            attrs: LeaseAttrs {
+                backend_type: Some(backend.type_name().into()),
+                ..LeaseAttrs::default()
+            },
+            programming: Programming::for_backend(backend, opts.device),
+            watch_underlay,
+        }
+    }
+
     /// What the data plane is built from (and rebuilt from when the device
     /// is deleted); none for host-gw, which has no device.
     pub fn data_plane_spec(

@@ -47,6 +47,13 @@ impl Leases {
                 v6.network
             );
         }
+        if let (None, Leases::Store(_)) = (&conf.ipv4, self) {
+            // flanneld's etcd and file leases always have an IPv4 half.
+            bail!(
+                "EnableIPv4=false (an IPv6-only overlay) works with the Kubernetes subnet manager \
+                 (--kube-subnet-mgr) only, as in flanneld: etcd and file leases are keyed by an IPv4 subnet"
+            );
+        }
         Ok(conf)
     }
 
@@ -63,7 +70,7 @@ impl Leases {
             Leases::Kube(k) => k.acquire(attrs).await?,
             Leases::Store(r) => {
                 let previous = subnet_env::previous_subnet(subnet_file).map(|v4| SubnetKey {
-                    v4,
+                    v4: Some(v4),
                     v6: subnet_env::previous_ipv6_subnet(subnet_file),
                 });
                 alloc::acquire(r.as_ref(), conf, attrs, previous).await?

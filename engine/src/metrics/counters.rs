@@ -159,6 +159,9 @@ pub struct PeerView {
     pub via: &'static str,
     /// Its traffic.
     pub counters: Arc<PeerCounters>,
+    /// This row shows the lease's counters, which its halves share: its
+    /// IPv4 row, or its IPv6 row when it has no IPv4 one (IPv6-only).
+    pub counted: bool,
 }
 
 /// A lease weft refuses, as `/metrics` shows it.
@@ -178,10 +181,10 @@ pub struct RejectedView {
 /// This node, as `/metrics` shows it.
 #[derive(Debug, Clone)]
 pub struct NodeView {
-    /// Our subnet.
-    pub subnet: ipnet::Ipv4Net,
-    /// Our PublicIP.
-    pub public_ip: std::net::Ipv4Addr,
+    /// Our subnet; none in an IPv6-only cluster.
+    pub subnet: Option<ipnet::Ipv4Net>,
+    /// Our PublicIP; none in an IPv6-only cluster.
+    pub public_ip: Option<std::net::Ipv4Addr>,
     /// The backend's name as flannel spells it ("udp", "vxlan", "host-gw").
     pub backend: &'static str,
     /// weft's device ("" for host-gw).

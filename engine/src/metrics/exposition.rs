@@ -190,8 +190,8 @@ impl Metrics {
                 s,
                 "{}{{subnet=\"{}\",public_ip=\"{}\",backend=\"{}\",device=\"{}\",mtu=\"{}\"}} 1",
                 name::NODE_INFO,
-                n.subnet,
-                n.public_ip,
+                n.subnet.map(|s| s.to_string()).unwrap_or_default(),
+                n.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
                 n.backend,
                 n.device,
                 n.mtu
@@ -321,9 +321,8 @@ impl Metrics {
         ];
         for (name, help, field) in series {
             family(s, name, "counter", help);
-            // A lease's counters once, on its IPv4 row: its IPv6 half
-            // shares them.
-            for v in views.iter().filter(|v| v.subnet.addr().is_ipv4()) {
+            // A lease's counters once: its halves share them.
+            for v in views.iter().filter(|v| v.counted) {
                 let _ = writeln!(
                     s,
                     "{name}{{subnet=\"{}\",public_ip=\"{}\"}} {}",
@@ -419,6 +418,7 @@ mod tests {
             vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
             via: "tunnel",
             counters: c,
+            counted: true,
         }];
         let text = m.render();
         for line in [
@@ -454,6 +454,7 @@ mod tests {
             vtep_mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
             via: "tunnel",
             counters: Arc::default(),
+            counted: true,
         }];
         *m.rejected_views.lock().unwrap() = vec![RejectedView {
             key: "10.244.9.0-24".parse().unwrap(),
@@ -463,8 +464,8 @@ mod tests {
             reason: Rejection::ALL[0],
         }];
         let _ = m.node.set(NodeView {
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            public_ip: [192, 0, 2, 1].into(),
+            subnet: "10.244.1.0/24".parse().ok(),
+            public_ip: Some([192, 0, 2, 1].into()),
             backend: "vxlan",
             device: "flannel.1".into(),
             mtu: 1450,

@@ -284,6 +284,27 @@ fn enable_ipv6_with_udp_is_refused() {
     assert!(!c.nodes[0].subnet_file.exists(), "subnet.env written");
 }
 
+/// An IPv6-only config (`"EnableIPv4": false`) is for the Kubernetes
+/// subnet manager, as in flanneld: with the file registry (and etcd, the
+/// same check) weft refuses it at start, saying why, and writes nothing.
+#[test]
+fn ipv6_only_outside_kubernetes_is_refused() {
+    let conf = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
+    let mut c = Cluster::new("dr6o", 1, conf).unwrap();
+    c.add_ipv6().unwrap();
+    c.spawn(0, weft(), &[]).unwrap();
+    let exited = wait_exit(&mut c, 0);
+    let log = c.nodes[0].log_text();
+    assert!(exited, "weft kept running\n{log}");
+    assert!(
+        log.contains("works with the Kubernetes subnet manager (--kube-subnet-mgr) only"),
+        "{log}"
+    );
+    assert!(!c.nodes[0].subnet_file.exists(), "subnet.env written");
+    let leases = std::fs::read_dir(c.registry.join("subnets")).map_or(0, |d| d.count());
+    assert_eq!(leases, 0, "a lease was written");
+}
+
 /// A host with no global IPv6 address cannot announce a PublicIPv6: weft
 /// says so and how to fix it, instead of announcing a link-local one its
 /// peers would refuse.

@@ -301,6 +301,245 @@ fn dual_stack_on_the_api_server(tag: &str, backend: &str) {
     }
 }
 
+/// An IPv6-only cluster (`"EnableIPv4": false`): weft on a TUN and on a
+/// TAP and a real flanneld, every Node with an IPv6 podCIDR alone. No
+/// node has an IPv4 device or IPv4 rules; flanneld routes weft's podCIDR
+/// into its `flannel-v6.1`; every pair of pods reaches the others (ping6
+/// and a hash-checked 20 MB); annotations, subnet.env and ip6tables rules
+/// are flanneld's.
+#[test]
+fn ipv6_only_vxlan_with_a_real_flanneld_on_the_api_server() {
+    ipv6_only_on_the_api_server("k6o", "vxlan");
+}
+
+/// The same on host-gw: routes via each peer's PublicIPv6 on both sides.
+#[test]
+fn ipv6_only_host_gw_with_a_real_flanneld_on_the_api_server() {
+    ipv6_only_on_the_api_server("k6og", "host-gw");
+}
+
+fn ipv6_only_on_the_api_server(tag: &str, backend: &str) {
+    let conf = format!(
+        r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{{"Type":"{backend}"}}}}"#
+    );
+    let mut c = Cluster::new(tag, 3, &conf).expect("testbed");
+    c.add_ipv6().expect("IPv6 underlay");
+    c.start_kube_apiserver(&peer_binary("kube-apiserver", "WEFT_KUBE_APISERVER"))
+        .expect("kube-apiserver starts");
+    admin(&c, move |client| {
+        Box::pin(async move {
+            grant_flannel_role(&client).await.unwrap();
+            let nodes: Api<Node> = Api::all(client);
+            for i in 0..3 {
+                let v6 = format!("fd00:10:244:{}::/64", i + 1);
+                let node = weft_testbed::node_object_with(&format!("node{i}"), &[&v6]);
+                nodes.create(&PostParams::default(), &node).await.unwrap();
+            }
+        })
+    });
+    c.spawn_flanneld(2, &peer_binary("flanneld", "WEFT_FLANNELD"), &["--ip-masq"])
+        .unwrap();
+    c.wait_ready(2).unwrap();
+    let metrics = ["--ip-masq", "--metrics-addr", "127.0.0.1:9153"];
+    c.start(0, weft(), &metrics).unwrap();
+    c.start(1, weft(), &[&metrics[..], &["--device", "tap"]].concat())
+        .unwrap();
+    for i in 0..3 {
+        let n = &c.nodes[i];
+        assert_eq!(
+            n.subnet6().map(|s| s.to_string()),
+            Some(format!("fd00:10:244:{}::/64", i + 1)),
+            "node {i} took its IPv6 podCIDR\n{}",
+            n.log_text()
+        );
+        assert_eq!(n.subnet(), None, "node {i}: no FLANNEL_SUBNET");
+        assert!(
+            n.ns.ip(&["link", "show", "flannel.1"]).is_err(),
+            "node {i} has an IPv4 device"
+        );
+        n.add_pod_bridge6().unwrap();
+    }
+    let weft_v6 = c.nodes[0].subnet6().unwrap();
+    let via = match backend {
+        "vxlan" => format!("via {} dev flannel-v6.1", weft_v6.network()),
+        _ => "via 2001:db8:100::1 dev eth0".to_string(),
+    };
+    let routed = Cluster::wait_for(Duration::from_secs(10), || {
+        route_of(&c.nodes[2].ns, weft_v6).contains(&via)
+    });
+    assert!(
+        routed,
+        "flanneld's route to weft's IPv6 podCIDR: {:?}\n{}",
+        route_of(&c.nodes[2].ns, weft_v6),
+        c.nodes[2].log_text()
+    );
+    for i in 0..2 {
+        wait_metric(&c, i, "weft_peers", 2);
+    }
+    let pairs = [(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)];
+    for (port, (a, b)) in (5160..).zip(pairs) {
+        let (from, to) = (c.nodes[a].pod_ip6().unwrap(), c.nodes[b].pod_ip6().unwrap());
+        Cluster::wait_for(Duration::from_secs(5), || {
+            weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 1).unwrap() == 1
+        });
+        let answered = weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 3).unwrap();
+        assert_eq!(answered, 3, "ping6 {a} -> {b}\n{}", c.nodes[a].log_text());
+        transfer_pods6(&c, a, b, 20, port);
+    }
+    // Annotations: flanneld's keys, and its values where they do not
+    // name the node (what it writes for the absent IPv4 half).
+    let theirs = flannel_annotations(&node_of(&c, 2));
+    for i in 0..2 {
+        let ours = flannel_annotations(&node_of(&c, i));
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "annotations: weft {ours:?}, flanneld {theirs:?}"
+        );
+        for k in ["public-ip", "backend-data", "backend-type"] {
+            let k = format!("{PREFIX}{k}");
+            assert_eq!(ours.get(&k), theirs.get(&k), "{k}");
+        }
+    }
+    // subnet.env: the same lines but the subnet.
+    let env = |i: usize| {
+        let s6 = c.nodes[i].pod_ip6().unwrap().to_string();
+        std::fs::read_to_string(&c.nodes[i].subnet_file)
+            .unwrap()
+            .replace(&s6, "<gateway>")
+    };
+    assert_eq!(env(0), env(2), "subnet.env: weft (left), flanneld (right)");
+    // Rules: ip6tables as flanneld's, nothing of flannel in iptables.
+    let rules = |i: usize| {
+        let s6 = c.nodes[i].subnet6().unwrap().to_string();
+        let mut text = String::new();
+        Cluster::wait_for(Duration::from_secs(10), || {
+            let out = c.nodes[i].ns.exec("ip6tables-save", &[]).unwrap();
+            text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.lines()
+                .filter(|l| l.contains("\"flanneld masq\""))
+                .count()
+                == 7
+        });
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.split_once(" [") {
+                Some((head, _)) if l.starts_with(':') => head.to_string(),
+                _ => l.to_string(),
+            })
+            .map(|l| l.replace(&s6, "<subnet>"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        rules(0),
+        rules(2),
+        "ip6tables: weft (left), flanneld (right)"
+    );
+    for i in 0..2 {
+        let out = c.nodes[i].ns.exec("iptables-save", &[]).unwrap();
+        let v4 = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!v4.contains("FLANNEL"), "node {i} wrote IPv4 rules:\n{v4}");
+    }
+    if backend == "vxlan" {
+        hostile_ipv6_only_nodes(&c);
+    }
+    let status = weft_status(&c.nodes[1].ns);
+    assert!(status.contains("subnet6    fd00:10:244:2::/64"), "{status}");
+    assert!(status.contains("subnet     none (IPv6-only)"), "{status}");
+    assert!(status.contains("peers (2)"), "{status}");
+    for i in 0..3 {
+        assert!(
+            c.nodes[i].stop().unwrap().success(),
+            "{}",
+            c.nodes[i].log_text()
+        );
+    }
+}
+
+/// Nodes that claim node 1's IPv6 podCIDR, its PublicIPv6 and its IPv6
+/// VtepMAC, each created after the peer: weft on node 0
+/// refuses each whole, counted by reason, and node 1 stays its peer.
+fn hostile_ipv6_only_nodes(c: &Cluster) {
+    let peer_mac = {
+        let a = flannel_annotations(&node_of(c, 1));
+        let d = &a[&format!("{PREFIX}backend-v6-data")];
+        let v: serde_json::Value = serde_json::from_str(d).unwrap();
+        v["VtepMAC"].as_str().unwrap().to_string()
+    };
+    let claims = [
+        (
+            "evil-subnet",
+            "fd00:10:244:2::/64",
+            "2001:db8:100::9",
+            "0e:00:00:00:66:09",
+        ),
+        (
+            "evil-ip",
+            "fd00:10:244:9::/64",
+            "2001:db8:100::2",
+            "0e:00:00:00:66:0a",
+        ),
+        (
+            "evil-mac",
+            "fd00:10:244:a::/64",
+            "2001:db8:100::a",
+            peer_mac.as_str(),
+        ),
+    ];
+    for (name, cidr, ip6, mac) in claims {
+        let (name, cidr, ip6, mac) = (
+            name.to_string(),
+            cidr.to_string(),
+            ip6.to_string(),
+            mac.to_string(),
+        );
+        admin(c, move |client| {
+            Box::pin(async move {
+                let nodes: Api<Node> = Api::all(client);
+                nodes
+                    .create(&PostParams::default(), &node_object(&name, &cidr))
+                    .await
+                    .unwrap();
+                let patch = serde_json::json!({"metadata": {"annotations": {
+                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                    "flannel.alpha.coreos.com/backend-type": "vxlan",
+                    "flannel.alpha.coreos.com/backend-v6-data": format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),
+                    "flannel.alpha.coreos.com/public-ipv6": ip6
+                }}});
+                nodes
+                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                    .await
+                    .unwrap();
+            })
+        });
+    }
+    for reason in ["overlaps_peer", "duplicate_public_ip", "duplicate_vtep_mac"] {
+        wait_metric(
+            c,
+            0,
+            &format!("weft_leases_rejected_total{{reason=\"{reason}\"}}"),
+            1,
+        );
+    }
+    wait_metric(c, 0, "weft_peers", 2);
+    let route = route_of(&c.nodes[0].ns, "fd00:10:244:2::/64");
+    assert_eq!(
+        route, "fd00:10:244:2::/64 dev flannel-v6.1 proto 87 metric 1024 pref medium",
+        "{route}"
+    );
+    for evil in ["fd00:10:244:9::/64", "fd00:10:244:a::/64"] {
+        assert_eq!(route_of(&c.nodes[0].ns, evil), "", "{evil} routed");
+    }
+    let (from, to) = (c.nodes[0].pod_ip6().unwrap(), c.nodes[1].pod_ip6().unwrap());
+    assert_eq!(
+        weft_testbed::ping6(&c.nodes[0].ns, Some(from), to, 3).unwrap(),
+        3
+    );
+    let log = c.nodes[0].log_text();
+    assert!(log.contains("ignoring lease:"), "{log}");
+}
+
 /// Nodes come and go: a new node's route within 1 s of its annotations, a
 /// deleted node's route gone within 1 s; a restarted weft keeps its
 /// VtepMAC (read back from its node), so peers reprogram nothing.

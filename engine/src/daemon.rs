@@ -132,13 +132,21 @@ impl Node {
     /// rules and subnet.env in place; the node is ready when this returns.
     async fn start(opts: RunOptions) -> anyhow::Result<Node> {
         let nl = Netlink::open()?;
-        let underlay = nl.choose_underlay(&opts.iface).await?;
         let leases_from = open_registry(&opts).await?;
         let conf = leases_from.config().await?;
-        let public_ip = conf
-            .ipv4
-            .as_ref()
-            .map(|_| opts.public_ip.unwrap_or(underlay.addr));
+        // The underlay as flanneld picks it for the cluster's IP stack: an
+        // IPv6-only cluster needs no IPv4 on the host.
+        let stack = match conf.ipv4 {
+            Some(_) => crate::netlink::Stack::WithIpv4,
+            None => crate::netlink::Stack::Ipv6Only,
+        };
+        let underlay = nl.choose_underlay(&opts.iface, stack).await?;
+        let public_ip = match conf.ipv4 {
+            Some(_) => Some(opts.public_ip.or(underlay.addr).with_context(|| {
+                format!("{} has no IPv4 address: pass --public-ip", underlay.name)
+            })?),
+            None => None,
+        };
         let public_ipv6 = match conf.ipv6 {
             Some(_) => Some(public_ipv6(&opts, &underlay)?),
             None => None,

@@ -157,9 +157,10 @@ struct RunArgs {
     /// global IPv6 address.
     #[arg(long, value_name = "IPV6", env = "FLANNELD_PUBLIC_IPV6")]
     public_ipv6: Option<Ipv6Addr>,
-    /// Underlay interface. Default: the interface of the default route.
-    /// (A name or an IPv4 address; repeatable: the first that exists wins,
-    /// as with flanneld.)
+    /// Underlay interface. Default: the interface of the default route
+    /// (the IPv6 one in an IPv6-only cluster). (A name or an IPv4 address,
+    /// or an IPv6 address in an IPv6-only cluster; repeatable: the first
+    /// that exists wins, as with flanneld.)
     #[arg(long, value_name = "NAME|IP", env = "FLANNELD_IFACE")]
     iface: Vec<String>,
     /// A regular expression over interface addresses, then names, for the

@@ -33,8 +33,8 @@ pub enum NetlinkError {
     #[error("no network interface named {0}")]
     NoLink(String),
     /// No default route to derive the underlay interface from.
-    #[error("no IPv4 default route: pass --iface")]
-    NoDefaultRoute,
+    #[error("no {0} default route: pass --iface")]
+    NoDefaultRoute(&'static str),
     /// None of the interfaces asked for exists.
     #[error("no interface matches {0}")]
     NoMatch(String),
@@ -131,8 +131,9 @@ pub struct Underlay {
     pub name: String,
     /// Interface index.
     pub index: u32,
-    /// Its first IPv4 address.
-    pub addr: Ipv4Addr,
+    /// Its first IPv4 address; none only on a host without IPv4, which
+    /// serves an IPv6-only cluster alone.
+    pub addr: Option<Ipv4Addr>,
     /// Its MTU.
     pub mtu: u32,
     /// The networks of all its IPv4 addresses.
@@ -222,38 +223,77 @@ pub fn preferred_v6(addrs: &[Addr6]) -> Option<Ipv6Addr> {
     usable.first().map(|a| a.net.addr())
 }
 
-/// The interface and address `--iface` and `--iface-regex` choose among
-/// `links` (flannel's `LookupExtIface` order): each `--iface` in turn, by
-/// address or by name; then each regex in turn, over every link's
-/// addresses, then every link's name. `None` if nothing matches (or
-/// nothing was asked).
-pub fn pick(links: &[LinkAddrs], c: &IfaceChoice) -> Option<(usize, Ipv4Addr)> {
+/// Which addresses make an interface usable as the underlay, as
+/// flanneld's `LookupExtIface` decides by the cluster's IP stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stack {
+    /// IPv4 or dual-stack: an IPv4 address.
+    WithIpv4,
+    /// An IPv6-only cluster (`"EnableIPv4": false`): an IPv6 address a
+    /// node can announce (`preferred_v6`); IPv4 is not needed.
+    Ipv6Only,
+}
+
+/// The interface and IPv4 address `--iface` and `--iface-regex` choose
+/// among `links` (flannel's `LookupExtIface` order): each `--iface` in
+/// turn, by address or by name; then each regex in turn, over every
+/// link's addresses, then every link's name. An interface counts only
+/// with an address of `stack`; with `Stack::Ipv6Only` its IPv4 address
+/// is the first, if any, and IPv6 addresses match too. `None` if nothing
+/// matches (or nothing was asked).
+pub fn pick(
+    links: &[LinkAddrs],
+    c: &IfaceChoice,
+    stack: Stack,
+) -> Option<(usize, Option<Ipv4Addr>)> {
     let first_addr = |i: usize| links[i].addrs.first().map(|n| n.addr());
+    let usable = |i: usize| match stack {
+        Stack::WithIpv4 => first_addr(i).is_some(),
+        Stack::Ipv6Only => preferred_v6(&links[i].addrs6).is_some(),
+    };
+    let v6_only = stack == Stack::Ipv6Only;
     for want in &c.ifaces {
         if let Ok(ip) = want.parse::<Ipv4Addr>() {
             if let Some(i) = links
                 .iter()
                 .position(|l| l.addrs.iter().any(|a| a.addr() == ip))
+                .filter(|&i| usable(i))
             {
-                return Some((i, ip));
+                return Some((i, Some(ip)));
+            }
+        } else if let Ok(ip) = want.parse::<Ipv6Addr>() {
+            if let Some(i) = links
+                .iter()
+                .position(|l| l.addrs6.iter().any(|a| a.net.addr() == ip))
+                .filter(|&i| v6_only && usable(i))
+            {
+                return Some((i, first_addr(i)));
             }
         } else if let Some(i) = links.iter().position(|l| &l.name == want) {
-            if let Some(a) = first_addr(i) {
-                return Some((i, a));
+            if usable(i) {
+                return Some((i, first_addr(i)));
             }
         }
     }
     for re in &c.regexes {
         for (i, l) in links.iter().enumerate() {
             if let Some(a) = l.addrs.iter().find(|a| re.is_match(&a.addr().to_string())) {
-                return Some((i, a.addr()));
+                if usable(i) {
+                    return Some((i, Some(a.addr())));
+                }
+            }
+            let v6 = || {
+                l.addrs6
+                    .iter()
+                    .any(|a| re.is_match(&a.net.addr().to_string()))
+            };
+            if v6_only && usable(i) && v6() {
+                return Some((i, first_addr(i)));
             }
         }
         for (i, l) in links.iter().enumerate() {
-            if re.is_match(&l.name) {
-                if let Some(a) = first_addr(i) {
-                    return Some((i, a));
-                }
+            if re.is_match(&l.name) && usable(i) {
+                return Some((i, first_addr(i)));
             }
         }
     }
@@ -373,39 +413,44 @@ impl Netlink {
     /// Finds the underlay as `choice` says (flanneld's `--iface`,
     /// `--iface-regex`, `--iface-can-reach`), else the default route's
     /// interface, with the address chosen (or the interface's first).
-    pub async fn choose_underlay(&self, choice: &IfaceChoice) -> Result<Underlay, NetlinkError> {
+    pub async fn choose_underlay(
+        &self,
+        choice: &IfaceChoice,
+        stack: Stack,
+    ) -> Result<Underlay, NetlinkError> {
         let links = self.links().await?;
         let asked = !choice.ifaces.is_empty() || !choice.regexes.is_empty();
         // An interface the kernel routes through: the one toward
-        // --iface-can-reach, else (nothing asked) the default route's.
-        let routed = match (pick(&links, choice), choice.can_reach) {
+        // --iface-can-reach, else (nothing asked) the default route's of
+        // the stack's family, as flanneld picks it.
+        let routed = match (pick(&links, choice, stack), choice.can_reach) {
             (Some(found), _) => return Ok(underlay_of(&links, found)),
             (None, Some(ip)) => self
                 .route_to(IpAddr::V4(ip))
                 .await?
                 .into_iter()
                 .find_map(|(_, oif)| oif),
-            (None, None) if !asked => Some(self.default_route_oif().await?),
+            (None, None) if !asked => Some(self.default_route_oif(stack).await?),
             (None, None) => None,
         };
         let i = routed
             .and_then(|o| links.iter().position(|l| l.index == o))
             .ok_or_else(|| NetlinkError::NoMatch(choice.describe()))?;
-        let addr = links[i]
-            .addrs
-            .first()
-            .map(|a| a.addr())
-            .ok_or_else(|| NetlinkError::NoAddress(links[i].name.clone()))?;
+        let addr = links[i].addrs.first().map(|a| a.addr());
+        if addr.is_none() && stack == Stack::WithIpv4 {
+            return Err(NetlinkError::NoAddress(links[i].name.clone()));
+        }
         Ok(underlay_of(&links, (i, addr)))
     }
 
-    /// The output interface of the main table's IPv4 default route.
-    async fn default_route_oif(&self) -> Result<u32, NetlinkError> {
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+    /// The output interface of the main table's default route: IPv4's,
+    /// or IPv6's for an IPv6-only cluster.
+    async fn default_route_oif(&self, stack: Stack) -> Result<u32, NetlinkError> {
+        let (msg, family) = match stack {
+            Stack::WithIpv4 => (RouteMessageBuilder::<Ipv4Addr>::new().build(), "IPv4"),
+            Stack::Ipv6Only => (RouteMessageBuilder::<Ipv6Addr>::new().build(), "IPv6"),
+        };
+        let mut routes = self.handle.route().get(msg).execute();
         while let Some(r) = routes.try_next().await.map_err(req("list routes"))? {
             if r.header.destination_prefix_length == 0 && r.header.table == RT_TABLE_MAIN {
                 if let Some(oif) = RouteEntry::of(&r).and_then(|e| e.oif) {
@@ -413,7 +458,7 @@ impl Netlink {
                 }
             }
         }
-        Err(NetlinkError::NoDefaultRoute)
+        Err(NetlinkError::NoDefaultRoute(family))
     }
 
     /// Sets MTU, optionally the MAC, and brings the link up.
@@ -690,7 +735,7 @@ pub fn watch_routes(
 }
 
 /// The underlay at `links[i]`, sending from `addr`.
-fn underlay_of(links: &[LinkAddrs], (i, addr): (usize, Ipv4Addr)) -> Underlay {
+fn underlay_of(links: &[LinkAddrs], (i, addr): (usize, Option<Ipv4Addr>)) -> Underlay {
     let l = &links[i];
     Underlay {
         name: l.name.clone(),
@@ -737,7 +782,10 @@ mod tests {
     #[test]
     fn ifaces_in_order_by_name_or_address_then_regexes() {
         let ls = links();
-        let name = |c: IfaceChoice| pick(&ls, &c).map(|(i, a)| (ls[i].name.clone(), a.to_string()));
+        let name = |c: IfaceChoice| {
+            pick(&ls, &c, Stack::WithIpv4)
+                .map(|(i, a)| (ls[i].name.clone(), a.unwrap().to_string()))
+        };
         let want = |n: &str, a: &str| Some((n.to_string(), a.to_string()));
         assert_eq!(name(choice(&["eth0"], &[])), want("eth0", "192.168.100.1"));
         assert_eq!(
@@ -768,6 +816,46 @@ mod tests {
         );
         assert_eq!(name(choice(&["nope"], &["nomatch"])), None);
         assert_eq!(name(choice(&[], &[])), None);
+    }
+
+    /// For an IPv6-only cluster an interface counts by its IPv6
+    /// addresses (as flanneld's `LookupExtIface` with an IPv6 stack): one
+    /// without IPv4 is fine, one without a global IPv6 address is not.
+    #[test]
+    fn an_ipv6_only_cluster_picks_by_ipv6_addresses() {
+        let a6 = |net: &str| Addr6 {
+            net: net.parse().unwrap(),
+            permanent: true,
+            temporary: false,
+            unusable: false,
+        };
+        let mut ls = links();
+        ls[1].addrs6 = vec![a6("fe80::1/64"), a6("2001:db8::1/64")];
+        ls[3].addrs6 = vec![a6("2001:db8:3::1/64")];
+        ls[2].addrs6 = vec![a6("fe80::2/64")];
+        let name = |c: IfaceChoice| {
+            pick(&ls, &c, Stack::Ipv6Only)
+                .map(|(i, a)| (ls[i].name.clone(), a.map(|a| a.to_string())))
+        };
+        let want = |n: &str, a: Option<&str>| Some((n.to_string(), a.map(String::from)));
+        assert_eq!(name(choice(&["empty0"], &[])), want("empty0", None));
+        assert_eq!(
+            name(choice(&["eth0"], &[])),
+            want("eth0", Some("192.168.100.1"))
+        );
+        assert_eq!(name(choice(&["2001:db8:3::1"], &[])), want("empty0", None));
+        // Link-local only: not usable, the next --iface is.
+        assert_eq!(
+            name(choice(&["dummy0", "empty0"], &[])),
+            want("empty0", None)
+        );
+        assert_eq!(name(choice(&[], &["^2001:db8:3:"])), want("empty0", None));
+        assert_eq!(name(choice(&[], &["^dum"])), None);
+        // An IPv6 literal does not pick for a cluster with IPv4.
+        assert_eq!(
+            pick(&ls, &choice(&["2001:db8::1"], &[]), Stack::WithIpv4),
+            None
+        );
     }
 
     #[test]

@@ -302,7 +302,8 @@ fn dual_stack_on_the_api_server(tag: &str, backend: &str) {
 }
 
 /// An IPv6-only cluster (`"EnableIPv4": false`): weft on a TUN and on a
-/// TAP and a real flanneld, every Node with an IPv6 podCIDR alone. No
+/// TAP (on a host without IPv4) and a real flanneld, every Node with an
+/// IPv6 podCIDR alone. No
 /// node has an IPv4 device or IPv4 rules; flanneld routes weft's podCIDR
 /// into its `flannel-v6.1`; every pair of pods reaches the others (ping6
 /// and a hash-checked 20 MB); annotations, subnet.env and ip6tables rules
@@ -340,6 +341,9 @@ fn ipv6_only_on_the_api_server(tag: &str, backend: &str) {
     c.spawn_flanneld(2, &peer_binary("flanneld", "WEFT_FLANNELD"), &["--ip-masq"])
         .unwrap();
     c.wait_ready(2).unwrap();
+    // Node 1 is a host without IPv4: weft picks eth0 by the IPv6 default
+    // route and reaches the API server over IPv6.
+    c.drop_ipv4(1).unwrap();
     let metrics = ["--ip-masq", "--metrics-addr", "127.0.0.1:9153"];
     c.start(0, weft(), &metrics).unwrap();
     c.start(1, weft(), &[&metrics[..], &["--device", "tap"]].concat())

@@ -18,6 +18,9 @@ pub struct KubeApi {
     pub admin_kubeconfig: PathBuf,
     /// A kubeconfig for user `weft`, who has only what RBAC grants.
     pub weft_kubeconfig: PathBuf,
+    /// The same at `https://[2001:db8:100::fa]:6443`, for a host without
+    /// IPv4 (`Cluster::drop_ipv4`).
+    pub weft6_kubeconfig: PathBuf,
     /// net-conf.json for the nodes' `--net-config-path`.
     pub net_conf: PathBuf,
     /// Its log.
@@ -67,7 +70,7 @@ impl Cluster {
             &[(
                 "server",
                 "kube-apiserver",
-                "subjectAltName=IP:192.168.100.250,IP:127.0.0.1,DNS:kubernetes\nextendedKeyUsage=serverAuth\n",
+                "subjectAltName=IP:192.168.100.250,IP:2001:db8:100::fa,IP:127.0.0.1,DNS:kubernetes\nextendedKeyUsage=serverAuth\n",
             )],
         )?;
         sh("openssl", &["genrsa", "-out", &p("sa.key"), "2048"])?;
@@ -83,18 +86,24 @@ impl Cluster {
         )?;
         let url = "https://192.168.100.250:6443".to_string();
         let ca = p("ca.crt");
-        let kubeconfig = |user: &str, token: &str| {
+        let kubeconfig = |user: &str, token: &str, url: &str| {
             format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: {user}\ncurrent-context: test\n"
             )
         };
-        std::fs::write(d.join("admin.kubeconfig"), kubeconfig("admin", &admin))?;
-        std::fs::write(d.join("weft.kubeconfig"), kubeconfig("weft", &weft))?;
+        std::fs::write(
+            d.join("admin.kubeconfig"),
+            kubeconfig("admin", &admin, &url),
+        )?;
+        std::fs::write(d.join("weft.kubeconfig"), kubeconfig("weft", &weft, &url))?;
+        let url6 = "https://[2001:db8:100::fa]:6443";
+        std::fs::write(d.join("weft6.kubeconfig"), kubeconfig("weft", &weft, url6))?;
         std::fs::write(d.join("net-conf.json"), &self.net_conf)?;
         let args: Vec<String> = [
             format!("--etcd-servers={}", self.etcd_url()),
             "--etcd-prefix=/registry".into(),
-            "--bind-address=192.168.100.250".into(),
+            // Every address, IPv6 ones included (`Cluster::drop_ipv4`).
+            "--bind-address=::".into(),
             "--advertise-address=192.168.100.250".into(),
             "--secure-port=6443".into(),
             format!("--tls-cert-file={}", p("server.crt")),
@@ -113,6 +122,7 @@ impl Cluster {
             url,
             admin_kubeconfig: d.join("admin.kubeconfig"),
             weft_kubeconfig: d.join("weft.kubeconfig"),
+            weft6_kubeconfig: d.join("weft6.kubeconfig"),
             net_conf: d.join("net-conf.json"),
             log: d.join("kube-apiserver.log"),
             process: None,

@@ -145,6 +145,7 @@ impl Cluster {
             daemon: None,
             subnet_file,
             log,
+            ipv6_only: false,
         });
         Ok(i)
     }
@@ -210,6 +211,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes node `i` a host without IPv4 (after `add_ipv6` and
+    /// `start_kube_apiserver`): its IPv4 address and routes go, and weft
+    /// and flanneld there reach the API server at `[2001:db8:100::fa]`.
+    pub fn drop_ipv4(&mut self, i: usize) -> io::Result<()> {
+        let has = self.hub.ip(&["-6", "addr", "show", "dev", "br0"])?;
+        if !String::from_utf8_lossy(&has.stdout).contains("2001:db8:100::fa/") {
+            self.hub.ip(&[
+                "-6",
+                "addr",
+                "add",
+                "2001:db8:100::fa/64",
+                "dev",
+                "br0",
+                "nodad",
+            ])?;
+        }
+        let n = &mut self.nodes[i];
+        n.ns.ip(&["-4", "addr", "flush", "dev", "eth0"])?;
+        n.ipv6_only = true;
+        Ok(())
+    }
+
     /// Starts weft on node `i` and waits (up to 15 s) until it is ready
     /// (subnet.env written).
     pub fn start(&mut self, i: usize, weft: &Path, extra: &[&str]) -> io::Result<()> {
@@ -226,9 +249,13 @@ impl Cluster {
         let mut cmd = node.ns.command(weft);
         cmd.arg("run");
         if let Some(k) = &self.kube {
+            let kubeconfig = match node.ipv6_only {
+                true => &k.weft6_kubeconfig,
+                false => &k.weft_kubeconfig,
+            };
             cmd.arg("--kube-subnet-mgr")
                 .arg("--kubeconfig-file")
-                .arg(&k.weft_kubeconfig)
+                .arg(kubeconfig)
                 .arg("--net-config-path")
                 .arg(&k.net_conf)
                 .env("NODE_NAME", format!("node{i}"));
@@ -268,7 +295,14 @@ impl Cluster {
         let registry: Vec<String> = match &self.kube {
             Some(k) => vec![
                 "--kube-subnet-mgr".into(),
-                format!("--kubeconfig-file={}", k.weft_kubeconfig.display()),
+                format!(
+                    "--kubeconfig-file={}",
+                    match self.nodes[i].ipv6_only {
+                        true => &k.weft6_kubeconfig,
+                        false => &k.weft_kubeconfig,
+                    }
+                    .display()
+                ),
                 format!("--net-config-path={}", k.net_conf.display()),
             ],
             None => vec![

@@ -24,6 +24,9 @@ pub struct Node {
     pub subnet_file: PathBuf,
     /// weft's log.
     pub log: PathBuf,
+    /// `Cluster::drop_ipv4` took its IPv4 address away: it reaches the API
+    /// server over IPv6.
+    pub ipv6_only: bool,
 }
 
 impl Node {

@@ -206,13 +206,13 @@ impl Plan {
                 })
             }
             Backend::HostGw => {
-                if public_ip != underlay.addr {
+                if Some(public_ip) != underlay.addr {
                     bail!(
                         "host-gw cannot work behind NAT: PublicIP {public_ip} is not the address of {} ({}). \
                          Peers route this node's pods via its PublicIP, so it must be this host's own address \
                          on the shared layer-2 segment; drop --public-ip, or use the vxlan backend",
                         underlay.name,
-                        underlay.addr
+                        underlay.addr.map_or("none".into(), |a| a.to_string())
                     );
                 }
                 Ok(Plan {

@@ -146,7 +146,7 @@ fn checksum(c: &mut Criterion) {
 /// size: VXLAN around a TCP/IPv6 segment (EtherType 0x86DD) and back, and
 /// the inner TCP checksum over IPv6 verified and completed.
 fn vxlan6(c: &mut Criterion) {
-    use weft_encap::{checksum, ipv6, l4};
+    use weft_encap::l4;
     let (a, b) = (endpoint(1), endpoint(2));
     let mut g = c.benchmark_group("vxlan6");
     for payload in [0usize, 448, 1338] {
@@ -179,51 +179,57 @@ fn vxlan6(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("l4_verify_ipv4", size), &size, |bn, _| {
             bn.iter(|| l4::verify_or_complete(black_box(&mut seg4)).unwrap())
         });
-        let p = ipv6::Packet::new_checked(&pkt[..]).unwrap();
-        let pseudo = p.pseudo_header_sum(6, (size - 40) as u32);
-        let mut partial = pkt.clone();
-        partial[56..58].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
-        let mut seg = pkt.clone();
-        g.bench_with_input(BenchmarkId::new("l4_verify", size), &size, |bn, _| {
-            bn.iter(|| l4::verify_or_complete(black_box(&mut seg)).unwrap())
-        });
-        g.bench_with_input(BenchmarkId::new("l4_complete", size), &size, |bn, _| {
-            bn.iter(|| {
-                seg[56..58].copy_from_slice(&partial[56..58]);
-                l4::verify_or_complete(black_box(&mut seg)).unwrap()
-            })
-        });
+        bench_l4(&mut g, ("l4_verify", "l4_complete"), size, &pkt);
     }
     g.finish();
+}
+
+/// `l4::verify_or_complete` on `seg`, a TCP segment in IPv4 or IPv6, as
+/// `names.0` (its checksum complete, verified) and `names.1` (the partial
+/// checksum a kernel peer leaves, completed: the pseudo-header sum alone,
+/// put back before each run).
+fn bench_l4(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    names: (&str, &str),
+    size: usize,
+    seg: &[u8],
+) {
+    use weft_encap::{checksum, ipv4, ipv6, l4, tcp};
+    let (at, pseudo) = match seg[0] >> 4 {
+        4 => {
+            let p = ipv4::Packet::new_checked(seg).unwrap();
+            let at = p.header_len();
+            let len = (seg.len() - at) as u16;
+            let (src, dst) = (p.src().octets(), p.dst().octets());
+            (at, l4::pseudo_header_sum(src, dst, 6, len))
+        }
+        _ => {
+            let p = ipv6::Packet::new_checked(seg).unwrap();
+            (40, p.pseudo_header_sum(6, (seg.len() - 40) as u32))
+        }
+    };
+    let partial = checksum::fold(pseudo);
+    let mut buf = seg.to_vec();
+    g.bench_with_input(BenchmarkId::new(names.0, size), &size, |bn, _| {
+        bn.iter(|| l4::verify_or_complete(black_box(&mut buf)).unwrap())
+    });
+    g.bench_with_input(BenchmarkId::new(names.1, size), &size, |bn, _| {
+        bn.iter(|| {
+            tcp::Segment::new_unchecked(&mut buf[at..]).set_checksum(partial);
+            l4::verify_or_complete(black_box(&mut buf)).unwrap()
+        })
+    });
 }
 
 /// The receive path's inner checksum check (`l4::verify_or_complete`) on
 /// one TCP segment: verifying a complete checksum, and completing the
 /// partial one a kernel peer on a veth or virtio link leaves.
 fn l4_checksum(c: &mut Criterion) {
-    use weft_encap::{checksum, l4};
     let mut g = c.benchmark_group("l4");
     for size in [64usize, 512, 1400, 9000] {
         let full = weft_benches::tcp_segment(1000, size);
-        let mut partial = full.clone();
-        let pseudo = l4::pseudo_header_sum(
-            [10, 244, 1, 2],
-            [10, 244, 2, 3],
-            6,
-            (full.len() - 20) as u16,
-        );
-        partial[36..38].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
         g.throughput(Throughput::Bytes(full.len() as u64));
-        let mut buf = full.clone();
-        g.bench_with_input(BenchmarkId::new("verify", size), &size, |bn, _| {
-            bn.iter(|| l4::verify_or_complete(black_box(&mut buf)).unwrap())
-        });
-        g.bench_with_input(BenchmarkId::new("complete", size), &size, |bn, _| {
-            bn.iter(|| {
-                buf[36..38].copy_from_slice(&partial[36..38]);
-                l4::verify_or_complete(black_box(&mut buf)).unwrap()
-            })
-        });
+        bench_l4(&mut g, ("verify", "complete"), size, &full);
     }
     g.finish();
 }

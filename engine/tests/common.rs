@@ -142,6 +142,43 @@ pub fn wait_metric(c: &Cluster, i: usize, name: &str, want: u64) {
     assert!(reached, "node {i}: {name} is {:?}, want {want}", get());
 }
 
+/// Waits (up to 5 s) until node `i`'s counter `name{reason="<r>"}` is `n`
+/// for each `(r, n)` of `want` (metrics server on 127.0.0.1:9153); fails
+/// with the metrics and the log if it never is.
+pub fn wait_rejected(c: &Cluster, i: usize, name: &str, want: &[(&str, u64)]) {
+    let ns = &c.nodes[i].ns;
+    let all = |m: &str| {
+        want.iter()
+            .all(|(r, n)| metric(m, &format!("{name}{{reason=\"{r}\"}}")) == Some(*n))
+    };
+    let settled = Cluster::wait_for(Duration::from_secs(5), || all(&metrics(ns, 9153)));
+    assert!(settled, "{}\n{}", metrics(ns, 9153), c.nodes[i].log_text());
+}
+
+/// Node `i`'s ip6tables rules once flanneld's set is in (7 masquerading
+/// and 3 forwarding rules, waited for up to 10 s), its IPv6 subnet
+/// written `<subnet>`, without chain counters and comments: what two
+/// nodes, weft and flanneld, can be compared by.
+pub fn flannel_ip6tables(c: &Cluster, i: usize) -> String {
+    let s6 = c.nodes[i].subnet6().expect("an IPv6 subnet").to_string();
+    let mut text = String::new();
+    Cluster::wait_for(Duration::from_secs(10), || {
+        let out = c.nodes[i].ns.exec("ip6tables-save", &[]).unwrap();
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+        count("\"flanneld masq\"") == 7 && count("\"flanneld forward\"") == 3
+    });
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.split_once(" [") {
+            Some((head, _)) if l.starts_with(':') => head.to_string(),
+            _ => l.to_string(),
+        })
+        .map(|l| l.replace(&s6, "<subnet>"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What `weft status` prints in `ns` against the metrics server on
 /// 127.0.0.1:9153, colours stripped.
 pub fn weft_status(ns: &Netns) -> String {
@@ -554,14 +591,9 @@ pub fn colliders_never_displace_a_live_peer(c: &mut Cluster, claims: &dyn Claims
     for (name, cidr, ip, mac, _) in &colliders {
         claims.claim(c, name, cidr, ip, mac);
     }
+    let want: Vec<(&str, u64)> = colliders.iter().map(|(.., r)| (*r, 1)).collect();
+    wait_rejected(c, 0, "weft_leases_rejected_total", &want);
     let ns0 = &c.nodes[0].ns;
-    let refused = Cluster::wait_for(Duration::from_secs(5), || {
-        let m = metrics(ns0, 9153);
-        colliders.iter().all(|(.., r)| {
-            metric(&m, &format!("weft_leases_rejected_total{{reason=\"{r}\"}}")) == Some(1)
-        })
-    });
-    assert!(refused, "{}\n{}", metrics(ns0, 9153), c.nodes[0].log_text());
     // The incumbent keeps working both ways, poll after poll.
     for _ in 0..6 {
         assert!(

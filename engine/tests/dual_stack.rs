@@ -206,28 +206,14 @@ fn hostile_ipv6_halves_lose_only_their_ipv6_half() {
         std::fs::write(dir.join(key), json).unwrap();
     }
     let want = |reason: &str| hostile.iter().filter(|h| h.2 == reason).count() as u64;
-    let counted = Cluster::wait_for(Duration::from_secs(5), || {
-        let m = metrics(&c.nodes[0].ns, 9153);
-        [
-            "public_ip",
-            "outside_network",
-            "overlaps_peer",
-            "duplicate_public_ip",
-        ]
-        .iter()
-        .all(|r| {
-            metric(
-                &m,
-                &format!("weft_lease_ipv6_halves_rejected_total{{reason=\"{r}\"}}"),
-            ) == Some(want(r))
-        })
-    });
-    assert!(
-        counted,
-        "{}\n{}",
-        metrics(&c.nodes[0].ns, 9153),
-        c.nodes[0].log_text()
-    );
+    let reasons = [
+        "public_ip",
+        "outside_network",
+        "overlaps_peer",
+        "duplicate_public_ip",
+    ];
+    let want: Vec<(&str, u64)> = reasons.iter().map(|r| (*r, want(r))).collect();
+    wait_rejected(&c, 0, "weft_lease_ipv6_halves_rejected_total", &want);
     // Refusals are counted before the other halves are routed.
     wait_metric(&c, 0, "weft_peers", 1 + hostile.len() as u64);
     let m = metrics(&c.nodes[0].ns, 9153);
@@ -271,17 +257,7 @@ fn hostile_ipv6_halves_lose_only_their_ipv6_half() {
 #[test]
 fn enable_ipv6_with_udp_is_refused() {
     let conf = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"udp"}}"#;
-    let mut c = Cluster::new("drud", 1, conf).unwrap();
-    c.add_ipv6().unwrap();
-    c.spawn(0, weft(), &[]).unwrap();
-    let exited = wait_exit(&mut c, 0);
-    let log = c.nodes[0].log_text();
-    assert!(exited, "weft kept running\n{log}");
-    assert!(
-        log.contains("carries IPv4 only, and so does weft's"),
-        "{log}"
-    );
-    assert!(!c.nodes[0].subnet_file.exists(), "subnet.env written");
+    refused_at_start("drud", conf, "carries IPv4 only, and so does weft's");
 }
 
 /// An IPv6-only config (`"EnableIPv4": false`) is for the Kubernetes
@@ -290,16 +266,23 @@ fn enable_ipv6_with_udp_is_refused() {
 #[test]
 fn ipv6_only_outside_kubernetes_is_refused() {
     let conf = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#;
-    let mut c = Cluster::new("dr6o", 1, conf).unwrap();
+    refused_at_start(
+        "dr6o",
+        conf,
+        "works with the Kubernetes subnet manager (--kube-subnet-mgr) only",
+    );
+}
+
+/// weft on a dual-stack host with net-conf.json `conf` stops at start,
+/// logging `why`, and leaves no subnet.env and no lease behind.
+fn refused_at_start(tag: &str, conf: &str, why: &str) {
+    let mut c = Cluster::new(tag, 1, conf).unwrap();
     c.add_ipv6().unwrap();
     c.spawn(0, weft(), &[]).unwrap();
     let exited = wait_exit(&mut c, 0);
     let log = c.nodes[0].log_text();
     assert!(exited, "weft kept running\n{log}");
-    assert!(
-        log.contains("works with the Kubernetes subnet manager (--kube-subnet-mgr) only"),
-        "{log}"
-    );
+    assert!(log.contains(why), "{log}");
     assert!(!c.nodes[0].subnet_file.exists(), "subnet.env written");
     let leases = std::fs::read_dir(c.registry.join("subnets")).map_or(0, |d| d.count());
     assert_eq!(leases, 0, "a lease was written");

@@ -289,22 +289,8 @@ fn hostile_ipv6_vtep_macs_lose_only_their_ipv6_half() {
         let mac = format!("0e:00:00:00:00:{:02x}", 70 + n);
         std::fs::write(dir.join(key), dual_vxlan_lease(&ip, &ip6, &mac, mac6)).unwrap();
     }
-    let counted = Cluster::wait_for(std::time::Duration::from_secs(5), || {
-        let m = metrics(&c.nodes[0].ns, 9153);
-        let got = |r: &str| {
-            metric(
-                &m,
-                &format!("weft_lease_ipv6_halves_rejected_total{{reason=\"{r}\"}}"),
-            )
-        };
-        got("vtep_mac") == Some(2) && got("duplicate_vtep_mac") == Some(1)
-    });
-    assert!(
-        counted,
-        "{}\n{}",
-        metrics(&c.nodes[0].ns, 9153),
-        c.nodes[0].log_text()
-    );
+    let want = [("vtep_mac", 2), ("duplicate_vtep_mac", 1)];
+    wait_rejected(&c, 0, "weft_lease_ipv6_halves_rejected_total", &want);
     wait_metric(&c, 0, "weft_peers", 1 + hostile.len() as u64);
     for n in 0..hostile.len() {
         // Counted as a peer when admitted; routed a moment later (under

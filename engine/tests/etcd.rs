@@ -709,26 +709,7 @@ fn real_flanneld_dual_stack(tag: &str, backend: &str, weft_args: &[&str]) {
     );
     // ip6tables: the same rules, once each node's IPv6 subnet is
     // `<subnet>` (chain counters and comments left out).
-    let rules = |i: usize| {
-        let s6 = c.nodes[i].subnet6().unwrap().to_string();
-        let mut text = String::new();
-        Cluster::wait_for(Duration::from_secs(10), || {
-            let out = c.nodes[i].ns.exec("ip6tables-save", &[]).unwrap();
-            text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let count = |what: &str| text.lines().filter(|l| l.contains(what)).count();
-            count("\"flanneld masq\"") == 7 && count("\"flanneld forward\"") == 3
-        });
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| match l.split_once(" [") {
-                Some((head, _)) if l.starts_with(':') => head.to_string(),
-                _ => l.to_string(),
-            })
-            .map(|l| l.replace(&s6, "<subnet>"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let (weft_rules, flanneld_rules) = (rules(0), rules(1));
+    let (weft_rules, flanneld_rules) = (flannel_ip6tables(&c, 0), flannel_ip6tables(&c, 1));
     assert_eq!(
         weft_rules, flanneld_rules,
         "ip6tables: weft (left), flanneld (right)"

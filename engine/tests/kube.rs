@@ -414,30 +414,9 @@ fn ipv6_only_on_the_api_server(tag: &str, backend: &str) {
     };
     assert_eq!(env(0), env(2), "subnet.env: weft (left), flanneld (right)");
     // Rules: ip6tables as flanneld's, nothing of flannel in iptables.
-    let rules = |i: usize| {
-        let s6 = c.nodes[i].subnet6().unwrap().to_string();
-        let mut text = String::new();
-        Cluster::wait_for(Duration::from_secs(10), || {
-            let out = c.nodes[i].ns.exec("ip6tables-save", &[]).unwrap();
-            text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.lines()
-                .filter(|l| l.contains("\"flanneld masq\""))
-                .count()
-                == 7
-        });
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| match l.split_once(" [") {
-                Some((head, _)) if l.starts_with(':') => head.to_string(),
-                _ => l.to_string(),
-            })
-            .map(|l| l.replace(&s6, "<subnet>"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
     assert_eq!(
-        rules(0),
-        rules(2),
+        flannel_ip6tables(&c, 0),
+        flannel_ip6tables(&c, 2),
         "ip6tables: weft (left), flanneld (right)"
     );
     for i in 0..2 {
@@ -492,40 +471,24 @@ fn hostile_ipv6_only_nodes(c: &Cluster) {
         ),
     ];
     for (name, cidr, ip6, mac) in claims {
-        let (name, cidr, ip6, mac) = (
-            name.to_string(),
-            cidr.to_string(),
-            ip6.to_string(),
-            mac.to_string(),
-        );
-        admin(c, move |client| {
-            Box::pin(async move {
-                let nodes: Api<Node> = Api::all(client);
-                nodes
-                    .create(&PostParams::default(), &node_object(&name, &cidr))
-                    .await
-                    .unwrap();
-                let patch = serde_json::json!({"metadata": {"annotations": {
-                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-                    "flannel.alpha.coreos.com/backend-type": "vxlan",
-                    "flannel.alpha.coreos.com/backend-v6-data": format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),
-                    "flannel.alpha.coreos.com/public-ipv6": ip6
-                }}});
-                nodes
-                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-                    .await
-                    .unwrap();
-            })
-        });
-    }
-    for reason in ["overlaps_peer", "duplicate_public_ip", "duplicate_vtep_mac"] {
-        wait_metric(
+        create_flannel_node(
             c,
-            0,
-            &format!("weft_leases_rejected_total{{reason=\"{reason}\"}}"),
-            1,
+            name,
+            cidr,
+            serde_json::json!({
+                "backend-type": "vxlan",
+                "backend-v6-data": format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),
+                "public-ipv6": ip6,
+            }),
         );
     }
+    let want = [
+        ("overlaps_peer", 1),
+        ("duplicate_public_ip", 1),
+        ("duplicate_vtep_mac", 1),
+    ];
+    wait_rejected(c, 0, "weft_leases_rejected_total", &want);
+
     wait_metric(c, 0, "weft_peers", 2);
     let route = route_of(&c.nodes[0].ns, "fd00:10:244:2::/64");
     assert_eq!(
@@ -542,6 +505,34 @@ fn hostile_ipv6_only_nodes(c: &Cluster) {
     );
     let log = c.nodes[0].log_text();
     assert!(log.contains("ignoring lease:"), "{log}");
+}
+
+/// Creates Node `name` with podCIDR `cidr`, annotated as a flannel node
+/// with `annotations` (keys without flannel's prefix), as another node's
+/// flanneld would have annotated it.
+fn create_flannel_node(c: &Cluster, name: &str, cidr: &str, annotations: serde_json::Value) {
+    let mut ann: BTreeMap<String, serde_json::Value> = annotations
+        .as_object()
+        .expect("an object")
+        .iter()
+        .map(|(k, v)| (format!("{PREFIX}{k}"), v.clone()))
+        .collect();
+    ann.insert(format!("{PREFIX}kube-subnet-manager"), "true".into());
+    let (name, cidr) = (name.to_string(), cidr.to_string());
+    admin(c, move |client| {
+        Box::pin(async move {
+            let nodes: Api<Node> = Api::all(client);
+            nodes
+                .create(&PostParams::default(), &node_object(&name, &cidr))
+                .await
+                .unwrap();
+            let patch = serde_json::json!({"metadata": {"annotations": ann}});
+            nodes
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .unwrap();
+        })
+    });
 }
 
 /// Nodes come and go: a new node's route within 1 s of its annotations, a
@@ -863,31 +854,16 @@ struct KubeClaims;
 
 impl Claims for KubeClaims {
     fn claim(&self, c: &Cluster, name: &str, cidr: &str, public_ip: &str, mac: &str) {
-        let (name, cidr, public_ip, mac) = (
-            name.to_string(),
-            cidr.to_string(),
-            public_ip.to_string(),
-            mac.to_string(),
+        create_flannel_node(
+            c,
+            name,
+            cidr,
+            serde_json::json!({
+                "backend-type": "vxlan",
+                "backend-data": format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),
+                "public-ip": public_ip,
+            }),
         );
-        admin(c, move |client| {
-            Box::pin(async move {
-                let nodes: Api<Node> = Api::all(client);
-                nodes
-                    .create(&PostParams::default(), &node_object(&name, &cidr))
-                    .await
-                    .unwrap();
-                let patch = serde_json::json!({"metadata": {"annotations": {
-                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-                    "flannel.alpha.coreos.com/backend-type": "vxlan",
-                    "flannel.alpha.coreos.com/backend-data": format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),
-                    "flannel.alpha.coreos.com/public-ip": public_ip
-                }}});
-                nodes
-                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-                    .await
-                    .unwrap();
-            })
-        });
     }
 
     fn release(&self, c: &Cluster, i: usize) {

@@ -217,6 +217,12 @@ impl Node {
     /// nolearning, local = underlay), MTU 1450, `<subnet>.0/32`, its lease in
     /// the registry, and subnet.env. Returns the lease file's path.
     pub fn become_kernel_vxlan(&self, registry: &Path, subnet: Ipv4Net) -> io::Result<PathBuf> {
+        self.kernel_flannel_1(subnet)?;
+        self.write_kernel_lease(registry, subnet, None)
+    }
+
+    /// flanneld's `flannel.1` on `subnet`.
+    fn kernel_flannel_1(&self, subnet: Ipv4Net) -> io::Result<()> {
         let local = self.underlay.to_string();
         self.ns.ip(&[
             "link",
@@ -251,21 +257,40 @@ impl Node {
             "dev",
             "flannel.1",
         ])?;
-        let lease =
-            registry
-                .join("subnets")
-                .join(format!("{}-{}", subnet.network(), subnet.prefix_len()));
+        Ok(())
+    }
+
+    /// The kernel node's lease, written by hand as flanneld writes it
+    /// (independently of weft's serializer), with its IPv6 half
+    /// (`subnet6` at `public_ip6`) when dual-stack, and its subnet.env.
+    fn write_kernel_lease(
+        &self,
+        registry: &Path,
+        subnet: Ipv4Net,
+        v6: Option<(Ipv6Net, Ipv6Addr)>,
+    ) -> io::Result<PathBuf> {
+        let local = self.underlay;
+        let (key6, ip6, data6) = match v6 {
+            Some((s6, ip6)) => (
+                format!("&{}-{}", s6.network(), s6.prefix_len()),
+                format!("\"{ip6}\""),
+                format!(r#","BackendV6Data":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP_MAC6}"}}"#),
+            ),
+            None => (String::new(), "null".to_string(), String::new()),
+        };
+        let key = format!("{}-{}{key6}", subnet.network(), subnet.prefix_len());
+        let lease = registry.join("subnets").join(key);
         std::fs::write(
             &lease,
             format!(
-                r#"{{"PublicIP":"{local}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP_MAC}"}}}}"#
+                r#"{{"PublicIP":"{local}","PublicIPv6":{ip6},"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP_MAC}"}}{data6}}}"#
             ),
         )?;
         weft_routes::subnet_env::SubnetEnv {
             ipv4: Some(("10.244.0.0/16".parse().expect("literal"), subnet)),
             mtu: 1450,
             ipmasq: false,
-            ipv6: None,
+            ipv6: v6.map(|(s6, _)| ("fd00:10:244::/56".parse().expect("literal"), s6)),
         }
         .write(&self.subnet_file)?;
         Ok(lease)
@@ -282,44 +307,22 @@ impl Node {
         subnet: Ipv4Net,
         subnet6: Ipv6Net,
     ) -> io::Result<PathBuf> {
-        let v4_lease = self.become_kernel_vxlan(registry, subnet)?;
-        std::fs::remove_file(&v4_lease)?;
-        let local = self.underlay.to_string();
+        self.kernel_flannel_1(subnet)?;
         let local6 = self
             .underlay6
-            .ok_or_else(|| io::Error::other("no IPv6 underlay: call Cluster::add_ipv6"))?
-            .to_string();
+            .ok_or_else(|| io::Error::other("no IPv6 underlay: call Cluster::add_ipv6"))?;
         let dev = "flannel-v6.1";
+        let local = local6.to_string();
         #[rustfmt::skip]
         self.ns.ip(&[
-            "link", "add", dev, "mtu", "1450", "type", "vxlan", "id", "1", "local", &local6,
+            "link", "add", dev, "mtu", "1450", "type", "vxlan", "id", "1", "local", &local,
             "dev", "eth0", "dstport", "8472", "nolearning",
         ])?;
         self.ns
             .ip(&["link", "set", dev, "address", KERNEL_VTEP_MAC6, "up"])?;
         let addr = format!("{}/128", subnet6.network());
         self.ns.ip(&["-6", "addr", "add", &addr, "dev", dev])?;
-        let lease = registry.join("subnets").join(format!(
-            "{}-{}&{}-{}",
-            subnet.network(),
-            subnet.prefix_len(),
-            subnet6.network(),
-            subnet6.prefix_len()
-        ));
-        std::fs::write(
-            &lease,
-            format!(
-                r#"{{"PublicIP":"{local}","PublicIPv6":"{local6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP_MAC}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP_MAC6}"}}}}"#
-            ),
-        )?;
-        weft_routes::subnet_env::SubnetEnv {
-            ipv4: Some(("10.244.0.0/16".parse().expect("literal"), subnet)),
-            mtu: 1450,
-            ipmasq: false,
-            ipv6: Some(("fd00:10:244::/56".parse().expect("literal"), subnet6)),
-        }
-        .write(&self.subnet_file)?;
-        Ok(lease)
+        self.write_kernel_lease(registry, subnet, Some((subnet6, local6)))
     }
 
     /// On a dual-stack kernel VXLAN node, programs a remote lease's IPv6

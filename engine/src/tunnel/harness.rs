@@ -28,11 +28,24 @@ fn our_subnet() -> Ipv4Net {
 }
 
 /// A tunnel and a table, and what is left of the input.
-struct Setup<'a> {
-    tunnel: Tunnel,
-    table: ForwardingTable,
-    peers: Vec<Peer>,
+struct Setup<'a, F: Inner = Ipv4Addr> {
+    tunnel: Tunnel<F>,
+    table: ForwardingTable<F>,
+    peers: Vec<Peer<F>>,
     rest: &'a [u8],
+}
+
+/// The table of `peers`, each a sender too, as the control plane builds it.
+fn table_of<F: Inner>(peers: &[Peer<F>]) -> ForwardingTable<F> {
+    let senders = peers
+        .iter()
+        .map(|p| Sender {
+            public_ip: F::ip_of(&p.endpoint),
+            subnet: p.subnet,
+            counters: Arc::new(PeerCounters::default()),
+        })
+        .collect();
+    ForwardingTable::with_senders(peers.to_vec(), senders)
 }
 
 fn setup(data: &[u8]) -> Option<Setup<'_>> {
@@ -69,14 +82,6 @@ fn setup(data: &[u8]) -> Option<Setup<'_>> {
             vtep_mac: (!matches!(mode, Mode::Udp)).then_some(mac),
         });
     }
-    let senders = peers
-        .iter()
-        .map(|p| Sender {
-            public_ip: *p.endpoint.ip(),
-            subnet: p.subnet,
-            counters: Arc::new(PeerCounters::default()),
-        })
-        .collect();
     let tunnel = Tunnel::new(TunnelConfig {
         mode,
         local: Ipv4Addr::new(10, 244, 2, 0),
@@ -88,7 +93,7 @@ fn setup(data: &[u8]) -> Option<Setup<'_>> {
     });
     Some(Setup {
         tunnel,
-        table: ForwardingTable::with_senders(peers.clone(), senders),
+        table: table_of(&peers),
         peers,
         rest: data,
     })
@@ -104,35 +109,50 @@ pub fn inbound(data: &[u8]) -> bool {
         return false;
     };
     let src = SocketAddrV4::new(Ipv4Addr::new(src[0], src[1], src[2], src[3]), 8472);
+    delivers_only_what_passed(&s, src, datagram, our_subnet())
+}
+
+/// `inbound`'s property, for either family: `s.tunnel.inbound` of
+/// `datagram` from `src` never panics, and what it delivers is a packet
+/// of the family from a sender's subnet (the sender's own when it holds a
+/// lease) to `ours`, not to a group; an ICMP error goes to a sender only.
+fn delivers_only_what_passed<F: Inner>(
+    s: &Setup<'_, F>,
+    src: F::SocketAddr,
+    datagram: &[u8],
+    ours: F::Net,
+) -> bool {
     let mut d = datagram.to_vec();
     let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
+    let sender = F::ip_of(&src);
     match s.tunnel.inbound(&s.table, &mut d, src, &mut scratch) {
         Inbound::Deliver(del) => {
             assert!(del.deliver.end <= d.len() && del.ip.end <= d.len());
             assert!(del.deliver.start <= del.ip.start && del.ip.end <= del.deliver.end);
-            let ip = Packet::new_checked(&d[del.ip.clone()]).expect("delivered a non-IPv4 packet");
-            assert_eq!(ip.version(), 4);
-            let (from, to) = (ip.src(), ip.dst());
-            let ours = our_subnet();
-            assert!(ours.contains(&to) && to != ours.broadcast() && !to.is_multicast());
+            let ip = &d[del.ip.clone()];
+            assert_eq!(
+                ip.first().map(|b| b >> 4),
+                Some(F::VERSION),
+                "delivered another family"
+            );
+            F::checked_dst(ip).expect("delivered a malformed packet");
+            let (from, to) = F::src_dst(ip);
+            assert!(F::contains(&ours, to) && !F::is_group(&ours, to), "to {to}");
             match del.peer {
                 Some(_) => {
-                    let (net, _) = s.table.sender_entry(*src.ip()).expect("an unknown sender");
-                    assert!(net.contains(&from), "{from} outside the sender's {net}");
+                    let (net, _) = s.table.sender_entry(sender).expect("an unknown sender");
+                    assert!(F::contains(&net, from), "{from} outside the sender's {net}");
                 }
                 None => {
                     assert!(s.tunnel.config.allow_nat_peers, "a sender without a lease");
-                    assert!(s.peers.iter().any(|p| p.subnet.contains(&from)));
+                    assert!(s.peers.iter().any(|p| F::contains(&p.subnet, from)));
                 }
             }
             true
         }
         Inbound::Drop(_, Reply::Icmp(len)) => {
             assert!(len <= scratch.len());
-            assert!(
-                s.table.sender_entry(*src.ip()).is_some(),
-                "ICMP to a stranger"
-            );
+            assert!(s.table.sender_entry(sender).is_some(), "ICMP to a stranger");
             false
         }
         Inbound::Drop(..) => false,
@@ -150,13 +170,6 @@ fn our_subnet6() -> ipnet::Ipv6Net {
 /// peer (its /64 as the fourth group of fd00:10:244::/48, the last 32 bits
 /// of its PublicIPv6 in 2001:db8:100::/96, its VtepMAC), the outer
 /// source's last 32 bits, then the datagram.
-struct Setup6<'a> {
-    tunnel: Tunnel<Ipv6Addr>,
-    table: ForwardingTable<Ipv6Addr>,
-    peers: Vec<Peer<Ipv6Addr>>,
-    rest: &'a [u8],
-}
-
 const PEER6_LEN: usize = 12;
 
 /// 2001:db8:100::/96 with `b` as its last 32 bits.
@@ -165,7 +178,7 @@ fn underlay6(b: &[u8]) -> Ipv6Addr {
     Ipv6Addr::from(0x2001_0db8_0100_u128 << 80 | u128::from(low))
 }
 
-fn setup6(data: &[u8]) -> Option<Setup6<'_>> {
+fn setup6(data: &[u8]) -> Option<Setup<'_, Ipv6Addr>> {
     use std::net::SocketAddrV6;
     let (&conf, data) = data.split_first()?;
     let (&n, mut data) = data.split_first()?;
@@ -200,14 +213,6 @@ fn setup6(data: &[u8]) -> Option<Setup6<'_>> {
             vtep_mac: Some(mac),
         });
     }
-    let senders = peers
-        .iter()
-        .map(|p| Sender {
-            public_ip: *p.endpoint.ip(),
-            subnet: p.subnet,
-            counters: Arc::new(PeerCounters::default()),
-        })
-        .collect();
     let tunnel = Tunnel::new(TunnelConfig {
         mode,
         local: our_subnet6().network(),
@@ -217,9 +222,9 @@ fn setup6(data: &[u8]) -> Option<Setup6<'_>> {
         mtu: 1430,
         send_sockets: 4,
     });
-    Some(Setup6 {
+    Some(Setup {
         tunnel,
-        table: ForwardingTable::with_senders(peers.clone(), senders),
+        table: table_of(&peers),
         peers,
         rest: data,
     })
@@ -236,39 +241,7 @@ pub fn inbound6(data: &[u8]) -> bool {
         return false;
     };
     let src = SocketAddrV6::new(underlay6(src), 8472, 0, 0);
-    let mut d = datagram.to_vec();
-    let mut scratch = [0; icmpv6::MAX_ERROR_LEN];
-    match s.tunnel.inbound(&s.table, &mut d, src, &mut scratch) {
-        Inbound::Deliver(del) => {
-            assert!(del.deliver.end <= d.len() && del.ip.end <= d.len());
-            assert!(del.deliver.start <= del.ip.start && del.ip.end <= del.deliver.end);
-            let ip =
-                ipv6::Packet::new_checked(&d[del.ip.clone()]).expect("delivered a non-IPv6 packet");
-            assert_eq!(ip.version(), 6);
-            let (from, to) = (ip.src(), ip.dst());
-            assert!(our_subnet6().contains(&to) && !to.is_multicast());
-            match del.peer {
-                Some(_) => {
-                    let (net, _) = s.table.sender_entry(*src.ip()).expect("an unknown sender");
-                    assert!(net.contains(&from), "{from} outside the sender's {net}");
-                }
-                None => {
-                    assert!(s.tunnel.config.allow_nat_peers, "a sender without a lease");
-                    assert!(s.peers.iter().any(|p| p.subnet.contains(&from)));
-                }
-            }
-            true
-        }
-        Inbound::Drop(_, Reply::Icmp(len)) => {
-            assert!(len <= scratch.len());
-            assert!(
-                s.table.sender_entry(*src.ip()).is_some(),
-                "ICMP to a stranger"
-            );
-            false
-        }
-        Inbound::Drop(..) => false,
-    }
+    delivers_only_what_passed(&s, src, datagram, our_subnet6())
 }
 
 /// `Tunnel::outbound` never panics, sends only to a peer of the table

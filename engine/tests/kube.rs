@@ -233,39 +233,9 @@ fn dual_stack_on_the_api_server(tag: &str, backend: &str) {
         );
         c.nodes[i].add_pod_bridge().unwrap();
     }
-    let weft_v6 = c.nodes[0].subnet6().unwrap();
-    let via = match backend {
-        "vxlan" => format!("via {} dev flannel-v6.1", weft_v6.network()),
-        _ => "via 2001:db8:100::1 dev eth0".to_string(),
-    };
-    let routed = Cluster::wait_for(Duration::from_secs(10), || {
-        route_of(&c.nodes[2].ns, weft_v6).contains(&via)
-    });
-    assert!(
-        routed,
-        "flanneld's route to weft's IPv6 podCIDR: {:?}\n{}",
-        route_of(&c.nodes[2].ns, weft_v6),
-        c.nodes[2].log_text()
-    );
-    let pairs = [(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)];
-    for (port, (a, b)) in (5140..).zip(pairs) {
-        let (from, to) = (c.nodes[a].pod_ip6().unwrap(), c.nodes[b].pod_ip6().unwrap());
-        // Each node learns of the others within a watch event.
-        Cluster::wait_for(Duration::from_secs(5), || {
-            weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 1).unwrap() == 1
-        });
-        let answered = weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 3).unwrap();
-        assert_eq!(answered, 3, "ping6 {a} -> {b}\n{}", c.nodes[a].log_text());
-        let r = weft_testbed::tcp_transfer_ip(
-            &c.nodes[a].ns,
-            Some(from.into()),
-            &c.nodes[b].ns,
-            to.into(),
-            port,
-            20 << 20,
-        )
-        .unwrap_or_else(|e| panic!("IPv6 transfer {a} -> {b}: {e}"));
-        assert_eq!(r.sent, r.received, "IPv6 bytes or hash differ {a} -> {b}");
+    flanneld_routes_weft6(&c, backend);
+    every_pair_over_ipv6(&c, 5140);
+    for (a, b) in PAIRS {
         assert!(
             ping(&c.nodes[a].ns, c.nodes[b].pod_ip().unwrap(), 2),
             "{a} -> {b} (IPv4)"
@@ -363,33 +333,11 @@ fn ipv6_only_on_the_api_server(tag: &str, backend: &str) {
         );
         n.add_pod_bridge6().unwrap();
     }
-    let weft_v6 = c.nodes[0].subnet6().unwrap();
-    let via = match backend {
-        "vxlan" => format!("via {} dev flannel-v6.1", weft_v6.network()),
-        _ => "via 2001:db8:100::1 dev eth0".to_string(),
-    };
-    let routed = Cluster::wait_for(Duration::from_secs(10), || {
-        route_of(&c.nodes[2].ns, weft_v6).contains(&via)
-    });
-    assert!(
-        routed,
-        "flanneld's route to weft's IPv6 podCIDR: {:?}\n{}",
-        route_of(&c.nodes[2].ns, weft_v6),
-        c.nodes[2].log_text()
-    );
+    flanneld_routes_weft6(&c, backend);
     for i in 0..2 {
         wait_metric(&c, i, "weft_peers", 2);
     }
-    let pairs = [(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)];
-    for (port, (a, b)) in (5160..).zip(pairs) {
-        let (from, to) = (c.nodes[a].pod_ip6().unwrap(), c.nodes[b].pod_ip6().unwrap());
-        Cluster::wait_for(Duration::from_secs(5), || {
-            weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 1).unwrap() == 1
-        });
-        let answered = weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 3).unwrap();
-        assert_eq!(answered, 3, "ping6 {a} -> {b}\n{}", c.nodes[a].log_text());
-        transfer_pods6(&c, a, b, 20, port);
-    }
+    every_pair_over_ipv6(&c, 5160);
     // Annotations: flanneld's keys, and its values where they do not
     // name the node (what it writes for the absent IPv4 half).
     let theirs = flannel_annotations(&node_of(&c, 2));
@@ -533,6 +481,44 @@ fn create_flannel_node(c: &Cluster, name: &str, cidr: &str, annotations: serde_j
                 .unwrap();
         })
     });
+}
+
+/// Every ordered pair of the three nodes.
+const PAIRS: [(usize, usize); 6] = [(0, 1), (0, 2), (1, 2), (1, 0), (2, 0), (2, 1)];
+
+/// Waits (up to 10 s) for flanneld on node 2 to route weft's (node 0's)
+/// IPv6 podCIDR: into `flannel-v6.1` on vxlan, via weft's PublicIPv6 on
+/// host-gw.
+fn flanneld_routes_weft6(c: &Cluster, backend: &str) {
+    let weft_v6 = c.nodes[0].subnet6().unwrap();
+    let via = match backend {
+        "vxlan" => format!("via {} dev flannel-v6.1", weft_v6.network()),
+        _ => "via 2001:db8:100::1 dev eth0".to_string(),
+    };
+    let routed = Cluster::wait_for(Duration::from_secs(10), || {
+        route_of(&c.nodes[2].ns, weft_v6).contains(&via)
+    });
+    assert!(
+        routed,
+        "flanneld's route to weft's IPv6 podCIDR: {:?}\n{}",
+        route_of(&c.nodes[2].ns, weft_v6),
+        c.nodes[2].log_text()
+    );
+}
+
+/// Between the IPv6 pod addresses of every ordered pair: ping6 (once each
+/// node learned of the others, within a watch event) and a hash-checked
+/// 20 MB transfer, on ports from `first_port`.
+fn every_pair_over_ipv6(c: &Cluster, first_port: u16) {
+    for (port, (a, b)) in (first_port..).zip(PAIRS) {
+        let (from, to) = (c.nodes[a].pod_ip6().unwrap(), c.nodes[b].pod_ip6().unwrap());
+        Cluster::wait_for(Duration::from_secs(5), || {
+            weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 1).unwrap() == 1
+        });
+        let answered = weft_testbed::ping6(&c.nodes[a].ns, Some(from), to, 3).unwrap();
+        assert_eq!(answered, 3, "ping6 {a} -> {b}\n{}", c.nodes[a].log_text());
+        transfer_pods6(c, a, b, 20, port);
+    }
 }
 
 /// Nodes come and go: a new node's route within 1 s of its annotations, a
